@@ -1,0 +1,313 @@
+"""The `qwen-image` command line: generate and edit images without a server, build the tiny model.
+
+User mistakes end as one line on stderr and exit code 2 (server-side failures: exit code 1); a
+traceback appears only with `--debug`. Heavy imports (torch, diffusers) happen inside commands,
+so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from qwen_image_server import __version__
+from qwen_image_server.domain import (
+    MODEL_SPECS,
+    SIZE_PRESETS,
+    GenerationRequest,
+    ImageResult,
+    ModelName,
+    OutputFormat,
+    StepProgress,
+    parse_size,
+)
+from qwen_image_server.errors import InvalidParameter, QwenImageError
+from qwen_image_server.settings import DType, Offload, Settings
+
+app = typer.Typer(
+    name="qwen-image",
+    help="Generate and edit images with the Qwen-Image models, and serve them over HTTP.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+_state = {"debug": False}
+
+USER_ERROR_EXIT = 2
+SERVER_ERROR_EXIT = 1
+
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="A model name (qwen-image, qwen-image-edit, qwen-image-edit-plus) or a checkpoint for the "
+        "command's default model: `tiny`, a local diffusers folder, or a Hugging Face repo id.",
+    ),
+]
+CheckpointOpt = Annotated[
+    str | None, typer.Option("--checkpoint", help="Checkpoint for the chosen model (overrides settings).")
+]
+SizeOpt = Annotated[
+    str | None,
+    typer.Option("--size", "-s", help=f"WIDTHxHEIGHT, multiples of 16, or a preset: {', '.join(SIZE_PRESETS)}."),
+]
+StepsOpt = Annotated[int | None, typer.Option("--steps", help="Denoising steps (default: the model's).")]
+CfgOpt = Annotated[float | None, typer.Option("--cfg", help="true_cfg_scale; above 1 turns on classifier-free guidance.")]
+NegativeOpt = Annotated[str | None, typer.Option("--negative", help="Negative prompt (what to steer away from).")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed of the first image; image i uses seed+i.")]
+CountOpt = Annotated[int, typer.Option("-n", "--count", help="Number of images.")]
+FormatOpt = Annotated[
+    OutputFormat | None, typer.Option("--format", "-f", help="png, jpeg or webp (default: from -o, else png).")
+]
+QualityOpt = Annotated[int, typer.Option("--quality", help="JPEG/WebP quality, 1-100.")]
+OutputOpt = Annotated[
+    Path | None,
+    typer.Option("--output", "-o", help="Output file; with -n > 1, NAME-1.ext, NAME-2.ext, ... (default: qwen-image-SEED.ext)."),
+]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+DTypeOpt = Annotated[str | None, typer.Option("--dtype", help="auto, float32, bfloat16 or float16.")]
+OffloadOpt = Annotated[str | None, typer.Option("--offload", help="none, model, sequential or group.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"qwen-image-server {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and library logs.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    _state["debug"] = debug
+    logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@contextmanager
+def _friendly_errors() -> Iterator[None]:
+    """Turn our exceptions into one line and an exit code; keep tracebacks for --debug."""
+    try:
+        yield
+    except QwenImageError as exc:
+        if _state["debug"]:
+            raise
+        err.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+        raise typer.Exit(USER_ERROR_EXIT if exc.is_user_error else SERVER_ERROR_EXIT) from None
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise typer.Exit(130) from None
+
+
+def _settings(device: str | None, dtype: str | None, offload: str | None) -> Settings:
+    overrides: dict[str, Any] = {"device": device, "dtype": dtype, "offload": offload}
+    try:
+        return Settings(**{key: value for key, value in overrides.items() if value is not None})
+    except Exception as exc:  # pydantic's ValidationError, reported as a usage error
+        raise InvalidParameter(f"invalid setting: {_first_line(exc)}") from None
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return " ".join(lines[1:3]) if len(lines) > 1 else str(exc)
+
+
+def _choose_model(option: str | None, checkpoint: str | None, default: ModelName) -> tuple[ModelName, str | None]:
+    """`--model` is a model name, or a checkpoint for the command's default model."""
+    if option is None:
+        return default, checkpoint
+    if option in {name.value for name in ModelName}:
+        return ModelName(option), checkpoint
+    if checkpoint is not None:
+        raise InvalidParameter("--model names a checkpoint and so does --checkpoint; give one of them", param="model")
+    return default, option
+
+
+def _output_paths(output: Path | None, fmt: OutputFormat, seeds: list[int]) -> list[Path]:
+    if output is None:
+        return [Path(f"qwen-image-{seed}.{fmt.extension}") for seed in seeds]
+    if len(seeds) == 1:
+        return [output]
+    return [output.with_name(f"{output.stem}-{i + 1}{output.suffix}") for i in range(len(seeds))]
+
+
+def _output_format(requested: OutputFormat | None, output: Path | None) -> OutputFormat:
+    from_name = OutputFormat.from_extension(output.suffix) if output is not None and output.suffix else None
+    if requested is not None and from_name is not None and requested is not from_name:
+        raise InvalidParameter(f"--format {requested} does not match the output name {output}", param="format")
+    if output is not None and output.suffix and from_name is None:
+        raise InvalidParameter(f"cannot tell the image format from {output}; use .png, .jpg or .webp", param="output")
+    return requested or from_name or OutputFormat.PNG
+
+
+def _run(settings: Settings, fields: dict[str, Any], output: Path | None, fmt: OutputFormat) -> None:
+    from qwen_image_server.engine import Engine
+
+    size = parse_size(fields.pop("size")) if fields.get("size") else None
+    if size is not None:
+        fields.update(width=size.width, height=size.height)
+    request = GenerationRequest.create(output_format=fmt, **{k: v for k, v in fields.items() if k != "size"})
+    paths = _output_paths(output, fmt, request.image_seeds)
+    engine = Engine(settings)
+    with err.status(f"loading {request.model} from {settings.checkpoint_for(request.model)} ..."):
+        engine.load(request.model)
+        engine.validate(request)
+    if settings.checkpoint_for(request.model) == "tiny":
+        err.print(
+            "note: the tiny model has random weights; its images are noise, made by the real pipeline",
+            soft_wrap=True,
+        )
+    with _step_progress(request.num_inference_steps * request.num_images_per_prompt) as on_step:
+        results = engine.generate(request, on_step=on_step, cancel=threading.Event())
+    for path, result in zip(paths, results, strict=True):
+        _save(path, result)
+
+
+def _save(path: Path, result: ImageResult) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(result.data)
+    out.print(f"saved {path}  {result.width}x{result.height}  seed {result.seed}", highlight=False)
+
+
+@contextmanager
+def _step_progress(total: int) -> Iterator[Callable[[StepProgress], None]]:
+    columns = (TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as progress:
+        task = progress.add_task("steps", total=total)
+
+        def on_step(step: StepProgress) -> None:
+            progress.update(task, completed=step.step)
+
+        yield on_step
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="What the image should show.")],
+    model: ModelOpt = None,
+    checkpoint: CheckpointOpt = None,
+    size: SizeOpt = None,
+    steps: StepsOpt = None,
+    cfg: CfgOpt = None,
+    negative: NegativeOpt = None,
+    seed: SeedOpt = None,
+    count: CountOpt = 1,
+    output_format: FormatOpt = None,
+    quality: QualityOpt = 90,
+    output: OutputOpt = None,
+    device: DeviceOpt = None,
+    dtype: DTypeOpt = None,
+    offload: OffloadOpt = None,
+) -> None:
+    """Generate images from a text prompt."""
+    with _friendly_errors():
+        name, source = _choose_model(model, checkpoint, ModelName.QWEN_IMAGE)
+        _generate_or_edit(name, source, locals(), (), output, output_format, (device, dtype, offload))
+
+
+@app.command()
+def edit(
+    prompt: Annotated[str, typer.Argument(help="How to change the image(s).")],
+    image: Annotated[
+        list[str], typer.Option("--image", "-i", help="Input image: a path, an http(s) URL or a data URI. Repeat for up to 3.")
+    ],
+    model: ModelOpt = None,
+    checkpoint: CheckpointOpt = None,
+    size: SizeOpt = None,
+    steps: StepsOpt = None,
+    cfg: CfgOpt = None,
+    negative: NegativeOpt = None,
+    seed: SeedOpt = None,
+    count: CountOpt = 1,
+    output_format: FormatOpt = None,
+    quality: QualityOpt = 90,
+    output: OutputOpt = None,
+    device: DeviceOpt = None,
+    dtype: DTypeOpt = None,
+    offload: OffloadOpt = None,
+) -> None:
+    """Edit one image, or combine up to three (qwen-image-edit-plus is chosen for more than one)."""
+    from qwen_image_server.sources import read_image_source
+
+    with _friendly_errors():
+        default = ModelName.QWEN_IMAGE_EDIT if len(image) == 1 else ModelName.QWEN_IMAGE_EDIT_PLUS
+        name, source = _choose_model(model, checkpoint, default)
+        data = tuple(read_image_source(ref, index=i) for i, ref in enumerate(image))
+        _generate_or_edit(name, source, locals(), data, output, output_format, (device, dtype, offload))
+
+
+def _generate_or_edit(
+    model: ModelName,
+    checkpoint: str | None,
+    options: dict[str, Any],
+    images: tuple[bytes, ...],
+    output: Path | None,
+    requested_format: OutputFormat | None,
+    placement: tuple[str | None, str | None, str | None],
+) -> None:
+    settings = _settings(*placement)
+    if checkpoint is not None:
+        settings = settings.with_checkpoint(model, checkpoint)
+    fields = {
+        "model": model,
+        "prompt": options["prompt"],
+        "negative_prompt": options["negative"],
+        "size": options["size"],
+        "num_inference_steps": options["steps"],
+        "true_cfg_scale": options["cfg"],
+        "seed": options["seed"],
+        "num_images_per_prompt": options["count"],
+        "output_quality": options["quality"],
+        "images": images,
+    }
+    _run(settings, fields, output, _output_format(requested_format, output))
+
+
+@app.command("tiny-model")
+def tiny_model(
+    folder: Annotated[Path, typer.Argument(help="Folder to write the tiny model to (created).")],
+    force: Annotated[bool, typer.Option("--force", help="Write into a folder that is not empty.")] = False,
+) -> None:
+    """Write the tiny random-weight Qwen-Image as a diffusers folder (for tests and demos; offline)."""
+    with _friendly_errors():
+        if folder.exists() and any(folder.iterdir()) and not force:
+            raise InvalidParameter(f"{folder} is not empty; pass --force to write into it anyway", param="folder")
+        from qwen_image_server.engine.tiny import save_tiny_model
+
+        folder.mkdir(parents=True, exist_ok=True)
+        save_tiny_model(folder)
+        out.print(f"wrote the tiny model to {folder}; use it with --model {folder}", highlight=False)
+
+
+@app.command()
+def models() -> None:
+    """List the model names, what they do, and the checkpoint each is configured to load."""
+    settings = Settings()
+    for name, spec in MODEL_SPECS.items():
+        out.print(
+            f"{name.value:<22} {spec.description:<28} steps {spec.default_steps:<3} "
+            f"checkpoint {settings.checkpoint_for(name)}",
+            highlight=False,
+        )
+
+
+def main() -> None:
+    try:
+        app()
+    except QwenImageError as exc:  # raised outside a command body, e.g. while parsing settings
+        err.print(f"error: {exc.message}", highlight=False)
+        sys.exit(USER_ERROR_EXIT if exc.is_user_error else SERVER_ERROR_EXIT)

@@ -1,0 +1,310 @@
+"""The internal vocabulary that crosses every boundary: models, sizes, requests, results.
+
+`GenerationRequest` is the one request shape that every API dialect and the CLI translate into, and
+that the engine executes. It validates itself on construction (everything that needs no model
+weights; the prompt's token count is checked by the engine, which owns the tokenizer), so a bad
+request fails before any work. Field names follow the diffusers `__call__` arguments.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import secrets
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from qwen_image_server import images
+from qwen_image_server.errors import InvalidParameter
+
+REQUEST_SCHEMA_VERSION = 1
+
+SEED_MAX = 2**31 - 1
+SIZE_MULTIPLE = 16
+MIN_SIDE = 256
+MAX_SIDE = 2048
+MAX_STEPS = 250
+MAX_CFG = 20.0
+MAX_IMAGES_PER_REQUEST = 10
+MAX_SEQUENCE_LENGTH_CAP = 1024  # the pipelines refuse more
+MAX_PROMPT_CHARS = 20_000  # a cheap guard before the tokenizer measures the real limit
+EDIT_TARGET_AREA = 1024 * 1024  # an edit with no size keeps the input's aspect ratio at ~1 MP
+
+
+class ModelName(StrEnum):
+    QWEN_IMAGE = "qwen-image"
+    QWEN_IMAGE_EDIT = "qwen-image-edit"
+    QWEN_IMAGE_EDIT_PLUS = "qwen-image-edit-plus"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a request needs to know of a model: its inputs and its recommended settings."""
+
+    name: ModelName
+    min_input_images: int
+    max_input_images: int
+    default_steps: int
+    default_true_cfg_scale: float
+    description: str
+
+    @property
+    def is_edit(self) -> bool:
+        return self.max_input_images > 0
+
+
+MODEL_SPECS: dict[ModelName, ModelSpec] = {
+    ModelName.QWEN_IMAGE: ModelSpec(ModelName.QWEN_IMAGE, 0, 0, 50, 4.0, "text-to-image"),
+    ModelName.QWEN_IMAGE_EDIT: ModelSpec(ModelName.QWEN_IMAGE_EDIT, 1, 1, 50, 4.0, "edit one image"),
+    ModelName.QWEN_IMAGE_EDIT_PLUS: ModelSpec(
+        ModelName.QWEN_IMAGE_EDIT_PLUS, 1, 3, 40, 4.0, "edit or combine 1-3 images"
+    ),
+}
+
+
+class OutputFormat(StrEnum):
+    PNG = "png"
+    JPEG = "jpeg"
+    WEBP = "webp"
+
+    @property
+    def content_type(self) -> str:
+        return f"image/{self.value}"
+
+    @property
+    def extension(self) -> str:
+        return "jpg" if self is OutputFormat.JPEG else self.value
+
+    @classmethod
+    def from_extension(cls, suffix: str) -> OutputFormat | None:
+        suffix = suffix.lower().lstrip(".")
+        return {"png": cls.PNG, "jpg": cls.JPEG, "jpeg": cls.JPEG, "webp": cls.WEBP}.get(suffix)
+
+
+@dataclass(frozen=True)
+class Size:
+    width: int
+    height: int
+
+    def __str__(self) -> str:
+        return f"{self.width}x{self.height}"
+
+
+# The sizes Qwen-Image was trained for, by aspect ratio (width:height).
+SIZE_PRESETS: dict[str, Size] = {
+    "1:1": Size(1328, 1328),
+    "16:9": Size(1664, 928),
+    "9:16": Size(928, 1664),
+    "4:3": Size(1472, 1104),
+    "3:4": Size(1104, 1472),
+    "3:2": Size(1584, 1056),
+    "2:3": Size(1056, 1584),
+}
+DEFAULT_SIZE = SIZE_PRESETS["1:1"]
+
+_SIZE_PATTERN = re.compile(r"^\s*(\d+)\s*[x*×]\s*(\d+)\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> Size:
+    """`1024x768`, `1024*768` (DashScope's form) or a preset name such as `16:9`."""
+    preset = SIZE_PRESETS.get(text.strip())
+    if preset is not None:
+        return preset
+    match = _SIZE_PATTERN.match(text)
+    if match is None:
+        presets = ", ".join(SIZE_PRESETS)
+        raise InvalidParameter(
+            f"size {text!r} is not WIDTHxHEIGHT (e.g. 1024x1024) or a preset ({presets})", param="size"
+        )
+    return Size(int(match.group(1)), int(match.group(2)))
+
+
+def check_side(name: str, value: int) -> None:
+    if not MIN_SIDE <= value <= MAX_SIDE:
+        raise InvalidParameter(f"{name} must be between {MIN_SIDE} and {MAX_SIDE} pixels, got {value}", param=name)
+    if value % SIZE_MULTIPLE:
+        low = value - value % SIZE_MULTIPLE
+        raise InvalidParameter(
+            f"{name} must be a multiple of {SIZE_MULTIPLE}, got {value} (try {low} or {low + SIZE_MULTIPLE})",
+            param=name,
+        )
+
+
+def size_for_aspect(width: int, height: int, area: int = EDIT_TARGET_AREA) -> Size:
+    """A valid size of about `area` pixels with the aspect ratio of `width` x `height`."""
+    ratio = width / height
+    out_w = math.sqrt(area * ratio)
+    out_h = out_w / ratio
+
+    def fit(side: float) -> int:
+        snapped = round(side / SIZE_MULTIPLE) * SIZE_MULTIPLE
+        return min(MAX_SIDE, max(MIN_SIDE, snapped))
+
+    return Size(fit(out_w), fit(out_h))
+
+
+def random_seed() -> int:
+    return secrets.randbelow(SEED_MAX + 1)
+
+
+class GenerationRequest(BaseModel):
+    """One request to generate or edit images; immutable, validated, JSON-serialisable.
+
+    Build it with `GenerationRequest.create(...)`, which fills the model's recommended defaults and
+    turns every validation failure into an `InvalidParameter` naming the offending field.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64")
+
+    schema_version: int = REQUEST_SCHEMA_VERSION
+    model: ModelName
+    prompt: str = Field(max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+    width: int
+    height: int
+    num_inference_steps: int = Field(ge=1, le=MAX_STEPS)
+    true_cfg_scale: float = Field(ge=0.0, le=MAX_CFG)
+    guidance_scale: float | None = Field(default=None, ge=0.0, le=MAX_CFG)
+    seed: int = Field(ge=0, le=SEED_MAX)
+    num_images_per_prompt: int = Field(default=1, ge=1, le=MAX_IMAGES_PER_REQUEST)
+    output_format: OutputFormat = OutputFormat.PNG
+    output_quality: int = Field(default=90, ge=1, le=100)
+    max_sequence_length: int = Field(default=512, ge=1, le=MAX_SEQUENCE_LENGTH_CAP)
+    images: tuple[bytes, ...] = ()
+
+    @classmethod
+    def create(cls, **fields: Any) -> Self:
+        """Validate `fields` into a request; raise `InvalidParameter` with a message a person can act on."""
+        try:
+            return cls.model_validate(fields)
+        except ValidationError as exc:
+            raise _invalid_parameter(exc) from None
+
+    @property
+    def spec(self) -> ModelSpec:
+        return MODEL_SPECS[self.model]
+
+    @property
+    def image_seeds(self) -> list[int]:
+        """The seed of each output image: image i alone, with seed `image_seeds[i]`, reproduces it."""
+        return [(self.seed + index) % (SEED_MAX + 1) for index in range(self.num_images_per_prompt)]
+
+    @property
+    def uses_cfg(self) -> bool:
+        return self.true_cfg_scale > 1.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "model" not in data:
+            return data
+        try:
+            spec = MODEL_SPECS[ModelName(data["model"])]
+        except ValueError:
+            names = ", ".join(name.value for name in ModelName)
+            raise InvalidParameter(f"unknown model {data['model']!r}; choose one of {names}", param="model") from None
+        data = {key: value for key, value in data.items() if value is not None or key == "negative_prompt"}
+        data.setdefault("num_inference_steps", spec.default_steps)
+        data.setdefault("true_cfg_scale", spec.default_true_cfg_scale)
+        if "seed" not in data:
+            data["seed"] = random_seed()
+        if "width" not in data and "height" not in data:
+            size = _default_size(spec, data.get("images") or ())
+            data["width"], data["height"] = size.width, size.height
+        elif "width" not in data or "height" not in data:
+            raise InvalidParameter("give both width and height, or neither", param="size")
+        return data
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, prompt: str) -> str:
+        if not prompt.strip():
+            raise InvalidParameter("the prompt is empty; describe the image you want", param="prompt")
+        return prompt
+
+    @field_validator("width", "height")
+    @classmethod
+    def _valid_side(cls, value: int, info: Any) -> int:
+        check_side(info.field_name, value)
+        return value
+
+    @field_validator("images")
+    @classmethod
+    def _decodable_images(cls, value: tuple[bytes, ...]) -> tuple[bytes, ...]:
+        for index, data in enumerate(value):
+            images.inspect_input_image(data, index=index)
+        return value
+
+    @model_validator(mode="after")
+    def _image_count_fits_model(self) -> Self:
+        spec = self.spec
+        count = len(self.images)
+        if spec.min_input_images <= count <= spec.max_input_images:
+            return self
+        if spec.max_input_images == 0:
+            hint = "use an edit model (qwen-image-edit or qwen-image-edit-plus) to change images"
+            raise InvalidParameter(f"{spec.name} takes no input images; {hint}", param="images")
+        allowed = (
+            str(spec.max_input_images)
+            if spec.min_input_images == spec.max_input_images
+            else f"{spec.min_input_images} to {spec.max_input_images}"
+        )
+        raise InvalidParameter(f"{spec.name} takes {allowed} input image(s), got {count}", param="images")
+
+
+def _default_size(spec: ModelSpec, inputs: tuple[bytes, ...] | list[bytes]) -> Size:
+    if not spec.is_edit or not inputs:
+        return DEFAULT_SIZE
+    # Like DashScope: the output keeps the aspect ratio of the last input image, at about 1 MP.
+    width, height = images.inspect_input_image(inputs[-1], index=len(inputs) - 1)
+    return size_for_aspect(width, height)
+
+
+_BOUND_WORDS = {"greater_than_equal": ("ge", "at least"), "less_than_equal": ("le", "at most")}
+
+
+def _invalid_parameter(exc: ValidationError) -> InvalidParameter:
+    first = exc.errors()[0]
+    param = ".".join(str(part) for part in first["loc"]) or None
+    message = str(first["msg"]).removeprefix("Value error, ")
+    kind = first["type"]
+    if kind in _BOUND_WORDS:
+        key, words = _BOUND_WORDS[kind]
+        message = f"must be {words} {first['ctx'][key]}, got {first['input']}"
+    elif kind == "extra_forbidden":
+        message = "is not a known parameter"
+    elif kind == "missing":
+        message = "is required"
+    return InvalidParameter(f"{param} {message}" if param else message, param=param)
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """One encoded output image and the seed that reproduces it alone."""
+
+    data: bytes
+    output_format: OutputFormat
+    width: int
+    height: int
+    seed: int
+    index: int
+
+    @property
+    def content_type(self) -> str:
+        return self.output_format.content_type
+
+
+@dataclass(frozen=True)
+class StepProgress:
+    """Progress over a whole request: `step` of `total` denoising steps, across all its images."""
+
+    step: int
+    total: int
+    image_index: int
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.step / self.total if self.total else 100.0

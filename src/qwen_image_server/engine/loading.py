@@ -1,0 +1,139 @@
+"""From a checkpoint reference to a ready diffusers pipeline.
+
+A checkpoint is `tiny` (built in memory), a local folder in the diffusers layout, or a Hugging Face
+repo id (resolved to a local snapshot first, so everything loads from a folder by one code path).
+Components are pooled: the text encoder and VAE are the same for every Qwen-Image model and are
+loaded once and shared; a checkpoint used by several model names loads its transformer once.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DiffusionPipeline, QwenImageEditPipeline, QwenImageEditPlusPipeline, QwenImagePipeline
+
+from qwen_image_server.domain import ModelName
+from qwen_image_server.engine.processor import load_processor
+from qwen_image_server.engine.tiny import TINY_CHECKPOINT, build_tiny_components
+from qwen_image_server.errors import CheckpointUnavailable
+
+PIPELINE_CLASSES: dict[ModelName, type[DiffusionPipeline]] = {
+    ModelName.QWEN_IMAGE: QwenImagePipeline,
+    ModelName.QWEN_IMAGE_EDIT: QwenImageEditPipeline,
+    ModelName.QWEN_IMAGE_EDIT_PLUS: QwenImageEditPlusPipeline,
+}
+SHARED_COMPONENTS = ("text_encoder", "vae")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where weights come from. `folder` is set for local folders and resolved hub snapshots."""
+
+    ref: str
+    folder: Path | None
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.ref == TINY_CHECKPOINT
+
+    def describe(self) -> str:
+        if self.is_tiny:
+            return "tiny (built in memory, random weights: its images are noise)"
+        return f"{self.ref} ({self.folder})" if self.folder and str(self.folder) != self.ref else str(self.folder)
+
+
+def resolve_checkpoint(ref: str) -> Checkpoint:
+    """Find the checkpoint `ref` names, downloading a hub snapshot only when a repo id is given."""
+    if ref == TINY_CHECKPOINT:
+        return Checkpoint(ref, None)
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise CheckpointUnavailable(f"{path} is not a diffusers checkpoint folder (no model_index.json)")
+        return Checkpoint(ref, path.resolve())
+    if ref.startswith((".", "/", "~")) or not _REPO_ID.match(ref):
+        raise CheckpointUnavailable(f"no checkpoint folder at {path}; pass an existing folder, a repo id or `tiny`")
+    return Checkpoint(ref, _hub_snapshot(ref))
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id))
+    except Exception as exc:  # the hub client raises many unrelated types for "not reachable"
+        raise CheckpointUnavailable(
+            f"could not get {repo_id} from the Hugging Face hub or its local cache ({type(exc).__name__}); "
+            "download it first, or pass a local folder or `tiny`"
+        ) from exc
+
+
+class ComponentPool:
+    """Loads each component once; hands out pipelines built from shared components."""
+
+    def __init__(self, dtype: torch.dtype, *, share_components: bool) -> None:
+        self._dtype = dtype
+        self._share = share_components
+        self._shared: dict[str, Any] = {}
+        self._by_checkpoint: dict[str, dict[str, Any]] = {}
+
+    def pipeline(self, model: ModelName, checkpoint: Checkpoint) -> DiffusionPipeline:
+        components = self._components(model, checkpoint)
+        pipeline_class = PIPELINE_CLASSES[model]
+        wanted = _component_names(pipeline_class)
+        missing = wanted - components.keys()
+        if missing:
+            raise CheckpointUnavailable(
+                f"{checkpoint.ref} cannot serve {model}: it has no {', '.join(sorted(missing))}"
+            )
+        pipeline = pipeline_class(**{name: components[name] for name in wanted})
+        pipeline.set_progress_bar_config(disable=True)
+        return pipeline
+
+    def _components(self, model: ModelName, checkpoint: Checkpoint) -> dict[str, Any]:
+        if checkpoint.ref not in self._by_checkpoint:
+            loaded = self._load(model, checkpoint)
+            if self._share:
+                for name in SHARED_COMPONENTS:
+                    self._shared.setdefault(name, loaded[name])
+            self._by_checkpoint[checkpoint.ref] = loaded
+        components = dict(self._by_checkpoint[checkpoint.ref])
+        if self._share:
+            components.update(self._shared)
+        return components
+
+    def _load(self, model: ModelName, checkpoint: Checkpoint) -> dict[str, Any]:
+        if checkpoint.is_tiny:
+            components = build_tiny_components()
+            if self._dtype == torch.float32:  # built in float32 already
+                return components
+            for name in ("transformer", "vae", "text_encoder"):
+                components[name] = components[name].to(self._dtype)
+            return components
+        assert checkpoint.folder is not None
+        return self._load_folder(model, checkpoint.folder)
+
+    def _load_folder(self, model: ModelName, folder: Path) -> dict[str, Any]:
+        # Every Qwen-Image checkpoint has the text-to-image components; edit checkpoints add a
+        # processor, which we load ourselves (see processor.py). One loading path serves all models.
+        reuse = {name: self._shared[name] for name in SHARED_COMPONENTS if name in self._shared}
+        try:
+            pipeline = QwenImagePipeline.from_pretrained(folder, dtype=self._dtype, **reuse)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CheckpointUnavailable(f"could not load the checkpoint in {folder}: {exc}") from exc
+        components: dict[str, Any] = dict(pipeline.components)
+        if (folder / "processor").is_dir():
+            components["processor"] = load_processor(folder / "processor")
+        elif model is not ModelName.QWEN_IMAGE:
+            raise CheckpointUnavailable(f"{folder} has no processor/ folder, so it cannot serve the edit model {model}")
+        return components
+
+
+def _component_names(pipeline_class: type[DiffusionPipeline]) -> set[str]:
+    expected, _optional = pipeline_class._get_signature_keys(pipeline_class)
+    return set(expected)

@@ -1,0 +1,69 @@
+"""The exception tree. Every error we raise on purpose is a `QwenImageError`.
+
+Each class knows its HTTP status and a stable machine code; the CLI prints the message as one line,
+and each API dialect renders the same exception in its own error shape. Raise, don't return.
+"""
+
+from __future__ import annotations
+
+
+class QwenImageError(Exception):
+    """Base class. `message` is written for a person: what is wrong and what to do about it."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    @property
+    def is_user_error(self) -> bool:
+        """True when the caller can fix it (a 4xx), false when the server is at fault."""
+        return self.status < 500
+
+
+class InvalidRequest(QwenImageError):
+    status = 400
+    code = "invalid_request"
+
+
+class InvalidParameter(InvalidRequest):
+    code = "invalid_parameter"
+
+
+class InvalidImage(InvalidParameter):
+    code = "invalid_image"
+
+
+class PromptTooLong(InvalidParameter):
+    code = "prompt_too_long"
+
+
+class ImageSourceUnavailable(InvalidRequest):
+    """An input image named by path or URL could not be read."""
+
+    code = "image_unavailable"
+
+
+class UnknownModel(QwenImageError):
+    status = 404
+    code = "model_not_found"
+
+
+class CheckpointUnavailable(QwenImageError):
+    """The weights for a model could not be loaded (missing folder, no hub access, bad files)."""
+
+    status = 503
+    code = "model_unavailable"
+
+
+class GenerationCanceled(QwenImageError):
+    status = 409
+    code = "canceled"
+
+
+class GenerationFailed(QwenImageError):
+    status = 500
+    code = "generation_failed"
