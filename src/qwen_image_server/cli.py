@@ -12,10 +12,12 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -31,7 +33,7 @@ from qwen_image_server.domain import (
     parse_size,
 )
 from qwen_image_server.errors import InvalidParameter, QwenImageError
-from qwen_image_server.settings import DType, Offload, Settings
+from qwen_image_server.settings import Settings
 
 app = typer.Typer(
     name="qwen-image",
@@ -64,7 +66,9 @@ SizeOpt = Annotated[
     typer.Option("--size", "-s", help=f"WIDTHxHEIGHT, multiples of 16, or a preset: {', '.join(SIZE_PRESETS)}."),
 ]
 StepsOpt = Annotated[int | None, typer.Option("--steps", help="Denoising steps (default: the model's).")]
-CfgOpt = Annotated[float | None, typer.Option("--cfg", help="true_cfg_scale; above 1 turns on classifier-free guidance.")]
+CfgOpt = Annotated[
+    float | None, typer.Option("--cfg", help="true_cfg_scale; above 1 turns on classifier-free guidance.")
+]
 NegativeOpt = Annotated[str | None, typer.Option("--negative", help="Negative prompt (what to steer away from).")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed of the first image; image i uses seed+i.")]
 CountOpt = Annotated[int, typer.Option("-n", "--count", help="Number of images.")]
@@ -74,7 +78,9 @@ FormatOpt = Annotated[
 QualityOpt = Annotated[int, typer.Option("--quality", help="JPEG/WebP quality, 1-100.")]
 OutputOpt = Annotated[
     Path | None,
-    typer.Option("--output", "-o", help="Output file; with -n > 1, NAME-1.ext, NAME-2.ext, ... (default: qwen-image-SEED.ext)."),
+    typer.Option(
+        "--output", "-o", help="Output file; with -n > 1, NAME-1.ext, NAME-2.ext, ... (default: qwen-image-SEED.ext)."
+    ),
 ]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 DTypeOpt = Annotated[str | None, typer.Option("--dtype", help="auto, float32, bfloat16 or float16.")]
@@ -113,12 +119,53 @@ def _friendly_errors() -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
-def _settings(device: str | None, dtype: str | None, offload: str | None) -> Settings:
-    overrides: dict[str, Any] = {"device": device, "dtype": dtype, "offload": offload}
+def _settings(placement: Placement, model: ModelName, checkpoint: str | None) -> Settings:
+    overrides: dict[str, Any] = {"device": placement.device, "dtype": placement.dtype, "offload": placement.offload}
     try:
-        return Settings(**{key: value for key, value in overrides.items() if value is not None})
-    except Exception as exc:  # pydantic's ValidationError, reported as a usage error
+        settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
+    except ValidationError as exc:
         raise InvalidParameter(f"invalid setting: {_first_line(exc)}") from None
+    return settings if checkpoint is None else settings.with_checkpoint(model, checkpoint)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the model runs: the --device, --dtype and --offload flags (None: from settings)."""
+
+    device: str | None
+    dtype: str | None
+    offload: str | None
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """The generation flags shared by `generate` and `edit`, as the user gave them."""
+
+    prompt: str
+    negative: str | None
+    size: str | None
+    steps: int | None
+    cfg: float | None
+    seed: int | None
+    count: int
+    quality: int
+
+    def request(self, model: ModelName, images: tuple[bytes, ...], fmt: OutputFormat) -> GenerationRequest:
+        size = parse_size(self.size) if self.size else None
+        return GenerationRequest.create(
+            model=model,
+            prompt=self.prompt,
+            negative_prompt=self.negative,
+            width=size.width if size else None,
+            height=size.height if size else None,
+            num_inference_steps=self.steps,
+            true_cfg_scale=self.cfg,
+            seed=self.seed,
+            num_images_per_prompt=self.count,
+            output_format=fmt,
+            output_quality=self.quality,
+            images=images,
+        )
 
 
 def _first_line(exc: Exception) -> str:
@@ -154,19 +201,16 @@ def _output_format(requested: OutputFormat | None, output: Path | None) -> Outpu
     return requested or from_name or OutputFormat.PNG
 
 
-def _run(settings: Settings, fields: dict[str, Any], output: Path | None, fmt: OutputFormat) -> None:
+def _run(settings: Settings, request: GenerationRequest, output: Path | None) -> None:
     from qwen_image_server.engine import Engine
 
-    size = parse_size(fields.pop("size")) if fields.get("size") else None
-    if size is not None:
-        fields.update(width=size.width, height=size.height)
-    request = GenerationRequest.create(output_format=fmt, **{k: v for k, v in fields.items() if k != "size"})
-    paths = _output_paths(output, fmt, request.image_seeds)
+    paths = _output_paths(output, request.output_format, request.image_seeds)
     engine = Engine(settings)
-    with err.status(f"loading {request.model} from {settings.checkpoint_for(request.model)} ..."):
+    checkpoint = settings.checkpoint_for(request.model)
+    with err.status(f"loading {request.model} from {checkpoint} ..."):
         engine.load(request.model)
         engine.validate(request)
-    if settings.checkpoint_for(request.model) == "tiny":
+    if checkpoint == "tiny":
         err.print(
             "note: the tiny model has random weights; its images are noise, made by the real pipeline",
             soft_wrap=True,
@@ -214,16 +258,20 @@ def generate(
     offload: OffloadOpt = None,
 ) -> None:
     """Generate images from a text prompt."""
+    options = ImageOptions(prompt, negative, size, steps, cfg, seed, count, quality)
     with _friendly_errors():
         name, source = _choose_model(model, checkpoint, ModelName.QWEN_IMAGE)
-        _generate_or_edit(name, source, locals(), (), output, output_format, (device, dtype, offload))
+        fmt = _output_format(output_format, output)
+        settings = _settings(Placement(device, dtype, offload), name, source)
+        _run(settings, options.request(name, (), fmt), output)
 
 
 @app.command()
 def edit(
     prompt: Annotated[str, typer.Argument(help="How to change the image(s).")],
     image: Annotated[
-        list[str], typer.Option("--image", "-i", help="Input image: a path, an http(s) URL or a data URI. Repeat for up to 3.")
+        list[str],
+        typer.Option("--image", "-i", help="Input image: a path, an http(s) URL or a data URI. Repeat for up to 3."),
     ],
     model: ModelOpt = None,
     checkpoint: CheckpointOpt = None,
@@ -243,38 +291,14 @@ def edit(
     """Edit one image, or combine up to three (qwen-image-edit-plus is chosen for more than one)."""
     from qwen_image_server.sources import read_image_source
 
+    options = ImageOptions(prompt, negative, size, steps, cfg, seed, count, quality)
     with _friendly_errors():
         default = ModelName.QWEN_IMAGE_EDIT if len(image) == 1 else ModelName.QWEN_IMAGE_EDIT_PLUS
         name, source = _choose_model(model, checkpoint, default)
-        data = tuple(read_image_source(ref, index=i) for i, ref in enumerate(image))
-        _generate_or_edit(name, source, locals(), data, output, output_format, (device, dtype, offload))
-
-
-def _generate_or_edit(
-    model: ModelName,
-    checkpoint: str | None,
-    options: dict[str, Any],
-    images: tuple[bytes, ...],
-    output: Path | None,
-    requested_format: OutputFormat | None,
-    placement: tuple[str | None, str | None, str | None],
-) -> None:
-    settings = _settings(*placement)
-    if checkpoint is not None:
-        settings = settings.with_checkpoint(model, checkpoint)
-    fields = {
-        "model": model,
-        "prompt": options["prompt"],
-        "negative_prompt": options["negative"],
-        "size": options["size"],
-        "num_inference_steps": options["steps"],
-        "true_cfg_scale": options["cfg"],
-        "seed": options["seed"],
-        "num_images_per_prompt": options["count"],
-        "output_quality": options["quality"],
-        "images": images,
-    }
-    _run(settings, fields, output, _output_format(requested_format, output))
+        fmt = _output_format(output_format, output)
+        settings = _settings(Placement(device, dtype, offload), name, source)
+        inputs = tuple(read_image_source(ref, index=i) for i, ref in enumerate(image))
+        _run(settings, options.request(name, inputs, fmt), output)
 
 
 @app.command("tiny-model")

@@ -54,9 +54,7 @@ class Settings(BaseSettings):
             "layers with prefetching on a CUDA stream."
         ),
     )
-    vae_tiling: bool = Field(
-        default=False, description="Decode in tiles to cut the VAE's peak memory at large sizes."
-    )
+    vae_tiling: bool = Field(default=False, description="Decode in tiles to cut the VAE's peak memory at large sizes.")
     share_components: bool = Field(
         default=True,
         description="Load the text encoder and VAE once and share them between the models (they are the same).",

@@ -31,7 +31,9 @@ def _read_file(path: Path, index: int) -> bytes:
     if not path.is_file():
         raise ImageSourceUnavailable(f"input image {index + 1}: no file at {path}", param=param)
     if path.stat().st_size > MAX_INPUT_BYTES:
-        raise InvalidImage(f"input image {index + 1}: {path} is larger than {MAX_INPUT_BYTES // 2**20} MiB", param=param)
+        raise InvalidImage(
+            f"input image {index + 1}: {path} is larger than {MAX_INPUT_BYTES // 2**20} MiB", param=param
+        )
     return path.read_bytes()
 
 
@@ -39,15 +41,19 @@ def fetch_url(url: str, *, index: int = 0, transport: httpx.BaseTransport | None
     """Download `url`, refusing bodies over the input size limit without reading them whole."""
     param = f"images[{index}]"
     try:
-        with httpx.Client(timeout=FETCH_TIMEOUT_S, follow_redirects=True, transport=transport) as client:
-            with client.stream("GET", url) as response:
-                if response.status_code != 200:
-                    raise ImageSourceUnavailable(
-                        f"input image {index + 1}: {url} answered HTTP {response.status_code}", param=param
-                    )
-                return _read_limited(response, url, index)
+        with (
+            httpx.Client(timeout=FETCH_TIMEOUT_S, follow_redirects=True, transport=transport) as client,
+            client.stream("GET", url) as response,
+        ):
+            if response.status_code != 200:
+                raise ImageSourceUnavailable(
+                    f"input image {index + 1}: {url} answered HTTP {response.status_code}", param=param
+                )
+            return _read_limited(response, url, index)
     except httpx.HTTPError as exc:
-        raise ImageSourceUnavailable(f"input image {index + 1}: could not download {url} ({exc})", param=param) from None
+        raise ImageSourceUnavailable(
+            f"input image {index + 1}: could not download {url} ({exc})", param=param
+        ) from None
 
 
 def _read_limited(response: httpx.Response, url: str, index: int) -> bytes:

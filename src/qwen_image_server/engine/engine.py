@@ -74,7 +74,9 @@ class Engine:
             return self._checkpoints[model].describe()
 
     def _describe(self, model: ModelName) -> LoadedModel:
-        return LoadedModel(model, self._checkpoints[model].ref, str(self._device), str(self._dtype).removeprefix("torch."))
+        return LoadedModel(
+            model, self._checkpoints[model].ref, str(self._device), str(self._dtype).removeprefix("torch.")
+        )
 
     def _pipeline(self, model: ModelName) -> DiffusionPipeline:
         if model not in self._pipelines:

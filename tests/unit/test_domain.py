@@ -1,0 +1,141 @@
+from __future__ import annotations
+
+import pytest
+
+from qwen_image_server.domain import (
+    DEFAULT_SIZE,
+    MODEL_SPECS,
+    SEED_MAX,
+    SIZE_PRESETS,
+    GenerationRequest,
+    ModelName,
+    OutputFormat,
+    Size,
+    parse_size,
+    size_for_aspect,
+)
+from qwen_image_server.errors import InvalidImage, InvalidParameter
+from tests.conftest import picture_bytes
+
+
+def make(**fields: object) -> GenerationRequest:
+    base: dict[str, object] = {"model": "qwen-image", "prompt": "a red fox"}
+    base.update(fields)
+    return GenerationRequest.create(**base)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("1024x768", Size(1024, 768)), ("1024*768", Size(1024, 768)), (" 512 X 512 ", Size(512, 512)), ("16:9", Size(1664, 928))],
+)
+def test_parse_size_accepts_both_separators_and_presets(text: str, expected: Size) -> None:
+    assert parse_size(text) == expected
+
+
+def test_parse_size_rejects_garbage_naming_the_presets() -> None:
+    with pytest.raises(InvalidParameter, match="16:9") as caught:
+        parse_size("big")
+    assert caught.value.param == "size"
+
+
+def test_every_preset_is_a_valid_size() -> None:
+    for size in SIZE_PRESETS.values():
+        request = make(width=size.width, height=size.height)
+        assert (request.width, request.height) == (size.width, size.height)
+
+
+def test_defaults_come_from_the_model() -> None:
+    request = make(model="qwen-image-edit-plus", images=(picture_bytes((300, 300)),))
+    spec = MODEL_SPECS[ModelName.QWEN_IMAGE_EDIT_PLUS]
+    assert request.num_inference_steps == spec.default_steps == 40
+    assert request.true_cfg_scale == 4.0
+    assert make().num_inference_steps == 50
+    assert (make().width, make().height) == (DEFAULT_SIZE.width, DEFAULT_SIZE.height)
+
+
+def test_a_missing_seed_is_drawn_once_and_kept() -> None:
+    seeds = {make().seed for _ in range(5)}
+    assert len(seeds) > 1
+    assert all(0 <= seed <= SEED_MAX for seed in seeds)
+
+
+def test_each_image_gets_its_own_seed_wrapping_at_the_maximum() -> None:
+    assert make(seed=7, num_images_per_prompt=3).image_seeds == [7, 8, 9]
+    assert make(seed=SEED_MAX, num_images_per_prompt=2).image_seeds == [SEED_MAX, 0]
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "words"),
+    [
+        ({"width": 100, "height": 100}, "width", "between 256 and 2048"),
+        ({"width": 520, "height": 512}, "width", "multiple of 16"),
+        ({"width": 512}, "size", "both width and height"),
+        ({"num_inference_steps": 0}, "num_inference_steps", "at least 1"),
+        ({"num_inference_steps": 251}, "num_inference_steps", "at most 250"),
+        ({"true_cfg_scale": 21}, "true_cfg_scale", "at most 20"),
+        ({"seed": -1}, "seed", "at least 0"),
+        ({"seed": 2**31}, "seed", "at most"),
+        ({"num_images_per_prompt": 11}, "num_images_per_prompt", "at most 10"),
+        ({"prompt": "   "}, "prompt", "empty"),
+        ({"model": "dall-e"}, "model", "unknown model"),
+        ({"output_format": "gif"}, "output_format", "png"),
+        ({"output_quality": 0}, "output_quality", "at least 1"),
+        ({"max_sequence_length": 2048}, "max_sequence_length", "at most 1024"),
+        ({"colour": "red"}, "colour", "not a known parameter"),
+        ({"images": (picture_bytes(),)}, "images", "takes no input images"),
+    ],
+)
+def test_bad_requests_fail_with_the_parameter_named(fields: dict[str, object], param: str, words: str) -> None:
+    with pytest.raises(InvalidParameter, match=words) as caught:
+        make(**fields)
+    assert caught.value.param == param
+    assert caught.value.status == 400
+
+
+def test_edit_models_check_the_number_of_images() -> None:
+    one = picture_bytes()
+    with pytest.raises(InvalidParameter, match="takes 1 input image"):
+        make(model="qwen-image-edit")
+    with pytest.raises(InvalidParameter, match="1 to 3 input image"):
+        make(model="qwen-image-edit-plus", images=(one,) * 4)
+    assert len(make(model="qwen-image-edit-plus", images=(one,) * 3).images) == 3
+
+
+def test_an_undecodable_input_image_is_named_by_position() -> None:
+    with pytest.raises(InvalidImage) as caught:
+        make(model="qwen-image-edit-plus", images=(picture_bytes(), b"not an image"))
+    assert caught.value.param == "images[1]"
+    assert "input image 2" in caught.value.message
+
+
+def test_edit_without_size_keeps_the_last_inputs_aspect_at_about_one_megapixel() -> None:
+    wide = picture_bytes((1600, 900))
+    request = make(model="qwen-image-edit", images=(wide,))
+    assert request.width % 16 == 0 and request.height % 16 == 0
+    assert abs(request.width / request.height - 16 / 9) < 0.02
+    assert 0.9e6 < request.width * request.height < 1.1e6
+
+
+def test_size_for_aspect_stays_in_bounds_for_extreme_ratios() -> None:
+    size = size_for_aspect(8000, 40)
+    assert size.width == 2048 and size.height == 256
+
+
+def test_requests_round_trip_through_json_with_their_schema_version() -> None:
+    request = make(model="qwen-image-edit", images=(picture_bytes(),), seed=3, output_format="webp")
+    text = request.model_dump_json()
+    assert '"schema_version":1' in text
+    again = GenerationRequest.model_validate_json(text)
+    assert again == request
+    assert again.output_format is OutputFormat.WEBP
+
+
+def test_requests_are_immutable() -> None:
+    request = make()
+    with pytest.raises(Exception, match="frozen"):
+        request.prompt = "other"  # type: ignore[misc]
+
+
+def test_cfg_is_on_only_above_one() -> None:
+    assert make(true_cfg_scale=4.0).uses_cfg
+    assert not make(true_cfg_scale=1.0).uses_cfg
