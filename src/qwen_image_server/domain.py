@@ -26,6 +26,9 @@ SEED_MAX = 2**31 - 1
 SIZE_MULTIPLE = 16
 MIN_SIDE = 256
 MAX_SIDE = 2048
+# One step is not allowed: the Qwen-Image scheduler's terminal shift divides 0 by 0 at one step and
+# the image comes out NaN (black). kie.ai's API has the same lower bound.
+MIN_STEPS = 2
 MAX_STEPS = 250
 MAX_CFG = 20.0
 MAX_IMAGES_PER_REQUEST = 10
@@ -165,7 +168,7 @@ class GenerationRequest(BaseModel):
     negative_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
     width: int
     height: int
-    num_inference_steps: int = Field(ge=1, le=MAX_STEPS)
+    num_inference_steps: int = Field(ge=MIN_STEPS, le=MAX_STEPS)
     true_cfg_scale: float = Field(ge=0.0, le=MAX_CFG)
     guidance_scale: float | None = Field(default=None, ge=0.0, le=MAX_CFG)
     seed: int = Field(ge=0, le=SEED_MAX)

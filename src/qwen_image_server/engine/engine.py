@@ -64,6 +64,11 @@ class Engine:
             self._pipeline(model)
             return self._describe(model)
 
+    def pipeline(self, model: ModelName) -> DiffusionPipeline:
+        """The diffusers pipeline behind `model`, loaded on first use (for inspection and tests)."""
+        with self._lock:
+            return self._pipeline(model)
+
     def loaded(self) -> list[LoadedModel]:
         with self._lock:
             return [self._describe(model) for model in self._pipelines]

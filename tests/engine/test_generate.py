@@ -1,0 +1,139 @@
+"""Text-to-image through the real QwenImagePipeline with the tiny model."""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from qwen_image_server.domain import GenerationRequest, ModelName, OutputFormat, StepProgress
+from qwen_image_server.engine import Engine
+from qwen_image_server.errors import GenerationCanceled, PromptTooLong
+
+
+def request(**fields: object) -> GenerationRequest:
+    base: dict[str, object] = {
+        "model": "qwen-image",
+        "prompt": "a red fox in snow",
+        "width": 256,
+        "height": 256,
+        "num_inference_steps": 2,
+        "seed": 7,
+    }
+    base.update(fields)
+    return GenerationRequest.create(**base)
+
+
+def pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
+
+
+def test_makes_an_image_of_the_asked_size(engine: Engine) -> None:
+    [result] = engine.generate(request(width=320, height=256))
+    image = Image.open(io.BytesIO(result.data))
+    assert image.format == "PNG"
+    assert image.size == (320, 256) == (result.width, result.height)
+    assert result.seed == 7
+    assert pixels(result.data).std() > 1, "the pipeline produced a picture, not a flat fill"
+
+
+def test_the_same_seed_gives_the_same_pixels_and_another_seed_other_pixels(engine: Engine) -> None:
+    first = engine.generate(request())[0].data
+    again = engine.generate(request())[0].data
+    other = engine.generate(request(seed=8))[0].data
+    assert np.array_equal(pixels(first), pixels(again))
+    assert not np.array_equal(pixels(first), pixels(other))
+
+
+def test_each_image_of_a_batch_is_reproduced_alone_by_its_seed(engine: Engine) -> None:
+    batch = engine.generate(request(num_images_per_prompt=2, seed=40))
+    assert [result.seed for result in batch] == [40, 41]
+    assert not np.array_equal(pixels(batch[0].data), pixels(batch[1].data))
+    for result in batch:
+        [alone] = engine.generate(request(seed=result.seed))
+        assert np.array_equal(pixels(alone.data), pixels(result.data))
+
+
+def test_the_prompt_matters(engine: Engine) -> None:
+    fox = engine.generate(request())[0].data
+    city = engine.generate(request(prompt="a city at night"))[0].data
+    assert not np.array_equal(pixels(fox), pixels(city))
+
+
+def test_cfg_and_the_negative_prompt_change_the_image(engine: Engine) -> None:
+    plain = pixels(engine.generate(request(true_cfg_scale=1.0))[0].data)
+    guided = pixels(engine.generate(request(true_cfg_scale=4.0))[0].data)
+    negative = pixels(engine.generate(request(true_cfg_scale=4.0, negative_prompt="blurry"))[0].data)
+    assert not np.array_equal(plain, guided)
+    assert not np.array_equal(guided, negative)
+
+
+@pytest.mark.parametrize(("fmt", "pil_name"), [("jpeg", "JPEG"), ("webp", "WEBP")])
+def test_lossy_formats(engine: Engine, fmt: str, pil_name: str) -> None:
+    [result] = engine.generate(request(output_format=fmt, output_quality=80))
+    assert Image.open(io.BytesIO(result.data)).format == pil_name
+    assert result.content_type == OutputFormat(fmt).content_type
+
+
+def test_progress_is_reported_after_every_step_across_all_images(engine: Engine) -> None:
+    seen: list[StepProgress] = []
+    engine.generate(request(num_inference_steps=3, num_images_per_prompt=2), on_step=seen.append)
+    assert [(p.step, p.total, p.image_index) for p in seen] == [
+        (1, 6, 0), (2, 6, 0), (3, 6, 0), (4, 6, 1), (5, 6, 1), (6, 6, 1),
+    ]  # fmt: skip
+    assert seen[-1].percent == 100.0
+
+
+def test_cancel_stops_at_the_next_step_and_decodes_nothing(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    cancel = threading.Event()
+    steps: list[int] = []
+    decoded: list[int] = []
+    vae = engine.pipeline(ModelName.QWEN_IMAGE).vae
+    original_decode = vae.decode
+    monkeypatch.setattr(vae, "decode", lambda *a, **k: decoded.append(1) or original_decode(*a, **k))
+
+    def on_step(progress: StepProgress) -> None:
+        steps.append(progress.step)
+        if progress.step == 2:
+            cancel.set()
+
+    with pytest.raises(GenerationCanceled):
+        engine.generate(request(num_inference_steps=6), on_step=on_step, cancel=cancel)
+    assert steps == [1, 2]
+    assert decoded == []
+
+
+def test_a_cancel_before_the_start_runs_nothing(engine: Engine) -> None:
+    cancel = threading.Event()
+    cancel.set()
+    steps: list[StepProgress] = []
+    with pytest.raises(GenerationCanceled):
+        engine.generate(request(), on_step=steps.append, cancel=cancel)
+    assert steps == []
+
+
+def test_a_prompt_over_the_token_limit_is_refused_before_any_step(engine: Engine) -> None:
+    steps: list[StepProgress] = []
+    long_prompt = "fox " * 600
+    assert engine.count_tokens(ModelName.QWEN_IMAGE, long_prompt) > 512
+    with pytest.raises(PromptTooLong, match="512 tokens") as caught:
+        engine.generate(request(prompt=long_prompt), on_step=steps.append)
+    assert caught.value.param == "prompt"
+    assert steps == []
+    with pytest.raises(PromptTooLong):
+        engine.generate(request(negative_prompt=long_prompt))
+
+
+def test_max_sequence_length_sets_the_token_limit(engine: Engine) -> None:
+    with pytest.raises(PromptTooLong, match="8 tokens"):
+        engine.generate(request(prompt="a red fox in snow under a pale moon at night", max_sequence_length=8))
+
+
+def test_the_models_share_one_text_encoder_and_vae(engine: Engine) -> None:
+    pipelines = [engine.pipeline(model) for model in ModelName]
+    assert len({id(p.text_encoder) for p in pipelines}) == 1
+    assert len({id(p.vae) for p in pipelines}) == 1
+    assert {m.name for m in engine.loaded()} == set(ModelName)
