@@ -3,7 +3,6 @@ to a real shell, as a real process. Everything runs the real pipelines with the 
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import subprocess
@@ -79,7 +78,7 @@ def test_two_images_each_reproduced_alone_by_their_reported_seed(tmp_path: Path)
 def test_the_format_follows_the_file_name_or_the_flag(tmp_path: Path) -> None:
     assert qwen_image("generate", "fox", *FAST, "-o", tmp_path / "a.jpg")[0] == 0
     assert format_and_size(tmp_path / "a.jpg")[0] == "JPEG"
-    code, stdout, _ = qwen_image("generate", "fox", *FAST, "--format", "webp", "--seed", "3")
+    code, _stdout, _ = qwen_image("generate", "fox", *FAST, "--format", "webp", "--seed", "3")
     assert code == 0
     written = Path("qwen-image-3.webp")
     try:
@@ -112,7 +111,7 @@ def test_edit_reads_a_data_uri(fox: Path, tmp_path: Path) -> None:
 
 def test_a_written_tiny_model_gives_the_same_image_as_the_built_in_one(fox: Path, tmp_path: Path) -> None:
     folder = tmp_path / "tiny"
-    code, stdout, _ = qwen_image("tiny-model", folder)
+    code, _stdout, _ = qwen_image("tiny-model", folder)
     assert code == 0 and (folder / "model_index.json").is_file()
     from_folder = tmp_path / "folder.png"
     args = ["generate", "a red fox in snow", "--model", str(folder), "--size", "256x256", "--steps", "2"]
@@ -176,7 +175,12 @@ def test_bad_input_is_one_clear_line_and_exit_code_2(case: str, text_file: Path,
 def _real_process(*args: str, cwd: Path, **extra_env: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "200", **extra_env}
     return subprocess.run(
-        [sys.executable, "-m", "qwen_image_server", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+        [sys.executable, "-m", "qwen_image_server", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=300,
     )
 
 
@@ -195,7 +199,10 @@ def test_an_unreachable_hub_checkpoint_is_one_line_and_exit_code_1(tmp_path: Pat
 
 
 def test_help_starts_without_importing_torch(tmp_path: Path) -> None:
-    probe = "import sys; from qwen_image_server.cli import app; import qwen_image_server.engine; print('torch' in sys.modules)"
+    probe = (
+        "import sys; from qwen_image_server.cli import app; import qwen_image_server.engine; "
+        "print('torch' in sys.modules)"
+    )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert done.stdout.strip() == "False", done.stderr
     help_text = _real_process("--help", cwd=tmp_path)

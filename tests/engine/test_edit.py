@@ -61,7 +61,11 @@ def test_edit_is_reproducible_by_seed(engine: Engine) -> None:
 def test_edit_without_a_size_follows_the_input_aspect(engine: Engine) -> None:
     # 2:1 input -> about 1 MP at 2:1; the tiny model makes this in a few seconds on a CPU.
     request = GenerationRequest.create(
-        model="qwen-image-edit", prompt="make it blue", num_inference_steps=2, seed=1, images=(picture_bytes((400, 200)),)
+        model="qwen-image-edit",
+        prompt="make it blue",
+        num_inference_steps=2,
+        seed=1,
+        images=(picture_bytes((400, 200)),),
     )
     [result] = engine.generate(request)
     assert (result.width, result.height) == (request.width, request.height)

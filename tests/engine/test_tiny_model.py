@@ -66,7 +66,7 @@ def test_the_saved_folder_gives_the_same_images_as_the_in_memory_model(
 
 
 def test_a_folder_without_model_index_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(CheckpointUnavailable, match="model_index.json"):
+    with pytest.raises(CheckpointUnavailable, match=r"model_index\.json"):
         resolve_checkpoint(str(tmp_path))
 
 

@@ -26,7 +26,12 @@ def make(**fields: object) -> GenerationRequest:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("1024x768", Size(1024, 768)), ("1024*768", Size(1024, 768)), (" 512 X 512 ", Size(512, 512)), ("16:9", Size(1664, 928))],
+    [
+        ("1024x768", Size(1024, 768)),
+        ("1024*768", Size(1024, 768)),
+        (" 512 X 512 ", Size(512, 512)),
+        ("16:9", Size(1664, 928)),
+    ],
 )
 def test_parse_size_accepts_both_separators_and_presets(text: str, expected: Size) -> None:
     assert parse_size(text) == expected

@@ -37,7 +37,7 @@ def test_an_animated_gif_gives_its_first_frame() -> None:
     buffer = io.BytesIO()
     frames = [Image.new("RGB", (40, 40), colour) for colour in ((255, 0, 0), (0, 255, 0))]
     frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
-    red, green, blue = decode_input_image(buffer.getvalue()).getpixel((1, 1))
+    red, green, _blue = decode_input_image(buffer.getvalue()).getpixel((1, 1))
     assert red > 200 and green < 50
 
 

@@ -41,8 +41,6 @@ def test_base64_tolerates_line_breaks() -> None:
     assert decode_base64(encoded) == b"x" * 200
 
 
-
-
 def test_fetches_a_url() -> None:
     transport = httpx.MockTransport(lambda request: httpx.Response(200, content=picture_bytes()))
     assert fetch_url("https://images.example/a.png", transport=transport) == picture_bytes()
