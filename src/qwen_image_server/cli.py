@@ -261,9 +261,7 @@ def generate(
     options = ImageOptions(prompt, negative, size, steps, cfg, seed, count, quality)
     with _friendly_errors():
         name, source = _choose_model(model, checkpoint, ModelName.QWEN_IMAGE)
-        fmt = _output_format(output_format, output)
-        settings = _settings(Placement(device, dtype, offload), name, source)
-        _run(settings, options.request(name, (), fmt), output)
+        _execute(name, source, options, [], output, output_format, Placement(device, dtype, offload))
 
 
 @app.command()
@@ -289,16 +287,28 @@ def edit(
     offload: OffloadOpt = None,
 ) -> None:
     """Edit one image, or combine up to three (qwen-image-edit-plus is chosen for more than one)."""
-    from qwen_image_server.sources import read_image_source
-
     options = ImageOptions(prompt, negative, size, steps, cfg, seed, count, quality)
     with _friendly_errors():
         default = ModelName.QWEN_IMAGE_EDIT if len(image) == 1 else ModelName.QWEN_IMAGE_EDIT_PLUS
         name, source = _choose_model(model, checkpoint, default)
-        fmt = _output_format(output_format, output)
-        settings = _settings(Placement(device, dtype, offload), name, source)
-        inputs = tuple(read_image_source(ref, index=i) for i, ref in enumerate(image))
-        _run(settings, options.request(name, inputs, fmt), output)
+        _execute(name, source, options, image, output, output_format, Placement(device, dtype, offload))
+
+
+def _execute(
+    model: ModelName,
+    checkpoint: str | None,
+    options: ImageOptions,
+    image_refs: list[str],
+    output: Path | None,
+    requested_format: OutputFormat | None,
+    placement: Placement,
+) -> None:
+    from qwen_image_server.sources import read_image_source
+
+    fmt = _output_format(requested_format, output)
+    settings = _settings(placement, model, checkpoint)
+    inputs = tuple(read_image_source(ref, index=i) for i, ref in enumerate(image_refs))
+    _run(settings, options.request(model, inputs, fmt), output)
 
 
 @app.command("tiny-model")
