@@ -15,7 +15,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from qwen_image_server import images
 from qwen_image_server.errors import InvalidParameter
@@ -35,6 +43,7 @@ MAX_IMAGES_PER_REQUEST = 10
 MAX_SEQUENCE_LENGTH_CAP = 1024  # the pipelines refuse more
 MAX_PROMPT_CHARS = 20_000  # a cheap guard before the tokenizer measures the real limit
 EDIT_TARGET_AREA = 1024 * 1024  # an edit with no size keeps the input's aspect ratio at ~1 MP
+_TRUSTED = "trusted"  # validation context: the request was validated before it was stored
 
 
 class ModelName(StrEnum):
@@ -186,6 +195,15 @@ class GenerationRequest(BaseModel):
         except ValidationError as exc:
             raise _invalid_parameter(exc) from None
 
+    @classmethod
+    def from_stored_json(cls, text: str | bytes) -> Self:
+        """Load a request that was validated before it was stored: types are checked again, but the
+        input images are not decoded again (that would cost a decode per image per task read)."""
+        return cls.model_validate_json(text, context={_TRUSTED: True})
+
+    def to_stored_json(self) -> str:
+        return self.model_dump_json()
+
     @property
     def spec(self) -> ModelSpec:
         return MODEL_SPECS[self.model]
@@ -230,13 +248,15 @@ class GenerationRequest(BaseModel):
 
     @field_validator("width", "height")
     @classmethod
-    def _valid_side(cls, value: int, info: Any) -> int:
-        check_side(info.field_name, value)
+    def _valid_side(cls, value: int, info: ValidationInfo) -> int:
+        check_side(str(info.field_name), value)
         return value
 
     @field_validator("images")
     @classmethod
-    def _decodable_images(cls, value: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    def _decodable_images(cls, value: tuple[bytes, ...], info: ValidationInfo) -> tuple[bytes, ...]:
+        if info.context and info.context.get(_TRUSTED):
+            return value
         for index, data in enumerate(value):
             images.inspect_input_image(data, index=index)
         return value

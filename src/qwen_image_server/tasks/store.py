@@ -1,0 +1,114 @@
+"""The task store and queue seam. `SqlTaskStore` (tasks/sql.py) is the implementation: SQLite by
+default, PostgreSQL for several machines. Every implementation passes tests/contracts/.
+
+Rules every implementation keeps:
+- Terminal states never change: every transition is conditional on the current state (and, for a
+  running task, on the worker that holds its lease). A transition that no longer applies raises
+  `TaskConflict` (or, for lease holders, `LeaseLost`) and changes nothing.
+- Claiming is atomic: two workers never claim the same task.
+- All times are timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from datetime import datetime
+from typing import Protocol
+
+from qwen_image_server.domain import ModelName
+from qwen_image_server.errors import QwenImageError
+from qwen_image_server.tasks.model import (
+    NewTask,
+    Progress,
+    StoredImage,
+    Task,
+    TaskError,
+    TaskPage,
+    TaskStatus,
+    WorkerInfo,
+)
+
+
+class TaskNotFound(QwenImageError):
+    status = 404
+    code = "task_not_found"
+
+
+class TaskConflict(QwenImageError):
+    """The task is not in a state that allows this change (e.g. canceling a finished task)."""
+
+    status = 409
+    code = "task_conflict"
+
+
+class LeaseLost(QwenImageError):
+    """The worker no longer holds the task (its lease expired and it was requeued or finished)."""
+
+    status = 409
+    code = "lease_lost"
+
+
+class TaskStore(Protocol):
+    async def start(self) -> None:
+        """Connect and bring the schema up to date (migrations)."""
+
+    async def close(self) -> None: ...
+
+    # -- API side --------------------------------------------------------------------------------
+
+    async def create(self, new: NewTask) -> Task: ...
+
+    async def get(self, task_id: str) -> Task:
+        """The task, or `TaskNotFound`."""
+
+    async def list_tasks(
+        self,
+        *,
+        status: TaskStatus | None = None,
+        owner: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> TaskPage:
+        """Newest first. `cursor` is the `next_cursor` of the previous page."""
+
+    async def queue_position(self, task_id: str) -> int | None:
+        """0 for the next task to run; None unless the task is queued."""
+
+    async def request_cancel(self, task_id: str) -> Task:
+        """A queued task becomes canceled at once; a running one gets `cancel_requested` (its worker
+        stops it at the next step). A terminal task is returned unchanged."""
+
+    # -- worker side -----------------------------------------------------------------------------
+
+    async def claim(self, worker_id: str, models: Collection[ModelName], lease_seconds: float) -> Task | None:
+        """Take the next queued task for one of `models` (highest priority, then oldest): it becomes
+        running with `attempts` + 1, `started_at` set on the first attempt, and a lease."""
+
+    async def heartbeat(self, task_id: str, worker_id: str, lease_seconds: float, progress: Progress | None) -> bool:
+        """Extend the lease and record progress. Returns whether a cancel was requested.
+        Raises `LeaseLost` if `worker_id` no longer holds the task."""
+
+    async def complete(self, task_id: str, worker_id: str, results: Sequence[StoredImage]) -> Task: ...
+
+    async def fail(self, task_id: str, worker_id: str, error: TaskError) -> Task: ...
+
+    async def finish_canceled(self, task_id: str, worker_id: str) -> Task: ...
+
+    async def release(self, task_id: str, worker_id: str) -> Task:
+        """Give a running task back to the queue (graceful drain); the attempt is not counted."""
+
+    async def requeue_expired(self, now: datetime) -> list[Task]:
+        """Running tasks whose lease expired go back to the queue, or fail with code `worker_lost`
+        once they have used `max_attempts`. Returns the tasks changed."""
+
+    async def delete_finished_before(self, cutoff: datetime) -> list[Task]:
+        """Delete terminal tasks that finished before `cutoff`; returns them (to delete their images)."""
+
+    # -- workers ---------------------------------------------------------------------------------
+
+    async def announce_worker(self, worker: WorkerInfo) -> None:
+        """Insert or update the worker's row (its models, state and `last_seen`)."""
+
+    async def forget_worker(self, worker_id: str) -> None: ...
+
+    async def live_workers(self, seen_since: datetime) -> list[WorkerInfo]: ...
