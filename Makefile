@@ -29,6 +29,9 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests
 	$(BIN)/ruff check --fix src tests
 
+serve: $(STAMP)
+	$(BIN)/qwen-image serve $(SERVE_ARGS)
+
 demo: $(STAMP)
 	$(BIN)/qwen-image generate "a red fox in snow" --model tiny --size 256x256 --steps 4 --seed 7 -o fox.png
 

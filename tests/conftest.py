@@ -53,3 +53,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         if key.startswith("QWEN_IMAGE_"):
             monkeypatch.delenv(key)
     yield
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"

@@ -1,15 +1,23 @@
-"""All settings in one object, read once from flags, `QWEN_IMAGE_*` environment variables and defaults.
+"""All settings in one object, read once from flags, `QWEN_IMAGE_*` environment variables, an optional
+TOML config file and defaults.
 
-Precedence: values passed in code (the CLI's flags) over environment variables over defaults.
-Every setting is documented in docs/settings.md; a test keeps the two in step.
+Precedence: values passed in code (the CLI's flags) over environment variables over the config file
+over defaults. Every setting is documented in docs/settings.md; a test keeps the two in step.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 from qwen_image_server.domain import ModelName
 
@@ -60,6 +68,76 @@ class Settings(BaseSettings):
         description="Load the text encoder and VAE once and share them between the models (they are the same).",
     )
 
+    data_dir: Path = Field(
+        default=Path("data"),
+        description="Where the task database (SQLite), the result images and the URL-signing secret live.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the task database; default: the SQLite file `tasks.db` in the data dir.",
+    )
+    host: str = Field(default="127.0.0.1", description="Address `serve` listens on.")
+    port: int = Field(default=8000, ge=1, le=65535, description="Port `serve` listens on.")
+    models: Annotated[tuple[ModelName, ...], NoDecode] = Field(
+        default=(ModelName.QWEN_IMAGE,),
+        description="Models this server or worker serves, comma-separated (e.g. `qwen-image,qwen-image-edit-plus`).",
+    )
+    public_url: str | None = Field(
+        default=None,
+        description="Base URL for result links (e.g. `https://images.example.com`); default: the URL the client used.",
+    )
+    url_secret: str | None = Field(
+        default=None,
+        min_length=16,
+        description="Secret that signs result URLs; default: a random one kept in `DATA_DIR/url-secret`.",
+    )
+    result_ttl_seconds: int = Field(default=86_400, ge=60, description="How long result URLs and images live.")
+    task_retention_seconds: int = Field(
+        default=7 * 86_400, ge=60, description="How long finished tasks are kept before they are deleted."
+    )
+    cleanup_interval_seconds: float = Field(default=300.0, gt=0, description="How often expired data is deleted.")
+    lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long a worker may go silent before its task is given to another worker.",
+    )
+    max_attempts: int = Field(default=3, ge=1, le=20, description="Runs of a task before it fails for good.")
+    drain_seconds: float = Field(
+        default=30.0, ge=0, description="On SIGTERM, how long the running task may take before it is requeued."
+    )
+    progress_interval_seconds: float = Field(
+        default=0.25, gt=0, description="How often a worker writes progress (and SSE streams poll)."
+    )
+    poll_interval_seconds: float = Field(
+        default=0.5, gt=0, description="How often an idle worker looks for work queued by another process."
+    )
+    max_wait_seconds: float = Field(
+        default=120.0, ge=0, description="Upper bound of `?wait=` / `Prefer: wait` on task creation."
+    )
+    worker: bool = Field(default=True, description="Whether `serve` runs a worker in the same process.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'tasks.db'}"
+
     def checkpoint_for(self, model: ModelName) -> str:
         return {
             ModelName.QWEN_IMAGE: self.checkpoint_qwen_image,
@@ -69,3 +147,24 @@ class Settings(BaseSettings):
 
     def with_checkpoint(self, model: ModelName, checkpoint: str) -> Settings:
         return self.model_copy(update={f"checkpoint_{model.value.replace('-', '_')}": checkpoint})
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from flags (`overrides`; None values are ignored), the environment and a TOML file.
+
+    The file is `config_file`, else `QWEN_IMAGE_CONFIG` if set. Keys in the file are the setting
+    names in lower case (`port = 8080`, `models = ["qwen-image"]`).
+    """
+    import os
+
+    path = config_file or (Path(os.environ["QWEN_IMAGE_CONFIG"]) if os.environ.get("QWEN_IMAGE_CONFIG") else None)
+    given = {key: value for key, value in overrides.items() if value is not None}
+    if path is None:
+        return Settings(**given)
+    if not path.is_file():
+        raise FileNotFoundError(f"no config file at {path}")
+
+    class FileSettings(Settings):
+        model_config = SettingsConfigDict(toml_file=path)
+
+    return FileSettings(**given)

@@ -26,6 +26,15 @@ def read_image_source(ref: str, *, index: int = 0) -> bytes:
     return _read_file(Path(ref).expanduser(), index)
 
 
+def read_remote_image(ref: str, *, index: int = 0) -> bytes:
+    """For API callers: an http(s) URL, a data URI or bare base64 -- never a path on this machine."""
+    if ref.startswith(("http://", "https://")):
+        return fetch_url(ref, index=index)
+    if ref.startswith("data:"):
+        return decode_data_uri(ref, index=index)
+    return decode_base64(ref, index=index)
+
+
 def _read_file(path: Path, index: int) -> bytes:
     param = f"images[{index}]"
     if not path.is_file():

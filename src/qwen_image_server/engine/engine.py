@@ -12,6 +12,7 @@ decoded after a cancel.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 from collections.abc import Callable
@@ -53,6 +54,10 @@ class Engine:
         self._checkpoints: dict[ModelName, Checkpoint] = {}
         self._active: ModelName | None = None
         self._placed_modules: set[int] = set()
+        # Tokenizers used only to count tokens, copied at load: counting must not wait for the
+        # generation lock, and the pipelines change their tokenizer's padding state while running.
+        self._token_counters: dict[ModelName, Any] = {}
+        self._counter_lock = threading.Lock()
         self._device: Any = None
         self._dtype: Any = None
 
@@ -91,6 +96,7 @@ class Engine:
             pool = self._component_pool()
             self._pipelines[model] = pool.pipeline(model, checkpoint)
             self._checkpoints[model] = checkpoint
+            self._token_counters[model] = copy.deepcopy(self._pipelines[model].tokenizer)
             log.info("loaded %s from %s", model, checkpoint.describe())
         pipeline = self._pipelines[model]
         self._activate(model, pipeline)
@@ -120,11 +126,15 @@ class Engine:
 
     # -- validation ------------------------------------------------------------------------------
 
+    def is_loaded(self, model: ModelName) -> bool:
+        return model in self._token_counters
+
     def count_tokens(self, model: ModelName, text: str) -> int:
         """How many tokens of the model's tokenizer `text` takes (the unit of max_sequence_length)."""
-        with self._lock:
-            tokenizer = self._pipeline(model).tokenizer
-        return len(tokenizer(text, add_special_tokens=False).input_ids)
+        if not self.is_loaded(model):
+            self.load(model)
+        with self._counter_lock:
+            return len(self._token_counters[model](text, add_special_tokens=False).input_ids)
 
     def validate(self, request: GenerationRequest) -> None:
         """Checks that need the model (its tokenizer): prompts fit in max_sequence_length tokens."""

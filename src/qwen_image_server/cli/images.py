@@ -1,14 +1,7 @@
-"""The `qwen-image` command line: generate and edit images without a server, build the tiny model.
-
-User mistakes end as one line on stderr and exit code 2 (server-side failures: exit code 1); a
-traceback appears only with `--debug`. Heavy imports (torch, diffusers) happen inside commands,
-so `--help` is instant.
-"""
+"""Commands that make images without a server: generate, edit, tiny-model, models."""
 
 from __future__ import annotations
 
-import logging
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,10 +11,9 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from qwen_image_server import __version__
+from qwen_image_server.cli.main import app, err, friendly_errors, invalid_setting, out
 from qwen_image_server.domain import (
     MODEL_SPECS,
     SIZE_PRESETS,
@@ -32,22 +24,8 @@ from qwen_image_server.domain import (
     StepProgress,
     parse_size,
 )
-from qwen_image_server.errors import InvalidParameter, QwenImageError
+from qwen_image_server.errors import InvalidParameter
 from qwen_image_server.settings import Settings
-
-app = typer.Typer(
-    name="qwen-image",
-    help="Generate and edit images with the Qwen-Image models, and serve them over HTTP.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-out = Console()
-err = Console(stderr=True)
-_state = {"debug": False}
-
-USER_ERROR_EXIT = 2
-SERVER_ERROR_EXIT = 1
 
 ModelOpt = Annotated[
     str | None,
@@ -87,44 +65,12 @@ DTypeOpt = Annotated[str | None, typer.Option("--dtype", help="auto, float32, bf
 OffloadOpt = Annotated[str | None, typer.Option("--offload", help="none, model, sequential or group.")]
 
 
-def _version(value: bool) -> None:
-    if value:
-        out.print(f"qwen-image-server {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def main_options(
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and library logs.")] = False,
-    version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
-    ] = False,
-) -> None:
-    _state["debug"] = debug
-    logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-
-
-@contextmanager
-def _friendly_errors() -> Iterator[None]:
-    """Turn our exceptions into one line and an exit code; keep tracebacks for --debug."""
-    try:
-        yield
-    except QwenImageError as exc:
-        if _state["debug"]:
-            raise
-        err.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
-        raise typer.Exit(USER_ERROR_EXIT if exc.is_user_error else SERVER_ERROR_EXIT) from None
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        raise typer.Exit(130) from None
-
-
 def _settings(placement: Placement, model: ModelName, checkpoint: str | None) -> Settings:
     overrides: dict[str, Any] = {"device": placement.device, "dtype": placement.dtype, "offload": placement.offload}
     try:
         settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
     except ValidationError as exc:
-        raise InvalidParameter(f"invalid setting: {_first_line(exc)}") from None
+        raise invalid_setting(exc) from None
     return settings if checkpoint is None else settings.with_checkpoint(model, checkpoint)
 
 
@@ -166,11 +112,6 @@ class ImageOptions:
             output_quality=self.quality,
             images=images,
         )
-
-
-def _first_line(exc: Exception) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return " ".join(lines[1:3]) if len(lines) > 1 else str(exc)
 
 
 def _choose_model(option: str | None, checkpoint: str | None, default: ModelName) -> tuple[ModelName, str | None]:
@@ -259,7 +200,7 @@ def generate(
 ) -> None:
     """Generate images from a text prompt."""
     options = ImageOptions(prompt, negative, size, steps, cfg, seed, count, quality)
-    with _friendly_errors():
+    with friendly_errors():
         name, source = _choose_model(model, checkpoint, ModelName.QWEN_IMAGE)
         _execute(name, source, options, [], output, output_format, Placement(device, dtype, offload))
 
@@ -288,7 +229,7 @@ def edit(
 ) -> None:
     """Edit one image, or combine up to three (qwen-image-edit-plus is chosen for more than one)."""
     options = ImageOptions(prompt, negative, size, steps, cfg, seed, count, quality)
-    with _friendly_errors():
+    with friendly_errors():
         default = ModelName.QWEN_IMAGE_EDIT if len(image) == 1 else ModelName.QWEN_IMAGE_EDIT_PLUS
         name, source = _choose_model(model, checkpoint, default)
         _execute(name, source, options, image, output, output_format, Placement(device, dtype, offload))
@@ -317,7 +258,7 @@ def tiny_model(
     force: Annotated[bool, typer.Option("--force", help="Write into a folder that is not empty.")] = False,
 ) -> None:
     """Write the tiny random-weight Qwen-Image as a diffusers folder (for tests and demos; offline)."""
-    with _friendly_errors():
+    with friendly_errors():
         if folder.exists() and any(folder.iterdir()) and not force:
             raise InvalidParameter(f"{folder} is not empty; pass --force to write into it anyway", param="folder")
         from qwen_image_server.engine.tiny import save_tiny_model
@@ -337,11 +278,3 @@ def models() -> None:
             f"checkpoint {settings.checkpoint_for(name)}",
             highlight=False,
         )
-
-
-def main() -> None:
-    try:
-        app()
-    except QwenImageError as exc:  # raised outside a command body, e.g. while parsing settings
-        err.print(f"error: {exc.message}", highlight=False)
-        sys.exit(USER_ERROR_EXIT if exc.is_user_error else SERVER_ERROR_EXIT)

@@ -1,0 +1,40 @@
+"""The ASGI application: every router on one `Service`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from qwen_image_server import __version__
+from qwen_image_server.api.common import common_router
+from qwen_image_server.api.errors import install_error_handlers
+from qwen_image_server.api.native.routes import native_router
+from qwen_image_server.service import Service
+
+
+def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
+    """The app for `service`. With `manage_service`, the app's lifespan starts and stops it (as
+    `serve` does); tests that drive the app in-process start the service themselves."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if manage_service:
+            await service.start()
+        try:
+            yield
+        finally:
+            if manage_service:
+                await service.stop()
+
+    app = FastAPI(
+        title="qwen-image-server",
+        version=__version__,
+        summary="Qwen-Image text-to-image and editing as a service.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app, renderers={})
+    app.include_router(common_router(service))
+    app.include_router(native_router(service))
+    return app

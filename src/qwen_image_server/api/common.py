@@ -1,0 +1,66 @@
+"""Routes every deployment has, whatever the dialects: health, readiness, models, result images."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from qwen_image_server.api.native.schemas import ModelListOut, ModelOut
+from qwen_image_server.domain import MODEL_SPECS, OutputFormat
+from qwen_image_server.results.store import ResultNotFound, is_valid_key
+from qwen_image_server.service import Service
+from qwen_image_server.tasks.model import utcnow
+
+_CONTENT_TYPES = {fmt.extension: fmt.content_type for fmt in OutputFormat}
+
+
+def common_router(service: Service) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/healthz", tags=["operations"])
+    async def healthz() -> dict[str, str]:
+        """The process is up and answering."""
+        return {"status": "ok"}
+
+    @router.get("/readyz", tags=["operations"])
+    async def readyz() -> JSONResponse:
+        """200 once every served model is loaded by at least one live worker; else 503."""
+        ready = await service.ready_models()
+        missing = [model.value for model in service.settings.models if model not in ready]
+        body = {"status": "ready" if not missing else "loading", "waiting_for": missing}
+        return JSONResponse(body, status_code=200 if not missing else 503)
+
+    @router.get("/v1/models", response_model=ModelListOut, tags=["models"])
+    async def models() -> ModelListOut:
+        """The models this server accepts tasks for, and whether a worker has each loaded."""
+        ready = await service.ready_models()
+        return ModelListOut(
+            data=[
+                ModelOut(
+                    id=model.value,
+                    description=MODEL_SPECS[model].description,
+                    ready=model in ready,
+                    max_input_images=MODEL_SPECS[model].max_input_images,
+                )
+                for model in service.settings.models
+            ]
+        )
+
+    @router.get("/v1/results/{task_id}/{name}", tags=["results"], response_class=Response)
+    async def result_image(task_id: str, name: str, request: Request) -> Response:
+        """A result image at its signed URL: 403 for a bad signature, 410 once expired."""
+        key = f"{task_id}/{name}"
+        if not is_valid_key(key):
+            raise ResultNotFound("no such result")
+        expiry = service.signer.verify(key, request.query_params.get("expires"), request.query_params.get("sig"))
+        # The bytes under a key never change, so the key itself is a strong validator.
+        etag = f'"{key.replace("/", "-")}"'
+        max_age = max(int(expiry - utcnow().timestamp()), 0)
+        headers = {"ETag": etag, "Cache-Control": f"private, max-age={max_age}, immutable"}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        data = await service.results.read(key)
+        media_type = _CONTENT_TYPES[name.rsplit(".", 1)[1]]
+        return Response(data, media_type=media_type, headers=headers)
+
+    return router

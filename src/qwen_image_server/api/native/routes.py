@@ -1,0 +1,103 @@
+"""The native API: /v1/tasks. Thin: parse, translate, call api.tasks, translate back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Query, Request, Response
+from sse_starlette.sse import EventSourceResponse
+
+from qwen_image_server.api.native.schemas import CreateTaskBody, TaskListOut, TaskOut
+from qwen_image_server.api.native.translate import to_generation_request, to_task_out
+from qwen_image_server.api.tasks import ResultLinks, fetch_input_images, requested_wait, submit, wait_for_end
+from qwen_image_server.service import Service
+from qwen_image_server.tasks.model import Task, TaskStatus
+from qwen_image_server.tasks.store import TaskConflict
+
+DIALECT = "native"
+
+
+def native_router(service: Service) -> APIRouter:
+    router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
+
+    async def render(task: Task, request: Request) -> TaskOut:
+        position = await service.store.queue_position(task.id) if task.status is TaskStatus.QUEUED else None
+        return to_task_out(task, ResultLinks(service, request), position)
+
+    @router.post("", status_code=202, response_model=TaskOut)
+    async def create_task(body: CreateTaskBody, request: Request, response: Response) -> TaskOut:
+        """Queue a text-to-image or edit task. With `?wait=N` or `Prefer: wait=N`, answer 200 with
+        the finished task if it ends within N seconds, else 202 with its current state."""
+        wait = requested_wait(request, service)
+        images = await fetch_input_images(body.images)
+        task = await submit(
+            service,
+            to_generation_request(body, images),
+            dialect=DIALECT,
+            callback_url=body.callback_url,
+            priority=body.priority,
+        )
+        if wait:
+            task = await wait_for_end(service, task, wait)
+        response.status_code = 200 if task.status.is_terminal else 202
+        response.headers["Location"] = f"/v1/tasks/{task.id}"
+        return await render(task, request)
+
+    @router.get("", response_model=TaskListOut)
+    async def list_tasks(
+        request: Request,
+        status: TaskStatus | None = None,
+        limit: int = Query(default=20, ge=1, le=100),
+        cursor: str | None = None,
+    ) -> TaskListOut:
+        """Tasks, newest first; pass `next_cursor` back as `cursor` for the next page."""
+        page = await service.store.list_tasks(status=status, limit=limit, cursor=cursor)
+        links = ResultLinks(service, request)
+        return TaskListOut(data=[to_task_out(task, links) for task in page.tasks], next_cursor=page.next_cursor)
+
+    @router.get("/{task_id}", response_model=TaskOut)
+    async def get_task(task_id: str, request: Request) -> TaskOut:
+        return await render(await service.store.get(task_id), request)
+
+    @router.post("/{task_id}/cancel", response_model=TaskOut)
+    async def cancel_task(task_id: str, request: Request) -> TaskOut:
+        """A queued task is canceled at once; a running one stops at its next step."""
+        before = await service.store.get(task_id)
+        if before.status.is_terminal:
+            raise TaskConflict(f"task {task_id} already {before.status}; only queued or running tasks can be canceled")
+        return await render(await service.store.request_cancel(task_id), request)
+
+    @router.get("/{task_id}/events")
+    async def task_events(task_id: str, request: Request) -> EventSourceResponse:
+        """Server-Sent Events: `queued` (with queue position), `progress` per step, then the final
+        state (`succeeded`, `failed` or `canceled`) with the whole task; then the stream ends."""
+        first = await service.store.get(task_id)
+        return EventSourceResponse(_events(service, first, request), ping=15)
+
+    return router
+
+
+async def _events(service: Service, task: Task, request: Request) -> AsyncIterator[dict[str, str]]:
+    links = ResultLinks(service, request)
+    last: tuple[object, ...] | None = None
+    while True:
+        position = await service.store.queue_position(task.id) if task.status is TaskStatus.QUEUED else None
+        state = (task.status, position, task.progress.step)
+        if state != last:
+            last = state
+            yield _event(task, links, position)
+        if task.status.is_terminal or await request.is_disconnected():
+            return
+        await asyncio.sleep(service.settings.progress_interval_seconds)
+        task = await service.store.get(task.id)
+
+
+def _event(task: Task, links: ResultLinks, position: int | None) -> dict[str, str]:
+    if task.status.is_terminal:
+        return {"event": task.status.value, "data": to_task_out(task, links).model_dump_json()}
+    if task.status is TaskStatus.QUEUED:
+        return {"event": "queued", "data": json.dumps({"id": task.id, "status": "queued", "queue_position": position})}
+    progress = {"step": task.progress.step, "total": task.progress.total, "percent": task.progress.percent}
+    return {"event": "progress", "data": json.dumps({"id": task.id, "status": "running", "progress": progress})}

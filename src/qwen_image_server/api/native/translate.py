@@ -1,0 +1,89 @@
+"""Pure translation between the native wire shapes and the internal request and task."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from qwen_image_server.api.native.schemas import (
+    CreateTaskBody,
+    ErrorOut,
+    ProgressOut,
+    RequestOut,
+    ResultOut,
+    TaskOut,
+)
+from qwen_image_server.domain import GenerationRequest, parse_size
+from qwen_image_server.tasks.model import StoredImage, Task
+
+# (image, task) -> (absolute URL, expiry) for a result image
+ResultLinker = Callable[[StoredImage, Task], tuple[str, datetime]]
+
+
+def to_generation_request(body: CreateTaskBody, images: tuple[bytes, ...]) -> GenerationRequest:
+    width, height = body.width, body.height
+    if body.size is not None:
+        size = parse_size(body.size)
+        width, height = size.width, size.height
+    return GenerationRequest.create(
+        model=body.model,
+        prompt=body.prompt,
+        negative_prompt=body.negative_prompt,
+        width=width,
+        height=height,
+        num_inference_steps=body.num_inference_steps,
+        true_cfg_scale=body.true_cfg_scale,
+        guidance_scale=body.guidance_scale,
+        seed=body.seed,
+        num_images_per_prompt=body.n,
+        output_format=body.output_format,
+        output_quality=body.output_quality,
+        max_sequence_length=body.max_sequence_length,
+        images=images,
+    )
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat().replace("+00:00", "Z") if moment else None
+
+
+def to_task_out(task: Task, link: ResultLinker, queue_position: int | None = None) -> TaskOut:
+    request = task.request
+    results = []
+    for image in task.results:
+        url, expires_at = link(image, task)
+        results.append(
+            ResultOut(
+                url=url,
+                width=image.width,
+                height=image.height,
+                seed=image.seed,
+                content_type=image.content_type,
+                expires_at=_iso(expires_at) or "",
+            )
+        )
+    return TaskOut(
+        id=task.id,
+        model=task.model.value,
+        status=task.status.value,
+        queue_position=queue_position,
+        progress=ProgressOut(step=task.progress.step, total=task.progress.total, percent=task.progress.percent),
+        attempts=task.attempts,
+        created_at=_iso(task.created_at) or "",
+        started_at=_iso(task.started_at),
+        finished_at=_iso(task.finished_at),
+        request=RequestOut(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            width=request.width,
+            height=request.height,
+            num_inference_steps=request.num_inference_steps,
+            true_cfg_scale=request.true_cfg_scale,
+            seed=request.seed,
+            n=request.num_images_per_prompt,
+            output_format=request.output_format.value,
+            input_images=len(request.images),
+        ),
+        results=results,
+        error=ErrorOut(code=task.error.code, message=task.error.message) if task.error else None,
+    )

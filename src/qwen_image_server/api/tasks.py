@@ -1,0 +1,103 @@
+"""What every dialect does with tasks, in one place: fetch input images, submit, wait, link results.
+
+Dialects translate their wire shapes to a `GenerationRequest` and back; these functions are the
+only way they reach the task store and the results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from fastapi import Request
+
+from qwen_image_server.domain import GenerationRequest
+from qwen_image_server.errors import InvalidParameter
+from qwen_image_server.service import Service
+from qwen_image_server.sources import read_remote_image
+from qwen_image_server.tasks.model import NewTask, StoredImage, Task
+
+MAX_INPUT_IMAGES = 3
+
+
+async def fetch_input_images(refs: Sequence[str]) -> tuple[bytes, ...]:
+    """Download or decode the caller's input images (URLs are fetched concurrently, off the loop)."""
+    if len(refs) > MAX_INPUT_IMAGES:
+        raise InvalidParameter(f"at most {MAX_INPUT_IMAGES} input images, got {len(refs)}", param="images")
+    return tuple(
+        await asyncio.gather(*(asyncio.to_thread(read_remote_image, ref, index=i) for i, ref in enumerate(refs)))
+    )
+
+
+async def submit(
+    service: Service,
+    request: GenerationRequest,
+    *,
+    dialect: str,
+    owner: str | None = None,
+    callback_url: str | None = None,
+    priority: int = 0,
+) -> Task:
+    """Queue `request` after the checks that need the model; the in-process worker is woken."""
+    served = service.settings.models
+    if request.model not in served:
+        names = ", ".join(model.value for model in served)
+        raise InvalidParameter(f"model {request.model} is not served here; this server serves {names}", param="model")
+    engine = service.engine
+    if engine is not None and engine.is_loaded(request.model):
+        engine.validate(request)  # else the worker checks it and fails the task with the same error
+    new = NewTask(
+        request=request,
+        dialect=dialect,
+        owner=owner,
+        priority=priority,
+        callback_url=callback_url,
+        max_attempts=service.settings.max_attempts,
+    )
+    task = await service.store.create(new)
+    service.wake_worker()
+    return task
+
+
+def requested_wait(request: Request, service: Service) -> float:
+    """Seconds to wait for the result: `?wait=N`, or `Prefer: wait=N` (RFC 7240), capped."""
+    raw = request.query_params.get("wait")
+    prefer = request.headers.get("prefer", "")
+    for part in prefer.split(","):
+        name, _, value = part.strip().partition("=")
+        if name.strip().lower() == "wait" and raw is None:
+            raw = value.strip() or str(service.settings.max_wait_seconds)
+    if raw is None:
+        return 0.0
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise InvalidParameter(f"wait must be a number of seconds, got {raw!r}", param="wait") from None
+    if seconds < 0:
+        raise InvalidParameter("wait must not be negative", param="wait")
+    return min(seconds, service.settings.max_wait_seconds)
+
+
+async def wait_for_end(service: Service, task: Task, seconds: float) -> Task:
+    """Poll until the task is terminal or `seconds` pass; return its latest state."""
+    deadline = time.monotonic() + seconds
+    while not task.status.is_terminal and time.monotonic() < deadline:
+        await asyncio.sleep(min(service.settings.progress_interval_seconds, max(deadline - time.monotonic(), 0)))
+        task = await service.store.get(task.id)
+    return task
+
+
+class ResultLinks:
+    """Absolute, signed result URLs. A URL expires `result_ttl_seconds` after its task finished, so
+    every poll of a task returns the same URL (cacheable) and it dies with the image."""
+
+    def __init__(self, service: Service, request: Request) -> None:
+        self._signer = service.signer
+        base = service.settings.public_url or str(request.base_url)
+        self._base = base.rstrip("/")
+
+    def __call__(self, image: StoredImage, task: Task) -> tuple[str, datetime]:
+        signed = self._signer.sign(image.key, now=task.finished_at or task.updated_at)
+        return f"{self._base}{signed.path}", datetime.fromtimestamp(signed.expires, UTC)

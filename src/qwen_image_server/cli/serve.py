@@ -1,0 +1,142 @@
+"""Commands that run the service: `serve` (API + in-process worker) and `worker` (a worker alone)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from qwen_image_server.cli.main import app, err, friendly_errors, invalid_setting, out
+from qwen_image_server.domain import ModelName
+from qwen_image_server.settings import Settings, load_settings
+
+DataDirOpt = Annotated[
+    Path | None, typer.Option("--data-dir", help="Folder of the task database and result images [default: ./data].")
+]
+ModelSourceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Checkpoint for every served model: `tiny` (random weights; serves all three models), "
+        "a local diffusers folder or a Hugging Face repo id.",
+    ),
+]
+ModelsOpt = Annotated[
+    str | None, typer.Option("--models", help="Models to serve, comma-separated [default: qwen-image].")
+]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="A TOML file of settings (see docs/settings.md).")]
+
+
+def _service_settings(
+    config: Path | None, model: str | None, models: str | None, **flags: object
+) -> tuple[Settings, list[str]]:
+    """Settings for a serving process, and notes to print about where the models come from."""
+    try:
+        settings = load_settings(config, models=models, **flags)
+    except ValidationError as exc:
+        raise invalid_setting(exc) from None
+    notes: list[str] = []
+    if model is None and _no_gpu_and_no_weights(settings):
+        model = "tiny"
+        notes.append("no GPU and no Qwen-Image weights on this machine: serving the tiny model instead")
+    if model is not None:
+        served = tuple(ModelName) if model == "tiny" and models is None else settings.models
+        settings = settings.model_copy(update={"models": served})
+        for name in served:
+            settings = settings.with_checkpoint(name, model)
+    if any(settings.checkpoint_for(name) == "tiny" for name in settings.models):
+        notes.append("the tiny model has random weights: its images are noise, made by the real pipelines")
+    return settings, notes
+
+
+def _no_gpu_and_no_weights(settings: Settings) -> bool:
+    """True on a CPU-only machine whose configured checkpoints are hub ids not in the local cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if settings.device not in ("auto", "cpu"):
+        return False
+    import torch
+
+    if torch.cuda.is_available() or torch.backends.mps.is_available():
+        return False
+    for name in settings.models:
+        checkpoint = settings.checkpoint_for(name)
+        if checkpoint == "tiny" or Path(checkpoint).expanduser().is_dir():
+            return False
+        if isinstance(try_to_load_from_cache(checkpoint, "model_index.json"), str):
+            return False
+    return True
+
+
+def _describe(settings: Settings, notes: list[str]) -> None:
+    out.print(f"data: {settings.data_dir.resolve()}  (tasks: {settings.resolved_database_url})", highlight=False)
+    for name in settings.models:
+        out.print(f"model {name.value} from {settings.checkpoint_for(name)}", highlight=False)
+    for note in notes:
+        err.print(f"note: {note}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option("--host", help="Address to listen on [default: 127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Port to listen on [default: 8000].")] = None,
+    data_dir: DataDirOpt = None,
+    model: ModelSourceOpt = None,
+    models: ModelsOpt = None,
+    config: ConfigOpt = None,
+    no_worker: Annotated[
+        bool, typer.Option("--no-worker", help="Serve the API only; separate `qwen-image worker` processes run tasks.")
+    ] = False,
+) -> None:
+    """Run the HTTP API, with a worker in the same process unless --no-worker."""
+    import uvicorn
+
+    from qwen_image_server.api.app import create_app
+    from qwen_image_server.service import Service
+
+    with friendly_errors():
+        worker = False if no_worker else None
+        settings, notes = _service_settings(
+            config, model, models, host=host, port=port, data_dir=data_dir, worker=worker
+        )
+        _describe(settings, notes)
+        service = Service.build(settings, run_worker=settings.worker)
+        out.print(
+            f"listening on http://{settings.host}:{settings.port}  (API reference at /docs)",
+            highlight=False,
+        )
+        config_ = uvicorn.Config(create_app(service), host=settings.host, port=settings.port, log_level="warning")
+        uvicorn.Server(config_).run()
+
+
+@app.command()
+def worker(
+    data_dir: DataDirOpt = None,
+    model: ModelSourceOpt = None,
+    models: ModelsOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Run a worker alone against the data dir (or database) of a server; run several to share a queue."""
+    with friendly_errors():
+        settings, notes = _service_settings(config, model, models, data_dir=data_dir)
+        _describe(settings, notes)
+        asyncio.run(_run_worker(settings))
+
+
+async def _run_worker(settings: Settings) -> None:
+    from qwen_image_server.service import Service
+
+    service = Service.build(settings, run_worker=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with service.running():
+        out.print(f"worker {service.worker.id if service.worker else ''} running; Ctrl-C or SIGTERM drains it")
+        await stop.wait()
+        err.print("draining: the running task gets up to drain_seconds to finish")

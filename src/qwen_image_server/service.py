@@ -1,0 +1,122 @@
+"""Wiring: from `Settings` to the running parts (task store, results, signer, worker, maintenance).
+
+`serve` runs all of them in one process (the embedded default); `worker` runs a worker and the
+maintenance jobs against the same data directory or database. The HTTP app receives the `Service`
+and reaches its parts through it; nothing is looked up on global or app state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from qwen_image_server.domain import ModelName
+from qwen_image_server.results.local import LocalResultStore
+from qwen_image_server.results.signing import UrlSigner, load_or_create_secret
+from qwen_image_server.results.store import ResultStore
+from qwen_image_server.settings import Settings
+from qwen_image_server.tasks.model import WorkerInfo, utcnow
+from qwen_image_server.tasks.sql import SqlTaskStore
+from qwen_image_server.tasks.store import TaskStore
+from qwen_image_server.worker.maintenance import Maintenance
+from qwen_image_server.worker.worker import GenerationEngine, Worker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Service:
+    """The parts of a server or worker process. Build with `Service.build`, then `start()`."""
+
+    settings: Settings
+    store: TaskStore
+    results: ResultStore
+    signer: UrlSigner
+    engine: GenerationEngine | None = None
+    worker: Worker | None = None
+    _background: list[asyncio.Task[None]] = field(default_factory=list)
+    _started: bool = False
+
+    @classmethod
+    def build(cls, settings: Settings, *, engine: GenerationEngine | None = None, run_worker: bool) -> Service:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        secret = (
+            settings.url_secret.encode()
+            if settings.url_secret
+            else load_or_create_secret(settings.data_dir / "url-secret")
+        )
+        store = SqlTaskStore(settings.resolved_database_url)
+        results = LocalResultStore(settings.data_dir / "results")
+        signer = UrlSigner(secret, ttl_seconds=settings.result_ttl_seconds)
+        service = cls(settings, store, results, signer)
+        if run_worker:
+            if engine is None:
+                from qwen_image_server.engine import Engine
+
+                engine = Engine(settings)
+            service.engine = engine
+            service.worker = Worker(settings, store, results, engine)
+        return service
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        await self.store.start()
+        maintenance = Maintenance(self.settings, self.store, self.results)
+        self._background.append(asyncio.create_task(maintenance.run(), name="maintenance"))
+        if self.worker is not None:
+            worker_task = asyncio.create_task(self.worker.run(), name="worker")
+            worker_task.add_done_callback(_report_worker_exit)
+            self._background.append(worker_task)
+
+    async def stop(self) -> None:
+        """Drain the worker (up to `drain_seconds`), stop the jobs, close the store."""
+        if not self._started:
+            return
+        if self.worker is not None:
+            self.worker.stop()
+        worker_tasks = [task for task in self._background if task.get_name() == "worker"]
+        if worker_tasks:
+            grace = self.settings.drain_seconds + self.settings.progress_interval_seconds * 4 + 5
+            await asyncio.wait(worker_tasks, timeout=grace)
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self._background.clear()
+        await self.store.close()
+        self._started = False
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Service]:
+        await self.start()
+        try:
+            yield self
+        finally:
+            await self.stop()
+
+    def wake_worker(self) -> None:
+        if self.worker is not None:
+            self.worker.wake()
+
+    async def ready_models(self) -> dict[ModelName, list[WorkerInfo]]:
+        """Models with at least one live worker that has them loaded, in any process."""
+        since = utcnow() - timedelta(seconds=self.settings.lease_seconds)
+        ready: dict[ModelName, list[WorkerInfo]] = {}
+        for worker in await self.store.live_workers(since):
+            if worker.state == "ready":
+                for model in worker.models:
+                    ready.setdefault(model, []).append(worker)
+        return ready
+
+
+def _report_worker_exit(task: asyncio.Task[None]) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.error("the worker stopped: %s", getattr(exc, "message", None) or repr(exc))

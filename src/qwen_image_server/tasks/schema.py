@@ -1,0 +1,99 @@
+"""The task database's tables, as SQLAlchemy Core. The migrations in `tasks/migrations/versions/`
+create the same schema by hand; tests/contracts checks that the two agree.
+
+Times are stored as naive UTC (`UtcDateTime`) so that SQLite and PostgreSQL hold the same values, and
+come back as timezone-aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.types import TypeDecorator
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime in Python, a naive UTC timestamp in the database.
+
+    Refuses naive datetimes on the way in: a naive value is ambiguous and would be stored wrongly."""
+
+    impl = DateTime(timezone=False)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value!r}: the task store needs timezone-aware datetimes")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = MetaData()
+
+# Lengths bound what PostgreSQL accepts (VARCHAR(n)); SQLite ignores them.
+ID_LENGTH = 64
+NAME_LENGTH = 255
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", String(ID_LENGTH), primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("model", String(64), nullable=False),
+    Column("dialect", String(32), nullable=False),
+    Column("owner", String(NAME_LENGTH), nullable=True),
+    Column("priority", Integer, nullable=False),
+    Column("callback_url", Text, nullable=True),
+    Column("request_json", Text, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("max_attempts", Integer, nullable=False),
+    Column("progress_step", Integer, nullable=False),
+    Column("progress_total", Integer, nullable=False),
+    Column("results_json", Text, nullable=False),
+    Column("error_code", String(64), nullable=True),
+    Column("error_message", Text, nullable=True),
+    Column("cancel_requested", Boolean, nullable=False),
+    Column("worker_id", String(NAME_LENGTH), nullable=True),
+    Column("lease_expires_at", UtcDateTime, nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("started_at", UtcDateTime, nullable=True),
+    Column("finished_at", UtcDateTime, nullable=True),
+    Column("updated_at", UtcDateTime, nullable=False),
+    # The claim: WHERE status = 'queued' ORDER BY priority DESC, created_at, id (also the queue position
+    # count and the expired-lease sweep, which filter on status first).
+    Index("ix_tasks_status_priority_created", "status", "priority", "created_at"),
+    # Listing newest first (keyset pagination on created_at, id), for everyone or for one owner.
+    Index("ix_tasks_created_id", "created_at", "id"),
+    Index("ix_tasks_owner_created", "owner", "created_at"),
+    # Retention: terminal tasks that finished before a cutoff.
+    Index("ix_tasks_finished_at", "finished_at"),
+)
+
+workers = Table(
+    "workers",
+    metadata,
+    Column("id", String(NAME_LENGTH), primary_key=True),
+    Column("hostname", String(NAME_LENGTH), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("models_json", Text, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("last_seen", UtcDateTime, nullable=False),
+    Index("ix_workers_last_seen", "last_seen"),
+)

@@ -1,0 +1,399 @@
+"""`SqlTaskStore`: the task store and queue on SQLAlchemy's asyncio Core (SQLite or PostgreSQL).
+
+The SQL here is portable; what SQLite needs beyond it lives in tasks/sqlite.py. Every state change is
+one conditional UPDATE (`WHERE id = ... AND status = ...`, and for a worker `AND worker_id = ...`)
+whose result decides: no row changed means the transition no longer applies, and nothing changed.
+
+Errors of the worker-side calls, when the UPDATE changed nothing:
+- `TaskNotFound`: no such task.
+- `TaskConflict`: the task is terminal and this worker was the one that finished it (a second
+  complete/fail/finish_canceled, e.g. complete after finish_canceled).
+- `LeaseLost`: otherwise. The worker does not hold the task: it was requeued (and maybe claimed by
+  another worker), canceled while queued, or finished without this worker (failed as `worker_lost`).
+
+The claim selects the next queued task with `FOR UPDATE SKIP LOCKED` and updates it in the same
+transaction: on PostgreSQL concurrent claimers skip each other's row; on SQLite the clause is dropped
+and BEGIN IMMEDIATE serialises the claimers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Column, ColumnElement, and_, case, delete, func, insert, literal, or_, select, update
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from qwen_image_server.domain import ModelName
+from qwen_image_server.errors import InvalidParameter
+from qwen_image_server.tasks.migrations import run_migrations
+from qwen_image_server.tasks.model import (
+    TERMINAL_STATUSES,
+    NewTask,
+    Progress,
+    StoredImage,
+    Task,
+    TaskError,
+    TaskPage,
+    TaskStatus,
+    WorkerInfo,
+    utcnow,
+)
+from qwen_image_server.tasks.schema import tasks, workers
+from qwen_image_server.tasks.sql_rows import (
+    Row,
+    decode_cursor,
+    encode_cursor,
+    new_task_row,
+    results_to_json,
+    task_from_row,
+    worker_from_row,
+    worker_row,
+)
+from qwen_image_server.tasks.sqlite import READ_ONLY_OPTION, create_sqlite_engine, is_sqlite
+from qwen_image_server.tasks.store import LeaseLost, TaskConflict, TaskNotFound, TaskStore
+
+QUEUED = TaskStatus.QUEUED.value
+RUNNING = TaskStatus.RUNNING.value
+TERMINAL = sorted(status.value for status in TERMINAL_STATUSES)
+WORKER_LOST = "worker_lost"
+_NO_LEASE: dict[str, Any] = {"worker_id": None, "lease_expires_at": None}
+
+
+class SqlTaskStore:
+    """The `TaskStore` on a database URL: `sqlite+aiosqlite:///path/tasks.db` (the default; a plain
+    `sqlite:///` URL gets the async driver) or e.g. `postgresql+asyncpg://...` (driver installed
+    separately). `clock` gives the time of every change (tests pass a fake one)."""
+
+    def __init__(self, database_url: str, *, clock: Callable[[], datetime] = utcnow) -> None:
+        self._url: URL = make_url(database_url)
+        self._clock = clock
+        self._engine: AsyncEngine | None = None
+        self._reader: AsyncEngine | None = None
+
+    @property
+    def url(self) -> URL:
+        return self._url
+
+    async def start(self) -> None:
+        if self._engine is not None:
+            return
+        if is_sqlite(self._url):
+            engine = create_sqlite_engine(self._url)
+        else:
+            engine = create_async_engine(self._url, pool_pre_ping=True)
+        try:
+            async with engine.begin() as connection:
+                await connection.run_sync(run_migrations)
+        except BaseException:
+            await engine.dispose()
+            raise
+        self._engine = engine
+        self._reader = engine.execution_options(**{READ_ONLY_OPTION: True})
+
+    async def close(self) -> None:
+        engine, self._engine, self._reader = self._engine, None, None
+        if engine is not None:
+            await engine.dispose()
+
+    @property
+    def _writer(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError("the task store is not started; call start() first")
+        return self._engine
+
+    @property
+    def _read_only(self) -> AsyncEngine:
+        if self._reader is None:
+            raise RuntimeError("the task store is not started; call start() first")
+        return self._reader
+
+    # -- API side --------------------------------------------------------------------------------
+
+    async def create(self, new: NewTask) -> Task:
+        values = new_task_row(new, self._clock())
+        try:
+            async with self._writer.begin() as conn:
+                await conn.execute(insert(tasks).values(values))
+        except IntegrityError as exc:
+            raise TaskConflict(f"a task with id {new.id!r} already exists") from exc
+        return task_from_row(values, request=new.request)
+
+    async def get(self, task_id: str) -> Task:
+        async with self._read_only.connect() as conn:
+            row = await _task_row(conn, task_id)
+        if row is None:
+            raise TaskNotFound(f"there is no task {task_id!r}")
+        return task_from_row(row)
+
+    async def list_tasks(
+        self,
+        *,
+        status: TaskStatus | None = None,
+        owner: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> TaskPage:
+        if limit < 1:
+            raise InvalidParameter(f"limit must be at least 1, got {limit}", param="limit")
+        query = select(tasks).order_by(tasks.c.created_at.desc(), tasks.c.id.desc()).limit(limit + 1)
+        if status is not None:
+            query = query.where(tasks.c.status == status.value)
+        if owner is not None:
+            query = query.where(tasks.c.owner == owner)
+        if cursor is not None:
+            created_at, last_id = decode_cursor(cursor)
+            query = query.where(_before(created_at, last_id))
+        async with self._read_only.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        page = [task_from_row(row) for row in rows[:limit]]
+        next_cursor = encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None
+        return TaskPage(tasks=page, next_cursor=next_cursor)
+
+    async def queue_position(self, task_id: str) -> int | None:
+        async with self._read_only.connect() as conn:
+            row = await _task_row(conn, task_id)
+            if row is None:
+                raise TaskNotFound(f"there is no task {task_id!r}")
+            if row["status"] != QUEUED:
+                return None
+            ahead = or_(
+                tasks.c.priority > row["priority"],
+                and_(tasks.c.priority == row["priority"], _before(row["created_at"], row["id"])),
+            )
+            query = select(func.count()).select_from(tasks).where(tasks.c.status == QUEUED, ahead)
+            return int((await conn.execute(query)).scalar_one())
+
+    async def request_cancel(self, task_id: str) -> Task:
+        now = self._clock()
+        async with self._writer.begin() as conn:
+            canceled = await conn.execute(
+                update(tasks)
+                .where(tasks.c.id == task_id, tasks.c.status == QUEUED)
+                .values(status=TaskStatus.CANCELED.value, finished_at=now, updated_at=now)
+            )
+            if canceled.rowcount == 0:
+                await conn.execute(
+                    update(tasks)
+                    .where(tasks.c.id == task_id, tasks.c.status == RUNNING, tasks.c.cancel_requested.is_(False))
+                    .values(cancel_requested=True, updated_at=now)
+                )
+            row = await _task_row(conn, task_id)
+        if row is None:
+            raise TaskNotFound(f"there is no task {task_id!r}")
+        return task_from_row(row)
+
+    # -- worker side -----------------------------------------------------------------------------
+
+    async def claim(self, worker_id: str, models: Collection[ModelName], lease_seconds: float) -> Task | None:
+        names = sorted({ModelName(model).value for model in models})
+        if not names:
+            return None
+        now = self._clock()
+        next_task = (
+            select(tasks.c.id)
+            .where(tasks.c.status == QUEUED, tasks.c.model.in_(names))
+            .order_by(tasks.c.priority.desc(), tasks.c.created_at.asc(), tasks.c.id.asc())
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+        async with self._writer.begin() as conn:
+            task_id = (await conn.execute(next_task)).scalar_one_or_none()
+            if task_id is None:
+                return None
+            claimed = (
+                update(tasks)
+                .where(tasks.c.id == task_id, tasks.c.status == QUEUED)
+                .values(
+                    status=RUNNING,
+                    worker_id=worker_id,
+                    lease_expires_at=now + timedelta(seconds=lease_seconds),
+                    attempts=tasks.c.attempts + 1,
+                    started_at=func.coalesce(tasks.c.started_at, now),
+                    progress_step=0,
+                    updated_at=now,
+                )
+                .returning(*tasks.c)
+            )
+            row = (await conn.execute(claimed)).mappings().first()
+        return None if row is None else task_from_row(row)
+
+    async def heartbeat(self, task_id: str, worker_id: str, lease_seconds: float, progress: Progress | None) -> bool:
+        now = self._clock()
+        values: dict[str, Any] = {"lease_expires_at": now + timedelta(seconds=lease_seconds), "updated_at": now}
+        if progress is not None:
+            values.update(progress_step=progress.step, progress_total=progress.total)
+        async with self._writer.begin() as conn:
+            result = await conn.execute(
+                update(tasks).where(*_held(task_id, worker_id)).values(values).returning(tasks.c.cancel_requested)
+            )
+            cancel_requested = result.scalar_one_or_none()
+            if cancel_requested is None:
+                raise await _not_held(conn, task_id, worker_id)
+        return bool(cancel_requested)
+
+    async def complete(self, task_id: str, worker_id: str, results: Sequence[StoredImage]) -> Task:
+        return await self._finish_held(
+            task_id,
+            worker_id,
+            status=TaskStatus.SUCCEEDED.value,
+            results_json=results_to_json(results),
+            progress_step=tasks.c.progress_total,
+        )
+
+    async def fail(self, task_id: str, worker_id: str, error: TaskError) -> Task:
+        return await self._finish_held(
+            task_id, worker_id, status=TaskStatus.FAILED.value, error_code=error.code, error_message=error.message
+        )
+
+    async def finish_canceled(self, task_id: str, worker_id: str) -> Task:
+        return await self._finish_held(task_id, worker_id, status=TaskStatus.CANCELED.value)
+
+    async def release(self, task_id: str, worker_id: str) -> Task:
+        """Back to the queue, the attempt not counted; a task whose cancel was requested is canceled
+        instead (nobody wants it run again)."""
+        now = self._clock()
+        async with self._writer.begin() as conn:
+            row = await _update_held(
+                conn,
+                task_id,
+                worker_id,
+                {
+                    "status": _if_cancel_requested(TaskStatus.CANCELED.value, QUEUED, tasks.c.status),
+                    "finished_at": _if_cancel_requested(now, None, tasks.c.finished_at),
+                    "attempts": tasks.c.attempts - 1,
+                    "progress_step": 0,
+                    "updated_at": now,
+                    **_NO_LEASE,
+                },
+            )
+        return task_from_row(row)
+
+    async def requeue_expired(self, now: datetime) -> list[Task]:
+        expired = (
+            select(tasks.c.id, tasks.c.attempts, tasks.c.max_attempts, tasks.c.cancel_requested)
+            .where(tasks.c.status == RUNNING, tasks.c.lease_expires_at < now)
+            .order_by(tasks.c.id)
+            .with_for_update(skip_locked=True)
+        )
+        changed: list[Row] = []
+        async with self._writer.begin() as conn:
+            for task in (await conn.execute(expired)).mappings().all():
+                statement = (
+                    update(tasks)
+                    .where(tasks.c.id == task["id"], tasks.c.status == RUNNING, tasks.c.lease_expires_at < now)
+                    .values(_after_expiry(task, now))
+                    .returning(*tasks.c)
+                )
+                row = (await conn.execute(statement)).mappings().first()
+                if row is not None:
+                    changed.append(row)
+        return [task_from_row(row) for row in changed]
+
+    async def delete_finished_before(self, cutoff: datetime) -> list[Task]:
+        statement = delete(tasks).where(tasks.c.status.in_(TERMINAL), tasks.c.finished_at < cutoff).returning(*tasks.c)
+        async with self._writer.begin() as conn:
+            rows = (await conn.execute(statement)).mappings().all()
+        return [task_from_row(row) for row in rows]
+
+    async def _finish_held(self, task_id: str, worker_id: str, **values: Any) -> Task:
+        now = self._clock()
+        async with self._writer.begin() as conn:
+            row = await _update_held(
+                conn, task_id, worker_id, {**values, "finished_at": now, "updated_at": now, "lease_expires_at": None}
+            )
+        return task_from_row(row)
+
+    # -- workers ---------------------------------------------------------------------------------
+
+    async def announce_worker(self, worker: WorkerInfo) -> None:
+        values = worker_row(worker)
+        changes = {key: value for key, value in values.items() if key != "id"}
+        for attempt in range(2):
+            try:
+                async with self._writer.begin() as conn:
+                    result = await conn.execute(update(workers).where(workers.c.id == worker.id).values(changes))
+                    if result.rowcount == 0:
+                        await conn.execute(insert(workers).values(values))
+                return
+            except IntegrityError:
+                # Another process inserted the same worker id between our UPDATE and INSERT: update it.
+                if attempt:
+                    raise
+
+    async def forget_worker(self, worker_id: str) -> None:
+        async with self._writer.begin() as conn:
+            await conn.execute(delete(workers).where(workers.c.id == worker_id))
+
+    async def live_workers(self, seen_since: datetime) -> list[WorkerInfo]:
+        query = select(workers).where(workers.c.last_seen >= seen_since).order_by(workers.c.id)
+        async with self._read_only.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [worker_from_row(row) for row in rows]
+
+
+async def _task_row(conn: AsyncConnection, task_id: str) -> Row | None:
+    return (await conn.execute(select(tasks).where(tasks.c.id == task_id))).mappings().first()
+
+
+def _before(created_at: datetime, task_id: str) -> ColumnElement[bool]:
+    """Rows that come before (created_at, id) in creation order (portable row-value comparison)."""
+    return or_(tasks.c.created_at < created_at, and_(tasks.c.created_at == created_at, tasks.c.id < task_id))
+
+
+def _held(task_id: str, worker_id: str) -> tuple[ColumnElement[bool], ...]:
+    return tasks.c.id == task_id, tasks.c.status == RUNNING, tasks.c.worker_id == worker_id
+
+
+def _if_cancel_requested(then: Any, otherwise: Any, column: Column[Any]) -> ColumnElement[Any]:
+    """`then` for a task whose cancel was requested, else `otherwise` (both of `column`'s type)."""
+    return case(
+        (tasks.c.cancel_requested.is_(True), literal(then, column.type)),
+        else_=literal(otherwise, column.type),
+    )
+
+
+async def _update_held(conn: AsyncConnection, task_id: str, worker_id: str, values: Mapping[str, Any]) -> Row:
+    statement = update(tasks).where(*_held(task_id, worker_id)).values(dict(values)).returning(*tasks.c)
+    row = (await conn.execute(statement)).mappings().first()
+    if row is None:
+        raise await _not_held(conn, task_id, worker_id)
+    return row
+
+
+async def _not_held(conn: AsyncConnection, task_id: str, worker_id: str) -> Exception:
+    """Why `worker_id` could not change `task_id` (see the module docstring)."""
+    query = select(tasks.c.status, tasks.c.worker_id).where(tasks.c.id == task_id)
+    row = (await conn.execute(query)).mappings().first()
+    if row is None:
+        return TaskNotFound(f"there is no task {task_id!r}")
+    status = TaskStatus(row["status"])
+    if status.is_terminal and row["worker_id"] == worker_id:
+        return TaskConflict(f"task {task_id} is already {status.value}; it cannot change")
+    return LeaseLost(f"worker {worker_id!r} no longer holds task {task_id} (it is {status.value})")
+
+
+def _after_expiry(task: Row, now: datetime) -> dict[str, Any]:
+    """What a running task whose lease expired becomes: canceled if that was asked, queued again while
+    it has attempts left, otherwise failed as `worker_lost`."""
+    base = {"updated_at": now, "progress_step": 0, **_NO_LEASE}
+    if task["cancel_requested"]:
+        return {**base, "status": TaskStatus.CANCELED.value, "finished_at": now}
+    if task["attempts"] < task["max_attempts"]:
+        return {**base, "status": QUEUED}
+    times = "once" if task["attempts"] == 1 else f"{task['attempts']} times"
+    return {
+        **base,
+        "status": TaskStatus.FAILED.value,
+        "finished_at": now,
+        "error_code": WORKER_LOST,
+        "error_message": f"the worker running this task stopped responding {times}",
+    }
+
+
+def _as_task_store(store: SqlTaskStore) -> TaskStore:
+    """Never called: makes mypy check that `SqlTaskStore` implements the `TaskStore` protocol."""
+    return store
