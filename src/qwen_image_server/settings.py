@@ -7,6 +7,7 @@ over defaults. Every setting is documented in docs/settings.md; a test keeps the
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,6 +21,7 @@ from pydantic_settings import (
 )
 
 from qwen_image_server.domain import ModelName
+from qwen_image_server.errors import InvalidParameter
 
 Offload = Literal["none", "model", "sequential", "group"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
@@ -162,9 +164,12 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     if path is None:
         return Settings(**given)
     if not path.is_file():
-        raise FileNotFoundError(f"no config file at {path}")
+        raise InvalidParameter(f"no config file at {path}", param="config")
 
     class FileSettings(Settings):
         model_config = SettingsConfigDict(toml_file=path)
 
-    return FileSettings(**given)
+    try:
+        return FileSettings(**given)
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidParameter(f"{path} is not valid TOML: {exc}", param="config") from None

@@ -43,3 +43,55 @@ def test_every_setting_is_documented() -> None:
     text = (DOCS / "settings.md").read_text()
     for name in Settings.model_fields:
         assert f"QWEN_IMAGE_{name.upper()}" in text, f"docs/settings.md does not explain {name}"
+
+
+def test_a_config_file_sits_below_the_environment_and_flags(
+    clean_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from qwen_image_server.settings import load_settings
+
+    config = tmp_path / "qwen-image.toml"
+    config.write_text('port = 9001\nhost = "0.0.0.0"\nmodels = ["qwen-image-edit-plus"]\nlease_seconds = 12\n')
+    monkeypatch.setenv("QWEN_IMAGE_HOST", "10.0.0.5")
+    settings = load_settings(config, port=9100)
+    assert settings.port == 9100  # flag over file
+    assert settings.host == "10.0.0.5"  # environment over file
+    assert settings.models == (ModelName.QWEN_IMAGE_EDIT_PLUS,)  # file over default
+    assert settings.lease_seconds == 12
+    monkeypatch.setenv("QWEN_IMAGE_CONFIG", str(config))
+    assert load_settings().port == 9001
+
+
+def test_models_accept_a_comma_separated_list(clean_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QWEN_IMAGE_MODELS", "qwen-image, qwen-image-edit")
+    assert Settings().models == (ModelName.QWEN_IMAGE, ModelName.QWEN_IMAGE_EDIT)
+    monkeypatch.setenv("QWEN_IMAGE_MODELS", "qwen-image,dall-e")
+    with pytest.raises(ValueError, match="models"):
+        Settings()
+
+
+def test_the_default_database_is_sqlite_in_the_data_dir(clean_env: None, tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    assert settings.resolved_database_url == f"sqlite+aiosqlite:///{tmp_path / 'tasks.db'}"
+
+
+def test_a_missing_config_file_is_an_error(clean_env: None, tmp_path: Path) -> None:
+    from qwen_image_server.settings import load_settings
+
+    from qwen_image_server.errors import InvalidParameter
+
+    with pytest.raises(InvalidParameter, match="no config file"):
+        load_settings(tmp_path / "nope.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("port = = 1\n")
+    with pytest.raises(InvalidParameter, match="not valid TOML"):
+        load_settings(broken)
+
+
+def test_every_command_is_documented() -> None:
+    from qwen_image_server.cli import app
+
+    text = (DOCS / "cli.md").read_text()
+    for command in app.registered_commands:
+        name = command.name or (command.callback.__name__ if command.callback else "")
+        assert f"`qwen-image {name}" in text, f"docs/cli.md does not explain {name}"
