@@ -76,9 +76,8 @@ def test_the_default_database_is_sqlite_in_the_data_dir(clean_env: None, tmp_pat
 
 
 def test_a_missing_config_file_is_an_error(clean_env: None, tmp_path: Path) -> None:
-    from qwen_image_server.settings import load_settings
-
     from qwen_image_server.errors import InvalidParameter
+    from qwen_image_server.settings import load_settings
 
     with pytest.raises(InvalidParameter, match="no config file"):
         load_settings(tmp_path / "nope.toml")
