@@ -46,9 +46,9 @@ async def postgres_backend(tmp_path: Path) -> AsyncIterator[str]:
         async with admin.connect() as conn:
             await conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
         yield admin_url.set(database=name).render_as_string(hide_password=False)
+    finally:
         async with admin.connect() as conn:
             await conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
         await admin.dispose()
 
 

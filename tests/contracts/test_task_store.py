@@ -63,7 +63,8 @@ async def test_create_returns_a_queued_task_that_get_returns_equal(store: SqlTas
     assert created.status is TaskStatus.QUEUED
     assert (created.priority, created.owner, created.dialect) == (3, "key-1", "native")
     assert (created.attempts, created.max_attempts) == (0, 3)
-    assert created.progress == Progress(0, 0)
+    request = new.request
+    assert created.progress == Progress(0, request.num_inference_steps * request.num_images_per_prompt)
     assert created.results == ()
     assert created.error is None
     assert not created.cancel_requested
@@ -345,12 +346,15 @@ async def test_requeue_expired_cancels_a_task_whose_cancel_was_requested(store: 
 # -- listing and queue position ---------------------------------------------------------------------
 
 
-async def _list_all(store: SqlTaskStore, **filters: object) -> tuple[list[str], int]:
+async def _list_all(
+    store: SqlTaskStore, *, status: TaskStatus | None = None, owner: str | None = None
+) -> tuple[list[str], int]:
+    """Every task id, page by page (3 a page), and the number of pages."""
     ids: list[str] = []
     cursor = None
     pages = 0
     while True:
-        page = await store.list_tasks(limit=3, cursor=cursor, **filters)  # type: ignore[arg-type]
+        page = await store.list_tasks(status=status, owner=owner, limit=3, cursor=cursor)
         pages += 1
         ids += [task.id for task in page.tasks]
         if page.next_cursor is None:
@@ -431,7 +435,8 @@ async def test_delete_finished_before_deletes_only_old_terminal_tasks(store: Sql
     cutoff = clock()
     late = await store.request_cancel((await store.create(new_task())).id)
 
-    assert await store.delete_finished_before(done.finished_at - timedelta(seconds=1)) == []  # type: ignore[operator]
+    assert done.finished_at is not None
+    assert await store.delete_finished_before(done.finished_at - timedelta(seconds=1)) == []
     deleted = await store.delete_finished_before(cutoff)
     assert sorted(deleted, key=lambda t: t.id) == sorted([done, canceled], key=lambda t: t.id)
     for task in (done, canceled):
@@ -602,13 +607,13 @@ async def _api_side(store: SqlTaskStore, count: int) -> list[str]:
 
 
 async def _worker_side(store: SqlTaskStore, worker_id: str, stop: asyncio.Event) -> list[str]:
-    done = []
+    done: list[str] = []
     while True:
         task = await store.claim(worker_id, [QWEN], LEASE)
         if task is None:
             if stop.is_set():
                 return done
-            await asyncio.sleep(0)
+            await asyncio.sleep(0.002)  # a real worker polls less often
             continue
         for step in range(3):
             assert await store.heartbeat(task.id, worker_id, LEASE, Progress(step + 1, 3)) is False

@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from qwen_image_server.domain import ModelName
 from qwen_image_server.errors import InvalidParameter
-from qwen_image_server.tasks.migrations import run_migrations
+from qwen_image_server.tasks.migrations import upgrade_database
 from qwen_image_server.tasks.model import (
     TERMINAL_STATUSES,
     NewTask,
@@ -86,8 +86,7 @@ class SqlTaskStore:
         else:
             engine = create_async_engine(self._url, pool_pre_ping=True)
         try:
-            async with engine.begin() as connection:
-                await connection.run_sync(run_migrations)
+            await upgrade_database(engine)
         except BaseException:
             await engine.dispose()
             raise

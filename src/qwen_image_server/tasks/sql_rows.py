@@ -37,7 +37,8 @@ def new_task_row(new: NewTask, now: datetime) -> dict[str, Any]:
         "attempts": 0,
         "max_attempts": new.max_attempts,
         "progress_step": 0,
-        "progress_total": 0,
+        # Known from the request: the engine reports one step per denoising step of every image.
+        "progress_total": new.request.num_inference_steps * new.request.num_images_per_prompt,
         "results_json": "[]",
         "error_code": None,
         "error_message": None,

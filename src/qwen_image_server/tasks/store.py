@@ -41,7 +41,7 @@ class TaskConflict(QwenImageError):
     code = "task_conflict"
 
 
-class LeaseLost(QwenImageError):
+class LeaseLost(TaskConflict):
     """The worker no longer holds the task (its lease expired and it was requeued or finished)."""
 
     status = 409

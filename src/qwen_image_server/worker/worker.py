@@ -27,7 +27,7 @@ from qwen_image_server.errors import GenerationCanceled, QwenImageError
 from qwen_image_server.results.store import ResultStore
 from qwen_image_server.settings import Settings
 from qwen_image_server.tasks.model import Progress, StoredImage, Task, TaskError, WorkerInfo, utcnow
-from qwen_image_server.tasks.store import LeaseLost, TaskStore
+from qwen_image_server.tasks.store import LeaseLost, TaskConflict, TaskStore
 
 log = logging.getLogger(__name__)
 
@@ -192,20 +192,20 @@ class Worker:
                 await self.store.release(task.id, self.id)
             elif run.stop_reason is StopReason.USER:
                 await self.store.finish_canceled(task.id, self.id)
-        except LeaseLost:
-            pass  # the task is someone else's now; nothing of ours to record
+        except TaskConflict:
+            pass  # the task is someone else's now, or already final; nothing of ours to record
         log.info("task %s stopped (%s)", task.id, run.stop_reason)
 
     async def _complete(self, task: Task, images: Sequence[ImageResult], run: _Run) -> None:
         stored: list[StoredImage] = [await self.results.put(task.id, image) for image in images]
         try:
             await self.store.complete(task.id, self.id, stored)
-        except LeaseLost:
+        except TaskConflict:
             # Another run owns the task now and writes the same keys; its images are the ones kept.
             log.warning("task %s finished after its lease was lost; another run owns it", task.id)
 
     async def _fail(self, task: Task, error: TaskError) -> None:
         try:
             await self.store.fail(task.id, self.id, error)
-        except LeaseLost:
+        except TaskConflict:
             log.warning("task %s failed after its lease was lost", task.id)
