@@ -58,3 +58,65 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
     return "asyncio"
+
+
+class LiveServer:
+    """The whole app served by uvicorn on a free loopback port, in a thread of this process, with
+    a real service (SQLite, local results, a worker running the tiny model)."""
+
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        import socket
+
+        import uvicorn
+
+        from qwen_image_server.api.app import create_app
+        from qwen_image_server.service import Service
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = int(probe.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.service = Service.build(settings, engine=engine, run_worker=True)
+        config = uvicorn.Config(create_app(self.service), host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+
+    def __enter__(self) -> LiveServer:
+        import threading
+        import time
+
+        import httpx
+
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("the live server did not become ready")
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def live_server(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A running server for client libraries and provider SDKs (module-scoped: one per test file)."""
+    from qwen_image_server.domain import ModelName as Models
+
+    settings = Settings(
+        **TINY_EVERYWHERE,
+        models=tuple(Models),
+        data_dir=tmp_path_factory.mktemp("live") / "data",
+        lease_seconds=5.0,
+        progress_interval_seconds=0.05,
+        poll_interval_seconds=0.05,
+        drain_seconds=1.0,
+    )
+    with LiveServer(settings, engine) as server:
+        yield server

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from qwen_image_server import __version__
 from qwen_image_server.api.common import common_router
+from qwen_image_server.api.dialect import Dialect
 from qwen_image_server.api.errors import install_error_handlers
 from qwen_image_server.api.native.routes import native_router
 from qwen_image_server.service import Service
@@ -34,7 +35,17 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
         summary="Qwen-Image text-to-image and editing as a service.",
         lifespan=lifespan,
     )
-    install_error_handlers(app, renderers={})
+    dialects = all_dialects()
+    install_error_handlers(app, {prefix: d.render_error for d in dialects for prefix in d.prefixes})
     app.include_router(common_router(service))
     app.include_router(native_router(service))
+    for dialect in dialects:
+        app.include_router(dialect.router(service))
     return app
+
+
+def all_dialects() -> list[Dialect]:
+    """The provider dialects, each in its own package."""
+    from qwen_image_server.api import dashscope, kie, novita, openai, pixwith
+
+    return [openai.DIALECT, dashscope.DIALECT, novita.DIALECT, kie.DIALECT, pixwith.DIALECT]

@@ -1,0 +1,8 @@
+"""The pixwith dialect (not built yet: no routes)."""
+
+from fastapi import APIRouter
+
+from qwen_image_server.api.dialect import Dialect
+from qwen_image_server.api.errors import native_error
+
+DIALECT = Dialect(name="pixwith", prefixes=(), router=lambda _service: APIRouter(), render_error=native_error)
