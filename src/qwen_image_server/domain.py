@@ -41,6 +41,10 @@ MAX_STEPS = 250
 MAX_CFG = 20.0
 MAX_IMAGES_PER_REQUEST = 10
 MAX_SEQUENCE_LENGTH_CAP = 1024  # the pipelines refuse more
+MAX_PARTIAL_IMAGES = 3
+# diffusers' edit-inpaint pipeline ignores the asked size (it always works at ~1 MP), so masks go
+# through QwenImageInpaintPipeline, with the text-to-image weights.
+MASKABLE_MODELS = frozenset({"qwen-image"})
 MAX_PROMPT_CHARS = 20_000  # a cheap guard before the tokenizer measures the real limit
 EDIT_TARGET_AREA = 1024 * 1024  # an edit with no size keeps the input's aspect ratio at ~1 MP
 _TRUSTED = "trusted"  # validation context: the request was validated before it was stored
@@ -186,6 +190,11 @@ class GenerationRequest(BaseModel):
     output_quality: int = Field(default=90, ge=1, le=100)
     max_sequence_length: int = Field(default=512, ge=1, le=MAX_SEQUENCE_LENGTH_CAP)
     images: tuple[bytes, ...] = ()
+    # Inpainting: white pixels of the mask are repainted, black ones kept (diffusers' convention).
+    # Takes exactly one input image, with qwen-image.
+    mask: bytes | None = None
+    # Previews decoded from intermediate steps, per image, evenly spread over the denoising.
+    partial_images: int = Field(default=0, ge=0, le=MAX_PARTIAL_IMAGES)
 
     @classmethod
     def create(cls, **fields: Any) -> Self:
@@ -212,6 +221,15 @@ class GenerationRequest(BaseModel):
     def image_seeds(self) -> list[int]:
         """The seed of each output image: image i alone, with seed `image_seeds[i]`, reproduces it."""
         return [(self.seed + index) % (SEED_MAX + 1) for index in range(self.num_images_per_prompt)]
+
+    @property
+    def is_inpaint(self) -> bool:
+        return self.mask is not None
+
+    def partial_steps(self) -> list[int]:
+        """The 1-based steps (of each image) after which a preview is decoded, evenly spread."""
+        steps, count = self.num_inference_steps, self.partial_images
+        return sorted({max(1, round(steps * (i + 1) / (count + 1))) for i in range(count)})
 
     @property
     def uses_cfg(self) -> bool:
@@ -261,10 +279,23 @@ class GenerationRequest(BaseModel):
             images.inspect_input_image(data, index=index)
         return value
 
+    @field_validator("mask")
+    @classmethod
+    def _decodable_mask(cls, value: bytes | None, info: ValidationInfo) -> bytes | None:
+        if value is not None and not (info.context and info.context.get(_TRUSTED)):
+            images.inspect_input_image(value, index=0, param="mask")
+        return value
+
     @model_validator(mode="after")
     def _image_count_fits_model(self) -> Self:
         spec = self.spec
         count = len(self.images)
+        if self.mask is not None:
+            if self.model.value not in MASKABLE_MODELS or count != 1:
+                raise InvalidParameter(
+                    "a mask takes exactly one input image, with the qwen-image model (inpainting)", param="mask"
+                )
+            return self
         if spec.min_input_images <= count <= spec.max_input_images:
             return self
         if spec.max_input_images == 0:
@@ -279,7 +310,7 @@ class GenerationRequest(BaseModel):
 
 
 def _default_size(spec: ModelSpec, inputs: tuple[bytes, ...] | list[bytes]) -> Size:
-    if not spec.is_edit or not inputs:
+    if not inputs:
         return DEFAULT_SIZE
     # Like DashScope: the output keeps the aspect ratio of the last input image, at about 1 MP.
     width, height = images.inspect_input_image(inputs[-1], index=len(inputs) - 1)
@@ -314,6 +345,7 @@ class ImageResult:
     height: int
     seed: int
     index: int
+    partial_index: int | None = None  # set on previews decoded from intermediate steps
 
     @property
     def content_type(self) -> str:

@@ -27,13 +27,20 @@ def _param(index: int) -> str:
     return f"images[{index}]"
 
 
-def _open(data: bytes, index: int) -> Image.Image:
+def _named(index: int, param: str | None) -> tuple[str, str]:
+    """(how the message names the picture, the parameter to report)."""
+    if param is not None:
+        return f"the {param}", param
+    return f"input image {index + 1}", _param(index)
+
+
+def _open(data: bytes, who: tuple[str, str]) -> Image.Image:
     if not data:
-        raise InvalidImage(f"input image {index + 1} is empty", param=_param(index))
+        raise InvalidImage(f"{who[0]} is empty", param=who[1])
     if len(data) > MAX_INPUT_BYTES:
         raise InvalidImage(
-            f"input image {index + 1} is {len(data) / 2**20:.1f} MiB; the limit is {MAX_INPUT_BYTES // 2**20} MiB",
-            param=_param(index),
+            f"{who[0]} is {len(data) / 2**20:.1f} MiB; the limit is {MAX_INPUT_BYTES // 2**20} MiB",
+            param=who[1],
         )
     try:
         with warnings.catch_warnings():
@@ -41,49 +48,58 @@ def _open(data: bytes, index: int) -> Image.Image:
             image = Image.open(io.BytesIO(data))
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning, OSError):
         raise InvalidImage(
-            f"input image {index + 1} is not a readable image (PNG, JPEG, WebP, BMP, TIFF or GIF)",
-            param=_param(index),
+            f"{who[0]} is not a readable image (PNG, JPEG, WebP, BMP, TIFF or GIF)",
+            param=who[1],
         ) from None
     if image.format not in ACCEPTED_INPUT_FORMATS:
         raise InvalidImage(
-            f"input image {index + 1} is {image.format}; send PNG, JPEG, WebP, BMP, TIFF or GIF",
-            param=_param(index),
+            f"{who[0]} is {image.format}; send PNG, JPEG, WebP, BMP, TIFF or GIF",
+            param=who[1],
         )
-    _check_dimensions(image.size, index)
+    _check_dimensions(image.size, who)
     return image
 
 
-def _check_dimensions(size: tuple[int, int], index: int) -> None:
+def _check_dimensions(size: tuple[int, int], who: tuple[str, str]) -> None:
     width, height = size
     if min(width, height) < MIN_INPUT_SIDE or max(width, height) > MAX_INPUT_SIDE:
         raise InvalidImage(
-            f"input image {index + 1} is {width}x{height}; each side must be "
+            f"{who[0]} is {width}x{height}; each side must be "
             f"{MIN_INPUT_SIDE} to {MAX_INPUT_SIDE} pixels",
-            param=_param(index),
+            param=who[1],
         )
     if width * height > MAX_INPUT_PIXELS:
         raise InvalidImage(
-            f"input image {index + 1} has {width * height / 1e6:.1f} MP; the limit is {MAX_INPUT_PIXELS / 1e6:.0f} MP",
-            param=_param(index),
+            f"{who[0]} has {width * height / 1e6:.1f} MP; the limit is {MAX_INPUT_PIXELS / 1e6:.0f} MP",
+            param=who[1],
         )
 
 
-def inspect_input_image(data: bytes, *, index: int = 0) -> tuple[int, int]:
-    """Check that `data` is an acceptable input image; return its (width, height) upright."""
-    image = decode_input_image(data, index=index)
+def inspect_input_image(data: bytes, *, index: int = 0, param: str | None = None) -> tuple[int, int]:
+    """Check that `data` is an acceptable input image; return its (width, height) upright.
+    `param` names it in errors when it is not one of the `images` (e.g. "mask")."""
+    image = decode_input_image(data, index=index, param=param)
     return image.size
 
 
-def decode_input_image(data: bytes, *, index: int = 0) -> Image.Image:
+def decode_input_image(data: bytes, *, index: int = 0, param: str | None = None) -> Image.Image:
     """The input image as an upright RGB picture, or `InvalidImage` saying what is wrong."""
-    image = _open(data, index)
+    return _flatten_alpha(_upright(data, _named(index, param)))
+
+
+def decode_mask(data: bytes) -> Image.Image:
+    """An inpainting mask as an upright greyscale picture (white: repaint; black: keep)."""
+    return _upright(data, _named(0, "mask")).convert("L")
+
+
+def _upright(data: bytes, who: tuple[str, str]) -> Image.Image:
+    image = _open(data, who)
     try:
         image.seek(0)
         image.load()
-        upright = ImageOps.exif_transpose(image)
+        return ImageOps.exif_transpose(image)
     except (OSError, ValueError, SyntaxError):
-        raise InvalidImage(f"input image {index + 1} is truncated or corrupt", param=_param(index)) from None
-    return _flatten_alpha(upright)
+        raise InvalidImage(f"{who[0]} is truncated or corrupt", param=who[1]) from None
 
 
 def _flatten_alpha(image: Image.Image) -> Image.Image:

@@ -20,12 +20,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from qwen_image_server.domain import ImageResult, ModelName, StepProgress
-from qwen_image_server.errors import GenerationCanceled, GenerationFailed, PromptTooLong, QwenImageError
+from qwen_image_server.errors import PromptTooLong
 from qwen_image_server.settings import Settings
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
-    from PIL import Image
 
     from qwen_image_server.domain import GenerationRequest
     from qwen_image_server.engine.loading import Checkpoint, ComponentPool
@@ -33,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 StepCallback = Callable[[StepProgress], None]
+PartialCallback = Callable[[ImageResult], None]
 
 
 @dataclass(frozen=True)
@@ -50,9 +50,9 @@ class Engine:
         self.settings = settings or Settings()
         self._lock = threading.RLock()
         self._pool: ComponentPool | None = None
-        self._pipelines: dict[ModelName, DiffusionPipeline] = {}
+        self._pipelines: dict[tuple[ModelName, bool], DiffusionPipeline] = {}  # (model, inpaint)
         self._checkpoints: dict[ModelName, Checkpoint] = {}
-        self._active: ModelName | None = None
+        self._active: tuple[ModelName, bool] | None = None
         self._placed_modules: set[int] = set()
         # Tokenizers used only to count tokens, copied at load: counting must not wait for the
         # generation lock, and the pipelines change their tokenizer's padding state while running.
@@ -76,7 +76,7 @@ class Engine:
 
     def loaded(self) -> list[LoadedModel]:
         with self._lock:
-            return [self._describe(model) for model in self._pipelines]
+            return [self._describe(model) for model in self._checkpoints]
 
     def checkpoint_description(self, model: ModelName) -> str:
         with self._lock:
@@ -88,18 +88,19 @@ class Engine:
             model, self._checkpoints[model].ref, str(self._device), str(self._dtype).removeprefix("torch.")
         )
 
-    def _pipeline(self, model: ModelName) -> DiffusionPipeline:
-        if model not in self._pipelines:
+    def _pipeline(self, model: ModelName, *, inpaint: bool = False) -> DiffusionPipeline:
+        key = (model, inpaint)
+        if key not in self._pipelines:
             from qwen_image_server.engine.loading import resolve_checkpoint
 
-            checkpoint = resolve_checkpoint(self.settings.checkpoint_for(model))
-            pool = self._component_pool()
-            self._pipelines[model] = pool.pipeline(model, checkpoint)
-            self._checkpoints[model] = checkpoint
-            self._token_counters[model] = copy.deepcopy(self._pipelines[model].tokenizer)
-            log.info("loaded %s from %s", model, checkpoint.describe())
-        pipeline = self._pipelines[model]
-        self._activate(model, pipeline)
+            checkpoint = self._checkpoints.get(model) or resolve_checkpoint(self.settings.checkpoint_for(model))
+            self._pipelines[key] = self._component_pool().pipeline(model, checkpoint, inpaint=inpaint)
+            if model not in self._checkpoints:
+                self._checkpoints[model] = checkpoint
+                self._token_counters[model] = copy.deepcopy(self._pipelines[key].tokenizer)
+                log.info("loaded %s from %s", model, checkpoint.describe())
+        pipeline = self._pipelines[key]
+        self._activate(key, pipeline)
         return pipeline
 
     def _component_pool(self) -> ComponentPool:
@@ -114,15 +115,15 @@ class Engine:
             self._pool = ComponentPool(self._dtype, share_components=self.settings.share_components)
         return self._pool
 
-    def _activate(self, model: ModelName, pipeline: DiffusionPipeline) -> None:
-        if self._active == model:
+    def _activate(self, key: tuple[ModelName, bool], pipeline: DiffusionPipeline) -> None:
+        if self._active == key:
             return
         from qwen_image_server.engine.devices import place_pipeline
 
         place_pipeline(pipeline, self._device, self.settings.offload, placed_modules=self._placed_modules)
         if self.settings.vae_tiling:
             pipeline.vae.enable_tiling()
-        self._active = model
+        self._active = key
 
     # -- validation ------------------------------------------------------------------------------
 
@@ -156,100 +157,22 @@ class Engine:
         request: GenerationRequest,
         *,
         on_step: StepCallback | None = None,
+        on_partial: PartialCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> list[ImageResult]:
-        """Run `request` to completion; raise `GenerationCanceled` if `cancel` is set meanwhile."""
-        from qwen_image_server.images import decode_input_image
+        """Run `request` to completion; raise `GenerationCanceled` if `cancel` is set meanwhile.
+        `on_partial` receives the previews of `request.partial_images` as they are decoded."""
+        from qwen_image_server.engine.run import Generation, encode_result
 
         with self._lock:
             self.validate(request)
-            pipeline = self._pipeline(request.model)
-            inputs = [decode_input_image(data, index=i) for i, data in enumerate(request.images)]
+            pipeline = self._pipeline(request.model, inpaint=request.is_inpaint)
+            run = Generation(pipeline, request, on_step=on_step, on_partial=on_partial, cancel=cancel)
             results = []
             for index, seed in enumerate(request.image_seeds):
-                _raise_if_canceled(cancel)
-                picture = self._run_once(pipeline, request, inputs, index, seed, on_step, cancel)
-                results.append(_encode(request, picture, index, seed))
+                run.raise_if_canceled()
+                results.append(encode_result(request, run.image(index, seed), index, seed))
             return results
-
-    def _run_once(
-        self,
-        pipeline: DiffusionPipeline,
-        request: GenerationRequest,
-        inputs: list[Image.Image],
-        index: int,
-        seed: int,
-        on_step: StepCallback | None,
-        cancel: threading.Event | None,
-    ) -> Image.Image:
-        import torch
-
-        steps = request.num_inference_steps
-        total = steps * request.num_images_per_prompt
-
-        def step_end(_pipe: Any, step: int, _timestep: Any, _tensors: dict[str, Any]) -> dict[str, Any]:
-            if on_step is not None:
-                on_step(StepProgress(step=index * steps + step + 1, total=total, image_index=index))
-            _raise_if_canceled(cancel)
-            return {}
-
-        arguments = _pipeline_arguments(pipeline, request, inputs)
-        # A CPU generator makes the starting noise the same on every device for a given seed.
-        generator = torch.Generator(device="cpu").manual_seed(seed)
-        try:
-            with torch.inference_mode():
-                output = pipeline(**arguments, generator=generator, callback_on_step_end=step_end, output_type="pil")
-        except QwenImageError:
-            raise
-        except torch.OutOfMemoryError as exc:
-            raise GenerationFailed(
-                "out of GPU memory; try a smaller size, fewer images, or an offload setting (QWEN_IMAGE_OFFLOAD)"
-            ) from exc
-        except Exception as exc:
-            raise GenerationFailed(f"the pipeline failed: {type(exc).__name__}: {exc}") from exc
-        picture: Image.Image = output.images[0]
-        return picture
-
-
-def _pipeline_arguments(pipeline: Any, request: GenerationRequest, inputs: list[Image.Image]) -> dict[str, Any]:
-    arguments: dict[str, Any] = {
-        "prompt": request.prompt,
-        "width": request.width,
-        "height": request.height,
-        "num_inference_steps": request.num_inference_steps,
-        "true_cfg_scale": request.true_cfg_scale,
-        "num_images_per_prompt": 1,
-        "max_sequence_length": request.max_sequence_length,
-    }
-    if request.uses_cfg:
-        # diffusers runs CFG only when a negative prompt is given; " " is the models' own default.
-        arguments["negative_prompt"] = request.negative_prompt or " "
-    if pipeline.transformer.config.guidance_embeds:
-        arguments["guidance_scale"] = request.guidance_scale if request.guidance_scale is not None else 1.0
-    if request.model is ModelName.QWEN_IMAGE_EDIT:
-        arguments["image"] = inputs[0]
-    elif request.model is ModelName.QWEN_IMAGE_EDIT_PLUS:
-        arguments["image"] = inputs
-    return arguments
-
-
-def _encode(request: GenerationRequest, picture: Image.Image, index: int, seed: int) -> ImageResult:
-    from qwen_image_server.images import encode_image
-
-    data = encode_image(picture.convert("RGB"), request.output_format.value, request.output_quality)
-    return ImageResult(
-        data=data,
-        output_format=request.output_format,
-        width=picture.width,
-        height=picture.height,
-        seed=seed,
-        index=index,
-    )
-
-
-def _raise_if_canceled(cancel: threading.Event | None) -> None:
-    if cancel is not None and cancel.is_set():
-        raise GenerationCanceled("the generation was canceled")
 
 
 def _quiet_libraries() -> None:

@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import DiffusionPipeline, QwenImageEditPipeline, QwenImageEditPlusPipeline, QwenImagePipeline
+from diffusers import (
+    DiffusionPipeline,
+    QwenImageEditPipeline,
+    QwenImageEditPlusPipeline,
+    QwenImageInpaintPipeline,
+    QwenImagePipeline,
+)
 
 from qwen_image_server.domain import ModelName
 from qwen_image_server.engine.processor import load_processor
@@ -25,6 +31,10 @@ PIPELINE_CLASSES: dict[ModelName, type[DiffusionPipeline]] = {
     ModelName.QWEN_IMAGE: QwenImagePipeline,
     ModelName.QWEN_IMAGE_EDIT: QwenImageEditPipeline,
     ModelName.QWEN_IMAGE_EDIT_PLUS: QwenImageEditPlusPipeline,
+}
+# Inpainting (a mask) runs the same weights through these pipelines.
+INPAINT_PIPELINE_CLASSES: dict[ModelName, type[DiffusionPipeline]] = {
+    ModelName.QWEN_IMAGE: QwenImageInpaintPipeline,
 }
 SHARED_COMPONENTS = ("text_encoder", "vae")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -82,9 +92,9 @@ class ComponentPool:
         self._shared: dict[str, Any] = {}
         self._by_checkpoint: dict[str, dict[str, Any]] = {}
 
-    def pipeline(self, model: ModelName, checkpoint: Checkpoint) -> DiffusionPipeline:
+    def pipeline(self, model: ModelName, checkpoint: Checkpoint, *, inpaint: bool = False) -> DiffusionPipeline:
         components = self._components(model, checkpoint)
-        pipeline_class = PIPELINE_CLASSES[model]
+        pipeline_class = INPAINT_PIPELINE_CLASSES[model] if inpaint else PIPELINE_CLASSES[model]
         wanted = _component_names(pipeline_class)
         missing = wanted - components.keys()
         if missing:
