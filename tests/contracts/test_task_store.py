@@ -631,3 +631,18 @@ async def test_two_stores_under_concurrent_load_never_lock(store: SqlTaskStore, 
     assert sorted(task_id for ids in finished for task_id in ids) == all_created
     succeeded, _ = await _list_all(store, status=TaskStatus.SUCCEEDED)
     assert sorted(succeeded) == all_created
+
+
+async def test_heartbeat_records_previews_and_they_outlive_the_run(store: SqlTaskStore) -> None:
+    await store.create(new_task(QWEN))
+    task = await claim_one(store)
+    first = StoredImage(f"{task.id}/0-partial0.png", 0, 1, 64, 64, OutputFormat.PNG, 10, "ab", partial_index=0)
+    second = StoredImage(f"{task.id}/0-partial1.png", 0, 1, 64, 64, OutputFormat.PNG, 10, "cd", partial_index=1)
+    await store.heartbeat(task.id, "w1", 30, Progress(1, 4), previews=[first])
+    assert (await store.get(task.id)).previews == (first,)
+    await store.heartbeat(task.id, "w1", 30, Progress(2, 4))  # no previews given: kept as they were
+    await store.heartbeat(task.id, "w1", 30, Progress(3, 4), previews=[first, second])
+    await store.complete(task.id, "w1", [image()])
+    done = await store.get(task.id)
+    assert done.previews == (first, second)
+    assert done.results == (image(),)

@@ -38,6 +38,7 @@ class LocalResultStore:
             output_format=result.output_format,
             size_bytes=len(result.data),
             sha256=hashlib.sha256(result.data).hexdigest(),
+            partial_index=result.partial_index,
         )
 
     async def read(self, key: str) -> bytes:

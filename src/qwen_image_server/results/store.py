@@ -20,7 +20,8 @@ from qwen_image_server.tasks.model import StoredImage
 # \w, which also match other scripts' digits and letters.
 TASK_ID_PATTERN = re.compile(r"task_[0-9a-f]{1,64}")
 # No leading zeros, so each image has exactly one key; `jpg`, never `jpeg` (OutputFormat.extension).
-KEY_PATTERN = re.compile(r"(task_[0-9a-f]{1,64})/(0|[1-9][0-9]{0,5})\.(png|jpg|webp)")
+# `{task}/{index}.{ext}` for results, `{task}/{index}-partial{n}.{ext}` for previews.
+KEY_PATTERN = re.compile(r"(task_[0-9a-f]{1,64})/(0|[1-9][0-9]{0,5})(-partial[0-9])?\.(png|jpg|webp)")
 
 
 class ResultNotFound(QwenImageError):
@@ -39,7 +40,8 @@ def is_valid_key(key: str) -> bool:
 
 def result_key(task_id: str, result: ImageResult) -> str:
     """The key of one result image. Raises ValueError for a malformed task id (a caller's bug)."""
-    key = f"{task_id}/{result.index}.{result.output_format.extension}"
+    partial = f"-partial{result.partial_index}" if result.partial_index is not None else ""
+    key = f"{task_id}/{result.index}{partial}.{result.output_format.extension}"
     if not is_valid_key(key):
         raise ValueError(f"cannot store a result for task id {task_id!r} with index {result.index}")
     return key

@@ -52,6 +52,7 @@ class StoredImage:
     output_format: OutputFormat
     size_bytes: int
     sha256: str
+    partial_index: int | None = None  # set on previews decoded from intermediate steps
 
     @property
     def content_type(self) -> str:
@@ -108,6 +109,7 @@ class Task:
     updated_at: datetime
     worker_id: str | None = None
     lease_expires_at: datetime | None = None
+    previews: tuple[StoredImage, ...] = ()  # partial images, while running and after
 
     @property
     def model(self) -> ModelName:

@@ -67,6 +67,7 @@ tasks = Table(
     Column("progress_step", Integer, nullable=False),
     Column("progress_total", Integer, nullable=False),
     Column("results_json", Text, nullable=False),
+    Column("previews_json", Text, nullable=False, server_default="[]"),
     Column("error_code", String(64), nullable=True),
     Column("error_message", Text, nullable=True),
     Column("cancel_requested", Boolean, nullable=False),

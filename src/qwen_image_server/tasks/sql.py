@@ -220,11 +220,20 @@ class SqlTaskStore:
             row = (await conn.execute(claimed)).mappings().first()
         return None if row is None else task_from_row(row)
 
-    async def heartbeat(self, task_id: str, worker_id: str, lease_seconds: float, progress: Progress | None) -> bool:
+    async def heartbeat(
+        self,
+        task_id: str,
+        worker_id: str,
+        lease_seconds: float,
+        progress: Progress | None,
+        previews: Sequence[StoredImage] | None = None,
+    ) -> bool:
         now = self._clock()
         values: dict[str, Any] = {"lease_expires_at": now + timedelta(seconds=lease_seconds), "updated_at": now}
         if progress is not None:
             values.update(progress_step=progress.step, progress_total=progress.total)
+        if previews is not None:
+            values["previews_json"] = results_to_json(previews)
         async with self._writer.begin() as conn:
             result = await conn.execute(
                 update(tasks).where(*_held(task_id, worker_id)).values(values).returning(tasks.c.cancel_requested)

@@ -40,6 +40,7 @@ def new_task_row(new: NewTask, now: datetime) -> dict[str, Any]:
         # Known from the request: the engine reports one step per denoising step of every image.
         "progress_total": new.request.num_inference_steps * new.request.num_images_per_prompt,
         "results_json": "[]",
+        "previews_json": "[]",
         "error_code": None,
         "error_message": None,
         "cancel_requested": False,
@@ -69,6 +70,7 @@ def task_from_row(row: Row, request: GenerationRequest | None = None) -> Task:
         max_attempts=row["max_attempts"],
         progress=Progress(step=row["progress_step"], total=row["progress_total"]),
         results=results_from_json(row["results_json"]),
+        previews=results_from_json(row["previews_json"]),
         error=error,
         cancel_requested=bool(row["cancel_requested"]),
         created_at=row["created_at"],
@@ -92,6 +94,7 @@ def results_to_json(results: Sequence[StoredImage]) -> str:
                 "output_format": image.output_format.value,
                 "size_bytes": image.size_bytes,
                 "sha256": image.sha256,
+                "partial_index": image.partial_index,
             }
             for image in results
         ]
@@ -109,6 +112,7 @@ def results_from_json(text: str) -> tuple[StoredImage, ...]:
             output_format=OutputFormat(item["output_format"]),
             size_bytes=item["size_bytes"],
             sha256=item["sha256"],
+            partial_index=item.get("partial_index"),
         )
         for item in json.loads(text)
     )

@@ -84,9 +84,17 @@ class TaskStore(Protocol):
         """Take the next queued task for one of `models` (highest priority, then oldest): it becomes
         running with `attempts` + 1, `started_at` set on the first attempt, and a lease."""
 
-    async def heartbeat(self, task_id: str, worker_id: str, lease_seconds: float, progress: Progress | None) -> bool:
-        """Extend the lease and record progress. Returns whether a cancel was requested.
-        Raises `LeaseLost` if `worker_id` no longer holds the task."""
+    async def heartbeat(
+        self,
+        task_id: str,
+        worker_id: str,
+        lease_seconds: float,
+        progress: Progress | None,
+        previews: Sequence[StoredImage] | None = None,
+    ) -> bool:
+        """Extend the lease and record progress (and, when given, the full list of previews so far).
+        Returns whether a cancel was requested. Raises `LeaseLost` if `worker_id` no longer holds
+        the task."""
 
     async def complete(self, task_id: str, worker_id: str, results: Sequence[StoredImage]) -> Task: ...
 

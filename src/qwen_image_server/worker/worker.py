@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
@@ -47,6 +47,7 @@ class GenerationEngine(Protocol):
         request: GenerationRequest,
         *,
         on_step: Callable[[StepProgress], None] | None = None,
+        on_partial: Callable[[ImageResult], None] | None = None,
         cancel: threading.Event | None = None,
     ) -> list[ImageResult]: ...
 
@@ -64,6 +65,8 @@ class _Run:
     cancel: threading.Event
     latest: StepProgress | None = None
     stop_reason: StopReason | None = None
+    partials: list[ImageResult] = field(default_factory=list)  # appended by the engine thread
+    previews: list[StoredImage] = field(default_factory=list)  # the partials stored so far
 
     def stop(self, reason: StopReason) -> None:
         if self.stop_reason is None:
@@ -155,7 +158,7 @@ class Worker:
         def on_step(progress: StepProgress) -> None:
             run.latest = progress
 
-        return self.engine.generate(task.request, on_step=on_step, cancel=run.cancel)
+        return self.engine.generate(task.request, on_step=on_step, on_partial=run.partials.append, cancel=run.cancel)
 
     async def _watch(self, task: Task, run: _Run, generation: asyncio.Future[list[ImageResult]]) -> None:
         """While the engine runs: write progress, keep the lease, relay cancel and drain."""
@@ -171,15 +174,26 @@ class Worker:
                 drain_deadline = now + self.settings.drain_seconds
             if drain_deadline is not None and now >= drain_deadline:
                 run.stop(StopReason.DRAIN)
-            if run.latest == written and now - last_beat < heartbeat_every:
+            new_previews = len(run.partials) > len(run.previews)
+            if run.latest == written and not new_previews and now - last_beat < heartbeat_every:
                 continue
             written, last_beat = run.latest, now
             await self._heartbeat(task, run, written)
 
+    async def _store_previews(self, task: Task, run: _Run) -> list[StoredImage] | None:
+        """Store the partial images made since the last heartbeat; None when there are none."""
+        fresh = run.partials[len(run.previews) :]
+        if not fresh:
+            return None
+        run.previews.extend([await self.results.put(task.id, partial) for partial in fresh])
+        return list(run.previews)
+
     async def _heartbeat(self, task: Task, run: _Run, latest: StepProgress | None) -> None:
         progress = Progress(latest.step, latest.total) if latest else None
+        previews = await self._store_previews(task, run)
         try:
-            canceled = await self.store.heartbeat(task.id, self.id, self.settings.lease_seconds, progress)
+            lease = self.settings.lease_seconds
+            canceled = await self.store.heartbeat(task.id, self.id, lease, progress, previews=previews)
         except LeaseLost:
             run.stop(StopReason.LEASE_LOST)
             return
@@ -197,6 +211,8 @@ class Worker:
         log.info("task %s stopped (%s)", task.id, run.stop_reason)
 
     async def _complete(self, task: Task, images: Sequence[ImageResult], run: _Run) -> None:
+        if len(run.partials) > len(run.previews):  # made after the last heartbeat
+            await self._heartbeat(task, run, run.latest)
         stored: list[StoredImage] = [await self.results.put(task.id, image) for image in images]
         try:
             await self.store.complete(task.id, self.id, stored)

@@ -87,8 +87,12 @@ class TaskListOut(BaseModel):
 
 
 class ModelOut(BaseModel):
+    """Also the shape of OpenAI's model objects (id, object, created, owned_by), plus our fields."""
+
     id: str
     object: str = "model"
+    created: int = 0
+    owned_by: str = "qwen-image-server"
     description: str
     ready: bool
     max_input_images: int

@@ -1,8 +1,7 @@
-"""The openai dialect (not built yet: no routes)."""
-
-from fastapi import APIRouter
+"""The OpenAI Images API dialect: /v1/images/generations and /v1/images/edits."""
 
 from qwen_image_server.api.dialect import Dialect
-from qwen_image_server.api.errors import native_error
+from qwen_image_server.api.openai.routes import openai_router
+from qwen_image_server.api.openai.translate import openai_error
 
-DIALECT = Dialect(name="openai", prefixes=(), router=lambda _service: APIRouter(), render_error=native_error)
+DIALECT = Dialect(name="openai", prefixes=("/v1/images/",), router=openai_router, render_error=openai_error)

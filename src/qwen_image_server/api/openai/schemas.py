@@ -1,0 +1,65 @@
+"""Wire shapes of the OpenAI Images API (`/v1/images/generations`, `/v1/images/edits`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Quality = Literal["auto", "low", "medium", "high", "standard", "hd"]
+
+
+class ImageOptions(BaseModel):
+    """The fields generations and edits share (edits arrive as multipart form fields)."""
+
+    model_config = ConfigDict(extra="ignore")  # OpenAI adds fields often; unknown ones are ignored
+
+    prompt: str = Field(min_length=1, max_length=32_000)
+    model: str | None = None
+    n: int = Field(default=1, ge=1, le=10)
+    size: str = "auto"
+    quality: Quality = "auto"
+    response_format: Literal["url", "b64_json"] = "url"
+    output_format: Literal["png", "jpeg", "webp"] = "png"
+    output_compression: int | None = Field(default=None, ge=0, le=100)
+    background: Literal["auto", "opaque", "transparent"] = "auto"
+    stream: bool = False
+    partial_images: int = Field(default=0, ge=0, le=3)
+    user: str | None = None
+    # Accepted and ignored: style (dall-e-3), moderation, input_fidelity, safety_identifier.
+    style: str | None = None
+    moderation: str | None = None
+    input_fidelity: str | None = None
+    safety_identifier: str | None = None
+
+
+class GenerationBody(ImageOptions):
+    pass
+
+
+class ImageData(BaseModel):
+    url: str | None = None
+    b64_json: str | None = None
+    revised_prompt: str | None = None
+
+
+class InputTokensDetails(BaseModel):
+    image_tokens: int
+    text_tokens: int
+
+
+class Usage(BaseModel):
+    input_tokens: int
+    input_tokens_details: InputTokensDetails
+    output_tokens: int
+    total_tokens: int
+
+
+class ImagesResponse(BaseModel):
+    created: int
+    data: list[ImageData]
+    background: str
+    output_format: str
+    quality: str
+    size: str
+    usage: Usage
