@@ -1,8 +1,7 @@
-"""The kie dialect (not built yet: no routes)."""
-
-from fastapi import APIRouter
+"""The kie.ai / Apikley jobs API dialect: `/api/v1/jobs/createTask` and `/api/v1/jobs/recordInfo`."""
 
 from qwen_image_server.api.dialect import Dialect
-from qwen_image_server.api.errors import native_error
+from qwen_image_server.api.kie.routes import PREFIX, kie_router, render_error
+from qwen_image_server.api.kie.translate import DIALECT_NAME
 
-DIALECT = Dialect(name="kie", prefixes=(), router=lambda _service: APIRouter(), render_error=native_error)
+DIALECT = Dialect(name=DIALECT_NAME, prefixes=(f"{PREFIX}/",), router=kie_router, render_error=render_error)

@@ -1,0 +1,61 @@
+"""The kie.ai / Apikley jobs API: createTask and recordInfo. Thin: parse, translate, call api.tasks,
+translate back. Every answer is the envelope `{code, msg, data}`."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, Response
+
+from qwen_image_server.api.dialect import api_key
+from qwen_image_server.api.kie.schemas import CreateTaskBody, CreateTaskOut, RecordInfoOut, TaskIdData
+from qwen_image_server.api.kie.translate import (
+    DIALECT_NAME,
+    KIE_MODELS,
+    error_envelope,
+    input_image_refs,
+    record_data,
+    to_generation_request,
+)
+from qwen_image_server.api.tasks import ResultLinks, fetch_input_images, submit
+from qwen_image_server.errors import QwenImageError
+from qwen_image_server.service import Service
+
+PREFIX = "/api/v1/jobs"
+
+
+class FeatureDisabled(QwenImageError):
+    """A model the provider has, but this server was not configured to serve (code 505)."""
+
+    status = 501
+    code = "feature_disabled"
+
+
+def kie_router(service: Service) -> APIRouter:
+    router = APIRouter(prefix=PREFIX, tags=["kie"])
+
+    @router.post("/createTask", response_model=CreateTaskOut)
+    async def create_task(body: CreateTaskBody, request: Request) -> CreateTaskOut:
+        """Queue a qwen/text-to-image or qwen/image-edit task; poll recordInfo with the taskId."""
+        api_key(request, "Authorization")  # read as the provider does; not enforced until keys exist
+        model = KIE_MODELS[body.model]
+        if model not in service.settings.models:
+            raise FeatureDisabled(f"{body.model} is not enabled on this server")
+        images = await fetch_input_images(input_image_refs(body))
+        task = await submit(
+            service, to_generation_request(body, images), dialect=DIALECT_NAME, callback_url=body.callBackUrl
+        )
+        return CreateTaskOut(data=TaskIdData(taskId=task.id))
+
+    @router.get("/recordInfo", response_model=RecordInfoOut)
+    async def record_info(request: Request, task_id: str = Query(alias="taskId", min_length=1)) -> RecordInfoOut:
+        """The task's state; once `success`, `resultJson` holds the signed result URLs."""
+        api_key(request, "Authorization")
+        task = await service.store.get(task_id)
+        return RecordInfoOut(data=record_data(task, ResultLinks(service, request)))
+
+    return router
+
+
+def render_error(exc: QwenImageError) -> Response:
+    status, body = error_envelope(exc)
+    return JSONResponse(body, status_code=status, headers=getattr(exc, "headers", None))

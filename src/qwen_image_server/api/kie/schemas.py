@@ -1,0 +1,99 @@
+"""Wire shapes of the kie.ai / Apikley jobs API (`/api/v1/jobs/...`), as its documents name them.
+
+Field names are the provider's (camelCase at the top level, snake_case inside `input`), so a client
+written for the provider parses our answers unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+KieModelName = Literal["qwen/text-to-image", "qwen/image-edit"]
+ImageSizePreset = Literal["square", "square_hd", "portrait_4_3", "portrait_16_9", "landscape_4_3", "landscape_16_9"]
+KieState = Literal["waiting", "queuing", "generating", "success", "fail"]
+
+MAX_PROMPT_CHARS = 5000
+MAX_EDIT_PROMPT_CHARS = 2000  # the provider's qwen/image-edit page allows less than text-to-image
+MAX_NEGATIVE_PROMPT_CHARS = 500
+
+
+class KieInput(BaseModel):
+    """`input` of `POST /api/v1/jobs/createTask`. Defaults are the provider's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(max_length=MAX_PROMPT_CHARS)
+    image_url: str | None = Field(
+        default=None, description="qwen/image-edit only: the image to edit (http(s) URL or data URI)."
+    )
+    image_size: ImageSizePreset | None = Field(
+        default=None,
+        description="Default square_hd (1024x1024); for qwen/image-edit, the input's aspect ratio at about 1 MP.",
+    )
+    num_inference_steps: int = Field(default=30, ge=2, le=250)
+    seed: int | None = None
+    guidance_scale: float | None = Field(
+        default=None,
+        ge=0,
+        le=20,
+        description="True CFG scale. Default 2.5 (text-to-image) or 4 (image-edit).",
+    )
+    enable_safety_checker: bool | None = Field(default=None, description="Accepted and ignored.")
+    output_format: Literal["png", "jpeg"] = "png"
+    negative_prompt: str | None = Field(default=None, max_length=MAX_NEGATIVE_PROMPT_CHARS)
+    acceleration: Literal["none", "regular", "high"] = Field(default="none", description="Accepted and ignored.")
+
+
+class CreateTaskBody(BaseModel):
+    """`POST /api/v1/jobs/createTask`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: KieModelName
+    callBackUrl: str | None = Field(default=None, max_length=2048)
+    input: KieInput
+
+    @field_validator("callBackUrl")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http(s) URL")
+        return value
+
+
+class TaskIdData(BaseModel):
+    taskId: str
+
+
+class CreateTaskOut(BaseModel):
+    code: int = 200
+    msg: str = "success"
+    data: TaskIdData
+
+
+class RecordData(BaseModel):
+    """`data` of `GET /api/v1/jobs/recordInfo`: times in Unix milliseconds, costTime in milliseconds."""
+
+    taskId: str
+    model: str
+    state: KieState
+    param: str = Field(description="The create request, as a JSON string.")
+    resultJson: str | None = Field(description='`{"resultUrls": [...]}` as a JSON string once state is success.')
+    failCode: str = Field(description='A numeric string such as "501" when state is fail; else "".')
+    failMsg: str
+    costTime: int
+    completeTime: int | None
+    createTime: int
+    updateTime: int
+
+
+class RecordInfoOut(BaseModel):
+    code: int = 200
+    msg: str = "success"
+    data: RecordData

@@ -1,0 +1,222 @@
+"""Pure translation between the kie.ai jobs API and the internal request and task.
+
+Also the pure halves of callbacks: the body the provider POSTs to `callBackUrl` and its optional
+signature headers. Delivery (outbox, retries) is not built yet.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from datetime import datetime
+from typing import Any
+
+from qwen_image_server.api.kie.schemas import MAX_EDIT_PROMPT_CHARS, CreateTaskBody, KieState, RecordData
+from qwen_image_server.api.native.translate import ResultLinker
+from qwen_image_server.domain import MAX_SEQUENCE_LENGTH_CAP, GenerationRequest, ModelName, Size
+from qwen_image_server.errors import InvalidParameter, QwenImageError
+from qwen_image_server.tasks.model import Task, TaskStatus
+
+DIALECT_NAME = "kie"
+
+KIE_MODELS: dict[str, ModelName] = {
+    "qwen/text-to-image": ModelName.QWEN_IMAGE,
+    "qwen/image-edit": ModelName.QWEN_IMAGE_EDIT,
+}
+_KIE_NAMES = {ours: theirs for theirs, ours in KIE_MODELS.items()}
+
+# The provider serves Qwen-Image through fal, whose presets these are (not Qwen's native 1328 sizes).
+IMAGE_SIZES: dict[str, Size] = {
+    "square": Size(512, 512),
+    "square_hd": Size(1024, 1024),
+    "portrait_4_3": Size(768, 1024),
+    "portrait_16_9": Size(576, 1024),
+    "landscape_4_3": Size(1024, 768),
+    "landscape_16_9": Size(1024, 576),
+}
+_PRESET_NAMES = {size: name for name, size in IMAGE_SIZES.items()}
+DEFAULT_IMAGE_SIZE = "square_hd"
+DEFAULT_GUIDANCE = {"qwen/text-to-image": 2.5, "qwen/image-edit": 4.0}
+
+_STATES: dict[TaskStatus, KieState] = {
+    TaskStatus.QUEUED: "waiting",
+    TaskStatus.RUNNING: "generating",
+    TaskStatus.SUCCEEDED: "success",
+    TaskStatus.FAILED: "fail",
+    TaskStatus.CANCELED: "fail",
+}
+
+CALLBACK_OK = "Playground task completed successfully."
+CALLBACK_FAILED = "Playground task failed."
+
+
+def input_image_refs(body: CreateTaskBody) -> list[str]:
+    """The input images to fetch, after the checks that need no download."""
+    prompt, url = body.input.prompt, body.input.image_url
+    if body.model == "qwen/text-to-image":
+        if url is not None:
+            raise InvalidParameter("input.image_url is only for qwen/image-edit", param="input.image_url")
+        return []
+    if url is None:
+        raise InvalidParameter("input.image_url is required for qwen/image-edit", param="input.image_url")
+    if len(prompt) > MAX_EDIT_PROMPT_CHARS:
+        raise InvalidParameter(
+            f"input.prompt is at most {MAX_EDIT_PROMPT_CHARS} characters for qwen/image-edit, got {len(prompt)}",
+            param="input.prompt",
+        )
+    return [url]
+
+
+def to_generation_request(body: CreateTaskBody, images: tuple[bytes, ...]) -> GenerationRequest:
+    fields = body.input
+    preset = fields.image_size or (None if body.model == "qwen/image-edit" else DEFAULT_IMAGE_SIZE)
+    size = IMAGE_SIZES[preset] if preset else None  # none: an edit keeps its input's aspect ratio
+    guidance = fields.guidance_scale if fields.guidance_scale is not None else DEFAULT_GUIDANCE[body.model]
+    return GenerationRequest.create(
+        model=KIE_MODELS[body.model],
+        prompt=fields.prompt,
+        negative_prompt=fields.negative_prompt,
+        width=size.width if size else None,
+        height=size.height if size else None,
+        num_inference_steps=fields.num_inference_steps,
+        # Qwen-Image is not guidance-distilled: the provider's "CFG scale" is diffusers' true_cfg_scale.
+        true_cfg_scale=guidance,
+        seed=fields.seed,
+        output_format=fields.output_format,
+        # The provider takes prompts of up to 5000 characters; let the tokenizer limit be the widest.
+        max_sequence_length=MAX_SEQUENCE_LENGTH_CAP,
+        images=images,
+    )
+
+
+def model_name(task: Task) -> str:
+    """The provider's name for the task's model (ours for a model it does not have)."""
+    return _KIE_NAMES.get(task.model, task.model.value)
+
+
+def param_json(task: Task) -> str:
+    """The create request as the provider echoes it, rebuilt from the stored request. What the task
+    does not keep is left out: `image_url` (the image is stored, not its URL), `acceleration` and
+    `enable_safety_checker` (ignored). `seed` is the one used, also when the caller gave none."""
+    request = task.request
+    size = Size(request.width, request.height)
+    inputs: dict[str, Any] = {
+        "prompt": request.prompt,
+        "image_size": _PRESET_NAMES.get(size) or {"width": size.width, "height": size.height},
+        "num_inference_steps": request.num_inference_steps,
+        "seed": request.seed,
+        "guidance_scale": request.true_cfg_scale,
+        "output_format": request.output_format.value,
+    }
+    if request.negative_prompt is not None:
+        inputs["negative_prompt"] = request.negative_prompt
+    body: dict[str, Any] = {"model": model_name(task)}
+    if task.callback_url:
+        body["callBackUrl"] = task.callback_url
+    body["input"] = inputs
+    return _compact(body)
+
+
+def result_json(task: Task, link: ResultLinker) -> str | None:
+    if task.status is not TaskStatus.SUCCEEDED:
+        return None
+    return _compact({"resultUrls": [link(image, task)[0] for image in task.results]})
+
+
+def record_data(task: Task, link: ResultLinker) -> RecordData:
+    """`data` of recordInfo. costTime is the generation time in milliseconds, as the query page says."""
+    failed = task.error is not None or task.status is TaskStatus.CANCELED
+    return RecordData(
+        taskId=task.id,
+        model=model_name(task),
+        state=_STATES[task.status],
+        param=param_json(task),
+        resultJson=result_json(task, link),
+        failCode=fail_code(task) if failed else "",
+        failMsg=fail_message(task) if failed else "",
+        costTime=round(_cost_seconds(task) * 1000),
+        completeTime=_millis(task.finished_at) if task.finished_at else None,
+        createTime=_millis(task.created_at),
+        updateTime=_millis(task.updated_at),
+    )
+
+
+def callback_payload(task: Task, link: ResultLinker) -> dict[str, Any]:
+    """The body POSTed to `callBackUrl` when a task ends. Unlike recordInfo, the provider's callback
+    gives costTime in seconds, resultJson only on success and failCode/failMsg only on failure."""
+    if not task.status.is_terminal:
+        raise ValueError(f"task {task.id} is {task.status}; callbacks are sent only when a task ends")
+    ok = task.status is TaskStatus.SUCCEEDED
+    data = {
+        "taskId": task.id,
+        "model": model_name(task),
+        "state": _STATES[task.status],
+        "param": param_json(task),
+        "resultJson": result_json(task, link),
+        "failCode": None if ok else fail_code(task),
+        "failMsg": None if ok else fail_message(task),
+        "costTime": round(_cost_seconds(task)),
+        "completeTime": _millis(task.finished_at) if task.finished_at else None,
+        "createTime": _millis(task.created_at),
+        "updateTime": _millis(task.updated_at),
+    }
+    return {"code": 200 if ok else 501, "msg": CALLBACK_OK if ok else CALLBACK_FAILED, "data": data}
+
+
+def callback_headers(task_id: str, key: str | bytes, timestamp: int) -> dict[str, str]:
+    """The provider's optional callback signature: `X-Webhook-Signature` is
+    base64(HMAC-SHA256(taskId + "." + timestamp, key)), `timestamp` in Unix seconds."""
+    secret = key.encode() if isinstance(key, str) else key
+    digest = hmac.new(secret, f"{task_id}.{timestamp}".encode(), hashlib.sha256).digest()
+    return {"X-Webhook-Timestamp": str(timestamp), "X-Webhook-Signature": base64.b64encode(digest).decode()}
+
+
+# The provider's envelope codes. A request error maps by our HTTP status, a few by our code.
+_CODES_BY_NAME = {"generation_failed": 501, "canceled": 501, "feature_disabled": 505, "model_unavailable": 455}
+_CODES_BY_STATUS = {401: 401, 403: 401, 402: 402, 404: 404, 405: 404, 429: 429, 503: 455}
+
+
+def kie_code(exc: QwenImageError) -> int:
+    if exc.code in _CODES_BY_NAME:
+        return _CODES_BY_NAME[exc.code]
+    if exc.status in _CODES_BY_STATUS:
+        return _CODES_BY_STATUS[exc.status]
+    return 422 if exc.status < 500 else 500
+
+
+def error_envelope(exc: QwenImageError) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, body). The provider answers HTTP 200 with the code in the body; only a fault of
+    the server itself (code 500) also gets HTTP 500, as its documents list a 500 response."""
+    code = kie_code(exc)
+    return (500 if code == 500 else 200), {"code": code, "msg": exc.message, "data": None}
+
+
+def fail_code(task: Task) -> str:
+    """A failed task's failCode: a numeric string, as the provider gives."""
+    if task.error is None:  # canceled (through the native API: the provider has no cancel)
+        return "501"
+    code = task.error.code
+    if code in _CODES_BY_NAME:
+        return str(_CODES_BY_NAME[code])
+    user_fault = code.startswith("invalid") or code in ("prompt_too_long", "image_unavailable")
+    return "422" if user_fault else "500"
+
+
+def fail_message(task: Task) -> str:
+    return task.error.message if task.error else "the task was canceled"
+
+
+def _cost_seconds(task: Task) -> float:
+    if task.started_at is None or task.finished_at is None:
+        return 0.0
+    return max((task.finished_at - task.started_at).total_seconds(), 0.0)
+
+
+def _millis(moment: datetime) -> int:
+    return round(moment.timestamp() * 1000)
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
