@@ -1,8 +1,13 @@
-"""The dashscope dialect (not built yet: no routes)."""
+"""The DashScope (Alibaba Model Studio) dialect, with Pixazo's endpoint, which wraps DashScope's
+synchronous call with the same body and answer. See docs/dashscope.md."""
 
-from fastapi import APIRouter
-
+from qwen_image_server.api.dashscope.errors import render_error
+from qwen_image_server.api.dashscope.routes import dashscope_router
 from qwen_image_server.api.dialect import Dialect
-from qwen_image_server.api.errors import native_error
 
-DIALECT = Dialect(name="dashscope", prefixes=(), router=lambda _service: APIRouter(), render_error=native_error)
+DIALECT = Dialect(
+    name="dashscope",
+    prefixes=("/api/v1/services/", "/api/v1/tasks/", "/qwen-image/v1/"),
+    router=dashscope_router,
+    render_error=render_error,
+)

@@ -1,0 +1,94 @@
+"""DashScope's error shape and codes: `{"code", "message", "request_id"}` with DashScope's HTTP statuses.
+
+Routes raise; this module turns any `QwenImageError` raised under the DashScope and Pixazo paths
+into DashScope's body. `DashScopeError` carries a DashScope code chosen by the dialect itself
+(`AccessDenied` for a missing async header, `UnsupportedOperation` for canceling a running task,
+...); every other error is mapped from its HTTP status and our machine code.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi.responses import JSONResponse, Response
+
+from qwen_image_server.errors import QwenImageError
+
+# DashScope's codes (Alibaba Model Studio's error-code reference).
+INVALID_PARAMETER = "InvalidParameter"
+EMPTY_INPUT = "BadRequest.EmptyInput"
+EMPTY_MODEL = "BadRequest.EmptyModel"
+UNSUPPORTED_OPERATION = "UnsupportedOperation"
+INVALID_API_KEY = "InvalidApiKey"
+ACCESS_DENIED = "AccessDenied"
+NOT_FOUND = "NotFound"
+MODEL_NOT_FOUND = "ModelNotFound"
+REQUEST_TIMEOUT = "RequestTimeOut"
+THROTTLING = "Throttling"
+INTERNAL_ERROR = "InternalError"
+SERVICE_UNAVAILABLE = "ServiceUnavailable"
+
+_BY_STATUS = {
+    400: INVALID_PARAMETER,
+    401: INVALID_API_KEY,
+    403: ACCESS_DENIED,
+    404: NOT_FOUND,
+    405: UNSUPPORTED_OPERATION,
+    408: REQUEST_TIMEOUT,
+    413: "RequestTooLarge",
+    429: THROTTLING,
+    503: SERVICE_UNAVAILABLE,
+}
+# Our machine codes that DashScope reports differently from what their HTTP status alone says.
+_BY_OUR_CODE: dict[str, tuple[int, str]] = {
+    "task_conflict": (400, UNSUPPORTED_OPERATION),
+    "lease_lost": (400, UNSUPPORTED_OPERATION),
+    "model_not_found": (404, MODEL_NOT_FOUND),
+}
+# Codes a failed task may carry that are the caller's fault (else the task failed on our side).
+_CALLER_CODES = frozenset(
+    {"invalid_request", "invalid_parameter", "invalid_image", "prompt_too_long", "image_unavailable"}
+)
+
+
+class DashScopeError(QwenImageError):
+    """An error with a DashScope code picked by the dialect."""
+
+    def __init__(self, status: int, code: str, message: str, *, param: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.status = status
+        self.code = code
+
+
+def new_request_id() -> str:
+    """Every DashScope response, success or error, carries a fresh one."""
+    return str(uuid.uuid4())
+
+
+def status_and_code(exc: QwenImageError) -> tuple[int, str]:
+    """The HTTP status and DashScope code for `exc`."""
+    if isinstance(exc, DashScopeError):
+        return exc.status, exc.code
+    if exc.code in _BY_OUR_CODE:
+        return _BY_OUR_CODE[exc.code]
+    if exc.status in _BY_STATUS:
+        return exc.status, _BY_STATUS[exc.status]
+    if exc.status < 500:
+        return exc.status, INVALID_PARAMETER
+    return exc.status, INTERNAL_ERROR
+
+
+def task_error_code(our_code: str) -> str:
+    """The DashScope code for a failed task's error (`output.code` of a FAILED task)."""
+    return INVALID_PARAMETER if our_code in _CALLER_CODES else INTERNAL_ERROR
+
+
+def task_error_status(our_code: str) -> int:
+    """The HTTP status the synchronous endpoint answers when its task failed with `our_code`."""
+    return 400 if our_code in _CALLER_CODES else 500
+
+
+def render_error(exc: QwenImageError) -> Response:
+    status, code = status_and_code(exc)
+    body = {"code": code, "message": exc.message, "request_id": new_request_id()}
+    return JSONResponse(body, status_code=status, headers=getattr(exc, "headers", None))

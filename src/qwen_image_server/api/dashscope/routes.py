@@ -1,0 +1,166 @@
+"""DashScope's image routes, and Pixazo's, which wraps the synchronous one. Thin: parse, translate,
+call api.tasks, translate back; errors are raised and rendered by api/dashscope/errors.py."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+from fastapi import APIRouter, Depends, Header, Request
+
+from qwen_image_server.api.dashscope.errors import (
+    ACCESS_DENIED,
+    INTERNAL_ERROR,
+    MODEL_NOT_FOUND,
+    NOT_FOUND,
+    REQUEST_TIMEOUT,
+    UNSUPPORTED_OPERATION,
+    DashScopeError,
+    new_request_id,
+    task_error_code,
+    task_error_status,
+)
+from qwen_image_server.api.dashscope.schemas import (
+    CancelResponse,
+    MultimodalBody,
+    MultimodalResponse,
+    SynthesisBody,
+    TaskResponse,
+)
+from qwen_image_server.api.dashscope.translate import (
+    Ask,
+    created_task_response,
+    multimodal_ask,
+    synthesis_ask,
+    to_generation_request,
+    to_multimodal_response,
+    to_task_response,
+    unknown_task_response,
+)
+from qwen_image_server.api.tasks import ResultLinks, fetch_input_images, submit, wait_for_end
+from qwen_image_server.service import Service
+from qwen_image_server.tasks.model import Task, TaskStatus
+from qwen_image_server.tasks.store import TaskConflict, TaskNotFound
+
+DIALECT = "dashscope"
+MULTIMODAL_PATH = "/api/v1/services/aigc/multimodal-generation/generation"
+SYNTHESIS_PATH = "/api/v1/services/aigc/text2image/image-synthesis"
+PIXAZO_PATH = "/qwen-image/v1/generateMultimodeTextToImageRequest"
+_POLL_SLICE_SECONDS = 1.0  # how often a synchronous call checks that its client is still there
+
+
+async def _sync_only(x_dashscope_async: str | None = Header(default=None, include_in_schema=False)) -> None:
+    if (x_dashscope_async or "").strip().lower() == "enable":
+        raise DashScopeError(403, ACCESS_DENIED, "current user api does not support asynchronous calls")
+
+
+async def _async_only(
+    x_dashscope_async: str | None = Header(default=None, description="Must be `enable`."),
+) -> None:
+    if (x_dashscope_async or "").strip().lower() != "enable":
+        raise DashScopeError(403, ACCESS_DENIED, "current user api does not support synchronous calls")
+
+
+def dashscope_router(service: Service) -> APIRouter:
+    router = APIRouter()
+
+    async def create(ask: Ask) -> Task:
+        if ask.model not in service.settings.models:
+            served = ", ".join(model.value for model in service.settings.models)
+            raise DashScopeError(
+                404,
+                MODEL_NOT_FOUND,
+                f"Model not exist: {ask.model} is not served here (served: {served}).",
+                param="model",
+            )
+        images = await fetch_input_images(ask.image_refs)
+        return await submit(service, to_generation_request(ask, images), dialect=DIALECT)
+
+    async def generate(body: MultimodalBody, request: Request) -> MultimodalResponse:
+        """Text-to-image (`qwen-image`, `qwen-image-plus`) or editing (`qwen-image-edit`,
+        `qwen-image-edit-plus`: 1-3 `{"image"}` items and one `{"text"}`), answered when the images
+        are made. A call not done within `max_wait_seconds` is canceled and answered 408."""
+        task = await create(multimodal_ask(body))
+        task = await _wait(service, task, request)
+        return to_multimodal_response(task, ResultLinks(service, request), new_request_id())
+
+    for path, tag in ((MULTIMODAL_PATH, "dashscope"), (PIXAZO_PATH, "pixazo")):
+        router.add_api_route(
+            path,
+            generate,
+            methods=["POST"],
+            response_model=MultimodalResponse,
+            dependencies=[Depends(_sync_only)],
+            tags=[tag],
+            summary="Generate or edit images and wait for them",
+        )
+
+    @router.post(
+        SYNTHESIS_PATH,
+        response_model=TaskResponse,
+        response_model_exclude_none=True,
+        dependencies=[Depends(_async_only)],
+        tags=["dashscope"],
+    )
+    async def synthesize(body: SynthesisBody) -> TaskResponse:
+        """Queue a text-to-image task (header `X-DashScope-Async: enable`); poll GET /api/v1/tasks/{task_id}."""
+        task = await create(synthesis_ask(body))
+        return created_task_response(task, new_request_id())
+
+    @router.get(
+        "/api/v1/tasks/{task_id}", response_model=TaskResponse, response_model_exclude_none=True, tags=["dashscope"]
+    )
+    async def get_task(task_id: str, request: Request) -> TaskResponse:
+        """The task's status and, once SUCCEEDED, its image URLs; UNKNOWN for an id not known (or deleted)."""
+        try:
+            task = await service.store.get(task_id)
+        except TaskNotFound:
+            return unknown_task_response(task_id, new_request_id())
+        return to_task_response(task, ResultLinks(service, request), new_request_id())
+
+    @router.post("/api/v1/tasks/{task_id}/cancel", response_model=CancelResponse, tags=["dashscope"])
+    async def cancel_task(task_id: str) -> CancelResponse:
+        """Cancel a task that is still PENDING; any other state is answered 400 UnsupportedOperation."""
+        try:
+            task = await service.store.get(task_id)
+        except TaskNotFound:
+            raise DashScopeError(404, NOT_FOUND, f"Task not found: {task_id}.") from None
+        if task.status is not TaskStatus.QUEUED:
+            raise DashScopeError(
+                400,
+                UNSUPPORTED_OPERATION,
+                "Failed to cancel the task, please confirm if the task is in PENDING status.",
+            )
+        await service.store.request_cancel(task_id)
+        return CancelResponse(request_id=new_request_id())
+
+    return router
+
+
+async def _wait(service: Service, task: Task, request: Request) -> Task:
+    """The finished task. Past `max_wait_seconds`, or when the client goes away, the task is
+    canceled (nobody would get its images) and an error raised."""
+    limit = service.settings.max_wait_seconds
+    deadline = time.monotonic() + limit
+    while not task.status.is_terminal:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            await _give_up(service, task)
+            raise DashScopeError(
+                408, REQUEST_TIMEOUT, f"Request timed out: the images were not ready within {limit:g} seconds."
+            )
+        task = await wait_for_end(service, task, min(remaining, _POLL_SLICE_SECONDS))
+        if not task.status.is_terminal and await request.is_disconnected():
+            await _give_up(service, task)
+            raise DashScopeError(499, "ClientClosedRequest", "the client closed the connection; the task was canceled")
+    if task.status is TaskStatus.SUCCEEDED:
+        return task
+    if task.status is TaskStatus.FAILED and task.error is not None:
+        code = task.error.code
+        raise DashScopeError(task_error_status(code), task_error_code(code), task.error.message)
+    raise DashScopeError(500, INTERNAL_ERROR, f"the task ended {task.status.value} before its images were made")
+
+
+async def _give_up(service: Service, task: Task) -> None:
+    with contextlib.suppress(TaskNotFound, TaskConflict):
+        await service.store.request_cancel(task.id)

@@ -1,0 +1,138 @@
+"""Wire shapes of DashScope's image APIs (and Pixazo's, which wraps the synchronous one).
+
+Request models ignore fields they do not know, as DashScope does (its SDK sends whatever keyword
+arguments it is given as `parameters`). `model` and `input` are optional here so that the dialect
+can answer their absence with DashScope's own codes (`BadRequest.EmptyModel`, `BadRequest.EmptyInput`).
+Response models are rendered without their None fields.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class Parameters(_Lenient):
+    """`parameters` of both endpoints. `num_inference_steps` and `true_cfg_scale` are our extensions."""
+
+    size: str | None = Field(default=None, description='"W*H", e.g. "1328*1328".')
+    n: int | None = Field(default=None, description="Number of images, 1-6.")
+    seed: int | None = Field(default=None, description="0-2147483647; image i gets seed + i.")
+    negative_prompt: str | None = Field(default=None, description="At most 500 characters.")
+    prompt_extend: bool | None = Field(default=None, description="Accepted; the prompt is used as given.")
+    watermark: bool | None = Field(default=None, description="Accepted; no mark is added.")
+    num_inference_steps: int | None = Field(default=None, description="Extension: denoising steps (2-250).")
+    true_cfg_scale: float | None = Field(default=None, description="Extension: guidance scale (0-20).")
+
+
+class ContentItem(_Lenient):
+    text: str | None = None
+    image: str | None = Field(default=None, description="An http(s) URL or a data:image/...;base64, URI.")
+
+
+class Message(_Lenient):
+    role: str = "user"
+    content: list[ContentItem] | str
+
+
+class MultimodalInput(_Lenient):
+    messages: list[Message] | None = None
+
+
+class MultimodalBody(_Lenient):
+    """POST /api/v1/services/aigc/multimodal-generation/generation (and Pixazo's endpoint)."""
+
+    model: str | None = Field(default=None, description="qwen-image, qwen-image-plus, qwen-image-edit, ...")
+    input: MultimodalInput | None = None
+    parameters: Parameters = Field(default_factory=Parameters)
+
+
+class SynthesisInput(_Lenient):
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    images: list[str] | None = Field(default=None, description="Extension: 1-3 input images for the edit models.")
+
+
+class SynthesisBody(_Lenient):
+    """POST /api/v1/services/aigc/text2image/image-synthesis (with `X-DashScope-Async: enable`)."""
+
+    model: str | None = None
+    input: SynthesisInput | None = None
+    parameters: Parameters = Field(default_factory=Parameters)
+
+
+# -- responses -------------------------------------------------------------------------------------
+
+
+class TaskMetrics(BaseModel):
+    TOTAL: int
+    SUCCEEDED: int
+    FAILED: int
+
+
+class ImageContent(BaseModel):
+    image: str
+
+
+class AssistantMessage(BaseModel):
+    role: str = "assistant"
+    content: list[ImageContent]
+
+
+class Choice(BaseModel):
+    finish_reason: str = "stop"
+    message: AssistantMessage
+
+
+class MultimodalOutput(BaseModel):
+    choices: list[Choice]
+    task_metric: TaskMetrics
+
+
+class MultimodalUsage(BaseModel):
+    width: int
+    height: int
+    image_count: int
+
+
+class MultimodalResponse(BaseModel):
+    output: MultimodalOutput
+    usage: MultimodalUsage
+    request_id: str
+
+
+class TaskResult(BaseModel):
+    orig_prompt: str
+    actual_prompt: str
+    url: str
+
+
+class TaskOutput(BaseModel):
+    task_id: str
+    task_status: str
+    submit_time: str | None = None
+    scheduled_time: str | None = None
+    end_time: str | None = None
+    results: list[TaskResult] | None = None
+    task_metrics: TaskMetrics | None = None
+    code: str | None = None
+    message: str | None = None
+
+
+class ImageCountUsage(BaseModel):
+    image_count: int
+
+
+class TaskResponse(BaseModel):
+    """The async call's answer (PENDING), and GET /api/v1/tasks/{task_id}."""
+
+    request_id: str
+    output: TaskOutput
+    usage: ImageCountUsage | None = None
+
+
+class CancelResponse(BaseModel):
+    request_id: str
