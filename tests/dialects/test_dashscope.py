@@ -365,7 +365,6 @@ BAD: dict[str, tuple[str, Any, int, str]] = {
     "seed 2**31": (SYNC, multimodal(seed=2**31), 400, "InvalidParameter"),
     "n as text": (SYNC, multimodal(n="many"), 400, "InvalidParameter"),
     "steps 1": (SYNC, multimodal(num_inference_steps=1), 400, "InvalidParameter"),
-    "pixazo unknown model": (PIXAZO, multimodal("qwen-image-max"), 404, "ModelNotFound"),
     "async no prompt": (ASYNC, {"model": "qwen-image", "input": {}}, 400, "BadRequest.EmptyInput"),
     "async no model": (ASYNC, {"input": {"prompt": "a"}}, 400, "BadRequest.EmptyModel"),
     "async long prompt": (ASYNC, synthesis("x" * 801), 400, "InvalidParameter"),
@@ -376,6 +375,16 @@ BAD: dict[str, tuple[str, Any, int, str]] = {
         "InvalidParameter",
     ),
 }
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [(multimodal("qwen-image-max"), 404), (multimodal(text=" "), 400), ({"model": "qwen-image"}, 400)],
+)
+async def test_pixazo_errors_have_pixazos_shape(client: httpx.AsyncClient, body: dict[str, Any], status: int) -> None:
+    response = await client.post(PIXAZO, json=body, headers={"Ocp-Apim-Subscription-Key": "k"})
+    assert response.status_code == status
+    assert set(response.json()) == {"error"} and response.json()["error"]
 
 
 @pytest.mark.parametrize("case", list(BAD))
@@ -389,7 +398,8 @@ async def test_malformed_json_and_unknown_paths(client: httpx.AsyncClient) -> No
     bad_json = await client.post(SYNC, content=b"{nope", headers={**AUTH, "content-type": "application/json"})
     assert_error(bad_json, 400, "InvalidParameter")
     assert_error(await client.post("/api/v1/services/aigc/nothing/here", json={}), 404, "NotFound")
-    assert_error(await client.post("/qwen-image/v1/nothing", json={}), 404, "NotFound")
+    pixazo_unknown_path = await client.post("/qwen-image/v1/nothing", json={})
+    assert pixazo_unknown_path.status_code == 404 and set(pixazo_unknown_path.json()) == {"error"}
     assert_error(await client.get(SYNC), 405, "UnsupportedOperation")
     # Outside DashScope's paths the native shape is kept.
     assert set((await client.get("/v1/tasks/nope")).json()) == {"error"}

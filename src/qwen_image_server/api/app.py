@@ -48,4 +48,4 @@ def all_dialects() -> list[Dialect]:
     """The provider dialects, each in its own package."""
     from qwen_image_server.api import dashscope, kie, novita, openai, pixwith
 
-    return [openai.DIALECT, dashscope.DIALECT, novita.DIALECT, kie.DIALECT, pixwith.DIALECT]
+    return [openai.DIALECT, dashscope.DIALECT, dashscope.PIXAZO, novita.DIALECT, kie.DIALECT, pixwith.DIALECT]

@@ -1,13 +1,22 @@
 """The DashScope (Alibaba Model Studio) dialect, with Pixazo's endpoint, which wraps DashScope's
 synchronous call with the same body and answer. See docs/dashscope.md."""
 
-from qwen_image_server.api.dashscope.errors import render_error
+from fastapi import APIRouter
+
+from qwen_image_server.api.dashscope.errors import render_error, render_pixazo_error
 from qwen_image_server.api.dashscope.routes import dashscope_router
 from qwen_image_server.api.dialect import Dialect
 
 DIALECT = Dialect(
     name="dashscope",
-    prefixes=("/api/v1/services/", "/api/v1/tasks/", "/qwen-image/v1/"),
-    router=dashscope_router,
+    prefixes=("/api/v1/services/", "/api/v1/tasks/"),
+    router=dashscope_router,  # serves Pixazo's path too: same body, same answer
     render_error=render_error,
+)
+# Pixazo only differs in its error shape; its route is part of the DashScope router.
+PIXAZO = Dialect(
+    name="pixazo",
+    prefixes=("/qwen-image/v1/",),
+    router=lambda _service: APIRouter(),
+    render_error=render_pixazo_error,
 )
