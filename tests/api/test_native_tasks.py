@@ -168,3 +168,14 @@ async def test_fifty_tasks_from_ten_clients_all_succeed_exactly_once(
     assert {task["status"] for task in finished} == {"succeeded"}
     assert {task["attempts"] for task in finished} == {1}, "no task ran twice"
     assert sorted(task["results"][0]["seed"] for task in finished) == list(range(50))
+
+
+async def test_previews_are_listed_and_streamed(client: httpx.AsyncClient) -> None:
+    created = (await client.post("/v1/tasks", json={**TINY_TASK, "num_inference_steps": 4, "partial_images": 2})).json()
+    response = await client.get(f"/v1/tasks/{created['id']}/events")
+    events = [line.removeprefix("event: ").strip() for line in response.text.splitlines() if line.startswith("event:")]
+    assert events.count("preview") == 2 and events[-1] == "succeeded"
+    task = (await client.get(f"/v1/tasks/{created['id']}")).json()
+    assert [preview["partial_index"] for preview in task["previews"]] == [0, 1]
+    image = await download(client, task["previews"][1]["url"])
+    assert image.status_code == 200 and picture(image.content).size == (256, 256)

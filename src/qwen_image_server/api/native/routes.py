@@ -71,8 +71,9 @@ def native_router(service: Service) -> APIRouter:
 
     @router.get("/{task_id}/events")
     async def task_events(task_id: str, request: Request) -> EventSourceResponse:
-        """Server-Sent Events: `queued` (with queue position), `progress` per step, then the final
-        state (`succeeded`, `failed` or `canceled`) with the whole task; then the stream ends."""
+        """Server-Sent Events: `queued` (with queue position), `progress` per step, `preview` for each
+        partial image (with `partial_images`), then the final state (`succeeded`, `failed` or
+        `canceled`) with the whole task; then the stream ends."""
         first = await service.store.get(task_id)
         return EventSourceResponse(_events(service, first, request), ping=15)
 
@@ -82,7 +83,11 @@ def native_router(service: Service) -> APIRouter:
 async def _events(service: Service, task: Task, request: Request) -> AsyncIterator[dict[str, str]]:
     links = ResultLinks(service, request)
     last: tuple[object, ...] | None = None
+    previews_sent = 0
     while True:
+        for preview in to_task_out(task, links).previews[previews_sent:]:
+            yield {"event": "preview", "data": preview.model_dump_json()}
+        previews_sent = len(task.previews)
         position = await service.store.queue_position(task.id) if task.status is TaskStatus.QUEUED else None
         state = (task.status, position, task.progress.step)
         if state != last:

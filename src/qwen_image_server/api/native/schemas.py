@@ -24,6 +24,9 @@ class CreateTaskBody(BaseModel):
     output_format: str = "png"
     output_quality: int = 90
     max_sequence_length: int | None = None
+    partial_images: int = Field(
+        default=0, ge=0, le=3, description="Previews per image, decoded from intermediate steps (see `previews`)."
+    )
     images: list[str] = Field(
         default_factory=list, max_length=16, description="Input images: http(s) URLs, data URIs or bare base64."
     )
@@ -44,6 +47,8 @@ class ResultOut(BaseModel):
     seed: int
     content_type: str
     expires_at: str
+    index: int
+    partial_index: int | None = None
 
 
 class ErrorOut(BaseModel):
@@ -77,6 +82,7 @@ class TaskOut(BaseModel):
     finished_at: str | None
     request: RequestOut
     results: list[ResultOut]
+    previews: list[ResultOut]
     error: ErrorOut | None
 
 

@@ -39,6 +39,7 @@ def to_generation_request(body: CreateTaskBody, images: tuple[bytes, ...]) -> Ge
         output_format=body.output_format,
         output_quality=body.output_quality,
         max_sequence_length=body.max_sequence_length,
+        partial_images=body.partial_images,
         images=images,
     )
 
@@ -47,21 +48,22 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat().replace("+00:00", "Z") if moment else None
 
 
+def _result_out(image: StoredImage, task: Task, link: ResultLinker) -> ResultOut:
+    url, expires_at = link(image, task)
+    return ResultOut(
+        url=url,
+        width=image.width,
+        height=image.height,
+        seed=image.seed,
+        content_type=image.content_type,
+        expires_at=_iso(expires_at) or "",
+        index=image.index,
+        partial_index=image.partial_index,
+    )
+
+
 def to_task_out(task: Task, link: ResultLinker, queue_position: int | None = None) -> TaskOut:
     request = task.request
-    results = []
-    for image in task.results:
-        url, expires_at = link(image, task)
-        results.append(
-            ResultOut(
-                url=url,
-                width=image.width,
-                height=image.height,
-                seed=image.seed,
-                content_type=image.content_type,
-                expires_at=_iso(expires_at) or "",
-            )
-        )
     return TaskOut(
         id=task.id,
         model=task.model.value,
@@ -84,6 +86,7 @@ def to_task_out(task: Task, link: ResultLinker, queue_position: int | None = Non
             output_format=request.output_format.value,
             input_images=len(request.images),
         ),
-        results=results,
+        results=[_result_out(image, task, link) for image in task.results],
+        previews=[_result_out(image, task, link) for image in task.previews],
         error=ErrorOut(code=task.error.code, message=task.error.message) if task.error else None,
     )
