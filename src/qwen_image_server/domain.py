@@ -162,6 +162,15 @@ def size_for_aspect(width: int, height: int, area: int = EDIT_TARGET_AREA) -> Si
     return Size(fit(out_w), fit(out_h))
 
 
+def size_keeping_input(image: bytes) -> Size:
+    """For APIs whose edits take no size: the input's own size, scaled down to about 1 MP when
+    larger and up to a 256-pixel short side when smaller, on the 16-pixel grid."""
+    width, height = images.inspect_input_image(image, index=0)
+    scale = min(1.0, math.sqrt(EDIT_TARGET_AREA / (width * height)))
+    scale = max(scale, MIN_SIDE / min(width, height))
+    return size_for_aspect(width, height, area=round(width * scale * height * scale))
+
+
 def random_seed() -> int:
     return secrets.randbelow(SEED_MAX + 1)
 

@@ -64,8 +64,7 @@ def _check_dimensions(size: tuple[int, int], who: tuple[str, str]) -> None:
     width, height = size
     if min(width, height) < MIN_INPUT_SIDE or max(width, height) > MAX_INPUT_SIDE:
         raise InvalidImage(
-            f"{who[0]} is {width}x{height}; each side must be "
-            f"{MIN_INPUT_SIDE} to {MAX_INPUT_SIDE} pixels",
+            f"{who[0]} is {width}x{height}; each side must be {MIN_INPUT_SIDE} to {MAX_INPUT_SIDE} pixels",
             param=who[1],
         )
     if width * height > MAX_INPUT_PIXELS:

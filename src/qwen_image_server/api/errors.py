@@ -84,6 +84,8 @@ def invalid_request_from(errors: Any) -> InvalidRequest:
     param = ".".join(location) or None
     if first.get("type") == "json_invalid":
         return InvalidRequest("the request body is not valid JSON", param=None)
+    if first.get("type") in ("model_attributes_type", "dict_type") and param is None:
+        return InvalidRequest("send the request body as a JSON object (Content-Type: application/json)")
     if first.get("type") == "missing":
         return InvalidRequest(f"{param} is required", param=param)
     if first.get("type") == "extra_forbidden":

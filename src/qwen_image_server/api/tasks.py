@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from fastapi import Request
@@ -20,6 +20,9 @@ from qwen_image_server.sources import read_remote_image
 from qwen_image_server.tasks.model import NewTask, StoredImage, Task
 
 MAX_INPUT_IMAGES = 3
+
+# (image, task) -> (absolute signed URL, its expiry): how every dialect links result images
+ResultLinker = Callable[[StoredImage, Task], tuple[str, datetime]]
 
 
 async def fetch_input_images(refs: Sequence[str]) -> tuple[bytes, ...]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
 
 from qwen_image_server.api.native.schemas import (
@@ -13,11 +12,9 @@ from qwen_image_server.api.native.schemas import (
     ResultOut,
     TaskOut,
 )
+from qwen_image_server.api.tasks import ResultLinker
 from qwen_image_server.domain import GenerationRequest, parse_size
 from qwen_image_server.tasks.model import StoredImage, Task
-
-# (image, task) -> (absolute URL, expiry) for a result image
-ResultLinker = Callable[[StoredImage, Task], tuple[str, datetime]]
 
 
 def to_generation_request(body: CreateTaskBody, images: tuple[bytes, ...]) -> GenerationRequest:

@@ -1,8 +1,8 @@
-"""The novita dialect (not built yet: no routes)."""
-
-from fastapi import APIRouter
+"""Novita's Qwen-Image API: `/v3/async/qwen-image-txt2img`, `/v3/async/qwen-image-edit` and
+`/v3/async/task-result`, with Novita's error body on every `/v3/` path."""
 
 from qwen_image_server.api.dialect import Dialect
-from qwen_image_server.api.errors import native_error
+from qwen_image_server.api.novita.routes import novita_router, render_error
+from qwen_image_server.api.novita.translate import DIALECT_NAME
 
-DIALECT = Dialect(name="novita", prefixes=(), router=lambda _service: APIRouter(), render_error=native_error)
+DIALECT = Dialect(name=DIALECT_NAME, prefixes=("/v3/",), router=novita_router, render_error=render_error)

@@ -1,8 +1,8 @@
-"""The pixwith dialect (not built yet: no routes)."""
-
-from fastapi import APIRouter
+"""Pixwith's task API: `/api/task/create` and `/api/task/get`, with Pixwith's `{code: 0, message}`
+envelope on every error under `/api/task/`."""
 
 from qwen_image_server.api.dialect import Dialect
-from qwen_image_server.api.errors import native_error
+from qwen_image_server.api.pixwith.routes import pixwith_router, render_error
+from qwen_image_server.api.pixwith.translate import DIALECT_NAME
 
-DIALECT = Dialect(name="pixwith", prefixes=(), router=lambda _service: APIRouter(), render_error=native_error)
+DIALECT = Dialect(name=DIALECT_NAME, prefixes=("/api/task/",), router=pixwith_router, render_error=render_error)

@@ -1,0 +1,59 @@
+"""Novita's Qwen-Image API: two async submit endpoints and the shared task-result query. Thin: parse,
+translate, call api.tasks, translate back."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, Response
+
+from qwen_image_server.api.dialect import api_key
+from qwen_image_server.api.novita.schemas import EditBody, TaskIdOut, TaskResultOut, Txt2ImgBody
+from qwen_image_server.api.novita.translate import (
+    DIALECT_NAME,
+    edit_request,
+    error_body,
+    task_result,
+    txt2img_request,
+    webhook_url,
+)
+from qwen_image_server.api.tasks import ResultLinks, fetch_input_images, submit
+from qwen_image_server.errors import QwenImageError
+from qwen_image_server.service import Service
+
+PREFIX = "/v3/async"
+KEY_HEADER = "Authorization"  # `Bearer <key>`
+
+
+def novita_router(service: Service) -> APIRouter:
+    router = APIRouter(prefix=PREFIX, tags=["novita"])
+
+    @router.post("/qwen-image-txt2img", response_model=TaskIdOut)
+    async def txt2img(body: Txt2ImgBody, request: Request) -> TaskIdOut:
+        """Queue a text-to-image task; poll `/v3/async/task-result` with the `task_id`."""
+        api_key(request, KEY_HEADER)  # read as the provider does; not enforced until keys exist
+        task = await submit(service, txt2img_request(body), dialect=DIALECT_NAME, callback_url=webhook_url(body.extra))
+        return TaskIdOut(task_id=task.id)
+
+    @router.post("/qwen-image-edit", response_model=TaskIdOut)
+    async def edit(body: EditBody, request: Request) -> TaskIdOut:
+        """Queue an edit of one image; poll `/v3/async/task-result` with the `task_id`."""
+        api_key(request, KEY_HEADER)
+        [image] = await fetch_input_images([body.image])
+        task = await submit(
+            service, edit_request(body, image), dialect=DIALECT_NAME, callback_url=webhook_url(body.extra)
+        )
+        return TaskIdOut(task_id=task.id)
+
+    @router.get("/task-result", response_model=TaskResultOut)
+    async def get_task_result(request: Request, task_id: str = Query(min_length=1)) -> TaskResultOut:
+        """The task's state; once `TASK_STATUS_SUCCEED`, `images` holds the signed result URLs."""
+        api_key(request, KEY_HEADER)
+        task = await service.store.get(task_id)
+        return task_result(task, ResultLinks(service, request))
+
+    return router
+
+
+def render_error(exc: QwenImageError) -> Response:
+    body = error_body(exc)
+    return JSONResponse(body.model_dump(), status_code=body.code, headers=getattr(exc, "headers", None))

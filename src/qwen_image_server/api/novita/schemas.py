@@ -1,0 +1,121 @@
+"""Wire shapes of Novita's Qwen-Image API (`/v3/async/...`), with the provider's field names and types.
+
+Unknown request fields are ignored, as Novita's own (protobuf-JSON) decoder discards them; a client
+written for Novita may send fields that only other Novita models use.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from qwen_image_server.domain import SEED_MAX
+
+NovitaStatus = Literal["TASK_STATUS_QUEUED", "TASK_STATUS_PROCESSING", "TASK_STATUS_SUCCEED", "TASK_STATUS_FAILED"]
+
+DEFAULT_SIZE = "1024*1024"
+
+
+class RequestModel(BaseModel):
+    """A request object: unknown fields are ignored, and a JSON null means "the default" (clients
+    that serialise every field send nulls for the ones they leave unset)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_are_defaults(cls, data: Any) -> Any:
+        return {key: value for key, value in data.items() if value is not None} if isinstance(data, dict) else data
+
+
+class Webhook(RequestModel):
+    url: str = Field(max_length=2048, description="Receives the task result when the task ends.")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http(s) URL")
+        return value
+
+
+class ExtraIn(RequestModel):
+    """`extra` of a request; only `webhook` means something here, other keys are ignored."""
+
+    webhook: Webhook | None = None
+
+
+class Txt2ImgBody(RequestModel):
+    """`POST /v3/async/qwen-image-txt2img`."""
+
+    prompt: str = Field(description="Text prompt for image generation.")
+    size: str = Field(default=DEFAULT_SIZE, description="`width*height`, 256 to 1536 per side.")
+    extra: ExtraIn | None = None
+
+
+class EditBody(RequestModel):
+    """`POST /v3/async/qwen-image-edit`."""
+
+    prompt: str = Field(description="The edit instruction.")
+    image: str = Field(description="The image to edit: an http(s) URL, a data URI or bare base64.")
+    seed: int = Field(default=-1, ge=-1, le=SEED_MAX, description="-1 picks a random seed.")
+    output_format: Literal["jpeg", "png", "webp"] = "jpeg"
+    extra: ExtraIn | None = None
+
+
+class TaskIdOut(BaseModel):
+    task_id: str
+
+
+class DebugInfoOut(BaseModel):
+    """Times in milliseconds since the epoch, as strings (the provider's type); "0" until known."""
+
+    request_info: str = ""
+    submit_time_ms: str
+    execute_time_ms: str
+    complete_time_ms: str
+
+
+class ExtraOut(BaseModel):
+    seed: str
+    enable_nsfw_detection: bool = False
+    has_nsfw_contents: list[bool] = Field(default_factory=list, description="Empty: no NSFW detection runs here.")
+    debug_info: DebugInfoOut
+
+
+class TaskOut(BaseModel):
+    task_id: str
+    task_type: str
+    status: NovitaStatus
+    reason: str
+    eta: int = Field(description="Estimated seconds until the task ends; 0 when unknown or ended.")
+    progress_percent: int
+
+
+class ImageOut(BaseModel):
+    image_url: str
+    image_url_ttl: str = Field(description="Seconds the URL stays valid, as a string (the provider's type).")
+    image_type: str
+    nsfw_detection_result: None = None
+
+
+class TaskResultOut(BaseModel):
+    """`GET /v3/async/task-result`, and the `payload` of a webhook."""
+
+    extra: ExtraOut
+    task: TaskOut
+    images: list[ImageOut]
+    videos: list[dict[str, Any]] = Field(default_factory=list)
+    audios: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class ErrorOut(BaseModel):
+    """Novita's error body; `code` repeats the HTTP status."""
+
+    code: int
+    reason: str
+    message: str
+    metadata: dict[str, str]

@@ -1,0 +1,48 @@
+"""Pixwith's task API: create and get. Thin: parse, translate, call api.tasks, translate back."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from qwen_image_server.api.dialect import api_key
+from qwen_image_server.api.pixwith.schemas import CreateBody, CreateData, CreateOut, GetBody, GetOut
+from qwen_image_server.api.pixwith.translate import (
+    DIALECT_NAME,
+    error_body,
+    estimated_time,
+    task_data,
+    to_generation_request,
+)
+from qwen_image_server.api.tasks import ResultLinks, fetch_input_images, submit
+from qwen_image_server.errors import QwenImageError
+from qwen_image_server.service import Service
+
+PREFIX = "/api/task"
+KEY_HEADER = "Api-Key"  # the bare key, no scheme
+
+
+def pixwith_router(service: Service) -> APIRouter:
+    router = APIRouter(prefix=PREFIX, tags=["pixwith"])
+
+    @router.post("/create", response_model=CreateOut)
+    async def create(body: CreateBody, request: Request) -> CreateOut:
+        """Queue a text-to-image task, or image-to-image with one `image_urls` entry."""
+        api_key(request, KEY_HEADER, scheme=None)  # read as the provider does; not enforced until keys exist
+        inputs = await fetch_input_images(body.image_urls or [])
+        task = await submit(service, to_generation_request(body, inputs), dialect=DIALECT_NAME)
+        return CreateOut(data=CreateData(task_id=task.id, estimated_time=estimated_time(task.request)))
+
+    @router.post("/get", response_model=GetOut, response_model_exclude_none=True)
+    async def get(body: GetBody, request: Request) -> GetOut:
+        """The task's status (1 processing, 2 completed, 3 failed) and, once completed, its result URLs."""
+        api_key(request, KEY_HEADER, scheme=None)
+        task = await service.store.get(body.task_id)
+        return GetOut(data=task_data(task, ResultLinks(service, request)))
+
+    return router
+
+
+def render_error(exc: QwenImageError) -> Response:
+    body = error_body(exc)
+    return JSONResponse(body.model_dump(), status_code=exc.status, headers=getattr(exc, "headers", None))
