@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator
 
+from qwen_image_server.api.wire import LenientRequest
 from qwen_image_server.domain import SEED_MAX
 
 NovitaStatus = Literal["TASK_STATUS_QUEUED", "TASK_STATUS_PROCESSING", "TASK_STATUS_SUCCEED", "TASK_STATUS_FAILED"]
@@ -18,19 +19,7 @@ NovitaStatus = Literal["TASK_STATUS_QUEUED", "TASK_STATUS_PROCESSING", "TASK_STA
 DEFAULT_SIZE = "1024*1024"
 
 
-class RequestModel(BaseModel):
-    """A request object: unknown fields are ignored, and a JSON null means "the default" (clients
-    that serialise every field send nulls for the ones they leave unset)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _nulls_are_defaults(cls, data: Any) -> Any:
-        return {key: value for key, value in data.items() if value is not None} if isinstance(data, dict) else data
-
-
-class Webhook(RequestModel):
+class Webhook(LenientRequest):
     url: str = Field(max_length=2048, description="Receives the task result when the task ends.")
 
     @field_validator("url")
@@ -42,13 +31,13 @@ class Webhook(RequestModel):
         return value
 
 
-class ExtraIn(RequestModel):
+class ExtraIn(LenientRequest):
     """`extra` of a request; only `webhook` means something here, other keys are ignored."""
 
     webhook: Webhook | None = None
 
 
-class Txt2ImgBody(RequestModel):
+class Txt2ImgBody(LenientRequest):
     """`POST /v3/async/qwen-image-txt2img`."""
 
     prompt: str = Field(description="Text prompt for image generation.")
@@ -56,7 +45,7 @@ class Txt2ImgBody(RequestModel):
     extra: ExtraIn | None = None
 
 
-class EditBody(RequestModel):
+class EditBody(LenientRequest):
     """`POST /v3/async/qwen-image-edit`."""
 
     prompt: str = Field(description="The edit instruction.")

@@ -7,9 +7,11 @@ we apply the default instead of refusing the request. Unknown fields are ignored
 
 from __future__ import annotations
 
-from typing import Any, Literal, Self
+from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from qwen_image_server.api.wire import LenientRequest
 
 AspectRatio = Literal["3:4", "9:16", "4:3", "16:9"]
 PixwithStatus = Literal[1, 2, 3]  # 1 processing, 2 completed, 3 failed
@@ -17,19 +19,7 @@ PixwithStatus = Literal[1, 2, 3]  # 1 processing, 2 completed, 3 failed
 QWEN_IMAGE_MODEL_ID = "0-24"
 
 
-class RequestModel(BaseModel):
-    """A request object: unknown fields are ignored, and a JSON null means "the default" (clients
-    that serialise every field send nulls for the ones they leave unset)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _nulls_are_defaults(cls, data: Any) -> Any:
-        return {key: value for key, value in data.items() if value is not None} if isinstance(data, dict) else data
-
-
-class Options(RequestModel):
+class Options(LenientRequest):
     prompt_optimization: bool = Field(
         default=False, description="Pixwith translates the prompt to English; accepted and ignored here."
     )
@@ -37,7 +27,7 @@ class Options(RequestModel):
     aspect_ratio: AspectRatio | None = Field(default=None, description="Text-to-image only.")
 
 
-class CreateBody(RequestModel):
+class CreateBody(LenientRequest):
     """`POST /api/task/create`."""
 
     prompt: str
@@ -63,7 +53,7 @@ class CreateBody(RequestModel):
         return self
 
 
-class GetBody(RequestModel):
+class GetBody(LenientRequest):
     """`POST /api/task/get`."""
 
     task_id: str = Field(min_length=1)
