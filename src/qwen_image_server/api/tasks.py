@@ -7,6 +7,7 @@ only way they reach the task store and the results.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -14,10 +15,11 @@ from datetime import UTC, datetime
 from fastapi import Request
 
 from qwen_image_server.domain import GenerationRequest
-from qwen_image_server.errors import InvalidParameter
+from qwen_image_server.errors import InvalidParameter, QwenImageError
 from qwen_image_server.service import Service
 from qwen_image_server.sources import read_remote_image
 from qwen_image_server.tasks.model import NewTask, StoredImage, Task
+from qwen_image_server.tasks.store import TaskConflict, TaskNotFound
 
 MAX_INPUT_IMAGES = 3
 
@@ -90,6 +92,38 @@ async def wait_for_end(service: Service, task: Task, seconds: float) -> Task:
         await asyncio.sleep(min(service.settings.progress_interval_seconds, max(deadline - time.monotonic(), 0)))
         task = await service.store.get(task.id)
     return task
+
+
+class WaitTimedOut(QwenImageError):
+    status = 408
+    code = "request_timeout"
+
+
+class ClientGone(QwenImageError):
+    status = 499
+    code = "client_closed_request"
+
+
+async def wait_attended(service: Service, task: Task, request: Request, limit: float) -> Task:
+    """For synchronous APIs: wait for the task's end while its client is there. Past `limit`
+    seconds, or when the client hangs up, cancel the task (nobody would get its images) and raise
+    `WaitTimedOut` or `ClientGone`."""
+    deadline = time.monotonic() + limit
+    while not task.status.is_terminal:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            await _give_up(service, task)
+            raise WaitTimedOut(f"the images were not ready within {limit:g} seconds; the task was canceled")
+        task = await wait_for_end(service, task, min(remaining, 1.0))
+        if not task.status.is_terminal and await request.is_disconnected():
+            await _give_up(service, task)
+            raise ClientGone("the client closed the connection; the task was canceled")
+    return task
+
+
+async def _give_up(service: Service, task: Task) -> None:
+    with contextlib.suppress(TaskNotFound, TaskConflict):
+        await service.store.request_cancel(task.id)
 
 
 class ResultLinks:

@@ -3,9 +3,6 @@ call api.tasks, translate back; errors are raised and rendered by api/dashscope/
 
 from __future__ import annotations
 
-import contextlib
-import time
-
 from fastapi import APIRouter, Depends, Header, Request
 
 from qwen_image_server.api.dashscope.errors import (
@@ -37,16 +34,15 @@ from qwen_image_server.api.dashscope.translate import (
     to_task_response,
     unknown_task_response,
 )
-from qwen_image_server.api.tasks import ResultLinks, fetch_input_images, submit, wait_for_end
+from qwen_image_server.api.tasks import ClientGone, ResultLinks, WaitTimedOut, fetch_input_images, submit, wait_attended
 from qwen_image_server.service import Service
 from qwen_image_server.tasks.model import Task, TaskStatus
-from qwen_image_server.tasks.store import TaskConflict, TaskNotFound
+from qwen_image_server.tasks.store import TaskNotFound
 
 DIALECT = "dashscope"
 MULTIMODAL_PATH = "/api/v1/services/aigc/multimodal-generation/generation"
 SYNTHESIS_PATH = "/api/v1/services/aigc/text2image/image-synthesis"
 PIXAZO_PATH = "/qwen-image/v1/generateMultimodeTextToImageRequest"
-_POLL_SLICE_SECONDS = 1.0  # how often a synchronous call checks that its client is still there
 
 
 async def _sync_only(x_dashscope_async: str | None = Header(default=None, include_in_schema=False)) -> None:
@@ -141,26 +137,17 @@ async def _wait(service: Service, task: Task, request: Request) -> Task:
     """The finished task. Past `max_wait_seconds`, or when the client goes away, the task is
     canceled (nobody would get its images) and an error raised."""
     limit = service.settings.max_wait_seconds
-    deadline = time.monotonic() + limit
-    while not task.status.is_terminal:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            await _give_up(service, task)
-            raise DashScopeError(
-                408, REQUEST_TIMEOUT, f"Request timed out: the images were not ready within {limit:g} seconds."
-            )
-        task = await wait_for_end(service, task, min(remaining, _POLL_SLICE_SECONDS))
-        if not task.status.is_terminal and await request.is_disconnected():
-            await _give_up(service, task)
-            raise DashScopeError(499, "ClientClosedRequest", "the client closed the connection; the task was canceled")
+    try:
+        task = await wait_attended(service, task, request, limit)
+    except WaitTimedOut:
+        raise DashScopeError(
+            408, REQUEST_TIMEOUT, f"Request timed out: the images were not ready within {limit:g} seconds."
+        ) from None
+    except ClientGone as gone:
+        raise DashScopeError(499, "ClientClosedRequest", gone.message) from None
     if task.status is TaskStatus.SUCCEEDED:
         return task
     if task.status is TaskStatus.FAILED and task.error is not None:
         code = task.error.code
         raise DashScopeError(task_error_status(code), task_error_code(code), task.error.message)
     raise DashScopeError(500, INTERNAL_ERROR, f"the task ended {task.status.value} before its images were made")
-
-
-async def _give_up(service: Service, task: Task) -> None:
-    with contextlib.suppress(TaskNotFound, TaskConflict):
-        await service.store.request_cancel(task.id)

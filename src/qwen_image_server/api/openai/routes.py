@@ -22,7 +22,7 @@ from qwen_image_server.api.dialect import api_key
 from qwen_image_server.api.errors import invalid_request_from
 from qwen_image_server.api.openai import translate
 from qwen_image_server.api.openai.schemas import GenerationBody, ImageData, ImageOptions, ImagesResponse
-from qwen_image_server.api.tasks import ResultLinks, submit, wait_for_end
+from qwen_image_server.api.tasks import ResultLinks, submit, wait_attended
 from qwen_image_server.domain import GenerationRequest
 from qwen_image_server.errors import InvalidRequest, QwenImageError
 from qwen_image_server.service import Service
@@ -126,12 +126,9 @@ async def _answer(
 
 
 async def _until_done(service: Service, request: Request, task: Task) -> Task:
-    """Wait for the task's end; cancel it if the client hangs up; raise if it made no images."""
-    while not task.status.is_terminal:
-        task = await wait_for_end(service, task, 1.0)
-        if not task.status.is_terminal and await request.is_disconnected():
-            await service.store.request_cancel(task.id)
-            raise InvalidRequest("the client disconnected; the task was canceled")
+    """Wait for the task's end (up to `max_wait_seconds`; a client that hangs up cancels it);
+    raise if it made no images."""
+    task = await wait_attended(service, task, request, service.settings.max_wait_seconds)
     if task.status is not TaskStatus.SUCCEEDED:
         raise TaskFailed(task)
     return task
