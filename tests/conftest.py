@@ -117,6 +117,7 @@ def live_server(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Ite
         progress_interval_seconds=0.05,
         poll_interval_seconds=0.05,
         drain_seconds=1.0,
+        allowed_fetch_networks="127.0.0.0/8",  # input images are served by the tests on loopback
     )
     with LiveServer(settings, engine) as server:
         yield server

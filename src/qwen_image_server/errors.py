@@ -47,6 +47,24 @@ class ImageSourceUnavailable(InvalidRequest):
     code = "image_unavailable"
 
 
+class UrlNotAllowed(InvalidRequest):
+    """A user-supplied URL this server will not fetch: not http(s), or it leads to a non-public address."""
+
+    code = "url_not_allowed"
+
+
+class FetchFailed(QwenImageError):
+    """A user-supplied URL could not be fetched: no answer, an HTTP error, too slow, too many redirects.
+    Callers say what the URL was for (an input image, a callback) and re-raise as their own error."""
+
+    status = 502
+    code = "fetch_failed"
+
+
+class ResponseTooLarge(FetchFailed):
+    code = "response_too_large"
+
+
 class UnknownModel(QwenImageError):
     status = 404
     code = "model_not_found"

@@ -19,6 +19,7 @@ from qwen_image_server.results.local import LocalResultStore
 from qwen_image_server.results.signing import UrlSigner, load_or_create_secret
 from qwen_image_server.results.store import ResultStore
 from qwen_image_server.settings import Settings
+from qwen_image_server.tasks.keys import SqlKeyStore
 from qwen_image_server.tasks.model import WorkerInfo, utcnow
 from qwen_image_server.tasks.sql import SqlTaskStore
 from qwen_image_server.tasks.store import TaskStore
@@ -36,6 +37,7 @@ class Service:
     store: TaskStore
     results: ResultStore
     signer: UrlSigner
+    keys: SqlKeyStore
     engine: GenerationEngine | None = None
     worker: Worker | None = None
     _background: list[asyncio.Task[None]] = field(default_factory=list)
@@ -52,7 +54,7 @@ class Service:
         store = SqlTaskStore(settings.resolved_database_url)
         results = LocalResultStore(settings.data_dir / "results")
         signer = UrlSigner(secret, ttl_seconds=settings.result_ttl_seconds)
-        service = cls(settings, store, results, signer)
+        service = cls(settings, store, results, signer, SqlKeyStore(store))
         if run_worker:
             if engine is None:
                 from qwen_image_server.engine import Engine

@@ -8,6 +8,7 @@ over defaults. Every setting is documented in docs/settings.md; a test keeps the
 from __future__ import annotations
 
 import tomllib
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -117,6 +118,17 @@ class Settings(BaseSettings):
         default=120.0, ge=0, description="Upper bound of `?wait=` / `Prefer: wait` on task creation."
     )
     worker: bool = Field(default=True, description="Whether `serve` runs a worker in the same process.")
+    open: bool = Field(
+        default=False,
+        description="Serve without API keys on a non-loopback address (refused by default).",
+    )
+    allowed_fetch_networks: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = Field(
+        default=(),
+        description=(
+            "Networks (CIDRs, comma-separated) that input-image URLs may reach although they are private, "
+            "loopback or otherwise not public; for tests and private deployments. Default: none."
+        ),
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -129,9 +141,9 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
 
-    @field_validator("models", mode="before")
+    @field_validator("models", "allowed_fetch_networks", mode="before")
     @classmethod
-    def _split_models(cls, value: Any) -> Any:
+    def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value

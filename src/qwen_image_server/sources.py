@@ -1,35 +1,46 @@
 """Reading input images from where callers point: a file path, an http(s) URL or a data URI.
 
-Only bytes come back; `images` decides whether they are an acceptable picture.
+Only bytes come back; `images` decides whether they are an acceptable picture (from the content,
+never from a Content-Type header). URLs are fetched by `safe_fetch`: http(s) only, a deadline, a
+size cap, checked redirects, and no private addresses unless allow-listed. The CLI allow-lists
+everything: its user runs it on their own machine, can read its files and reach its network anyway,
+and may well keep pictures on a local server; the rules protect a server from its remote callers.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Sequence
 from pathlib import Path
 
-import httpx
-
-from qwen_image_server.errors import ImageSourceUnavailable, InvalidImage
+from qwen_image_server.errors import (
+    FetchFailed,
+    ImageSourceUnavailable,
+    InvalidImage,
+    ResponseTooLarge,
+    UrlNotAllowed,
+)
 from qwen_image_server.images import MAX_INPUT_BYTES
+from qwen_image_server.safe_fetch import EVERYWHERE, FetchPolicy, IPNetwork, fetch
 
-FETCH_TIMEOUT_S = 20.0
+FETCH_DEADLINE_S = 20.0  # for the whole download: connect, redirects and body
 
 
 def read_image_source(ref: str, *, index: int = 0) -> bytes:
-    """The bytes behind `ref`: an http(s) URL, a `data:` URI, or a path on this machine."""
+    """For the CLI: an http(s) URL (any address), a `data:` URI, or a path on this machine."""
     if ref.startswith(("http://", "https://")):
-        return fetch_url(ref, index=index)
+        return fetch_url(ref, index=index, allowed_networks=EVERYWHERE)
     if ref.startswith("data:"):
         return decode_data_uri(ref, index=index)
     return _read_file(Path(ref).expanduser(), index)
 
 
-def read_remote_image(ref: str, *, index: int = 0) -> bytes:
-    """For API callers: an http(s) URL, a data URI or bare base64 -- never a path on this machine."""
+def read_remote_image(ref: str, *, index: int = 0, allowed_networks: Sequence[IPNetwork] = ()) -> bytes:
+    """For API callers: an http(s) URL (public addresses and `allowed_networks` only), a data URI or
+    bare base64 -- never a path on this machine."""
     if ref.startswith(("http://", "https://")):
-        return fetch_url(ref, index=index)
+        return fetch_url(ref, index=index, allowed_networks=allowed_networks)
     if ref.startswith("data:"):
         return decode_data_uri(ref, index=index)
     return decode_base64(ref, index=index)
@@ -46,37 +57,20 @@ def _read_file(path: Path, index: int) -> bytes:
     return path.read_bytes()
 
 
-def fetch_url(url: str, *, index: int = 0, transport: httpx.BaseTransport | None = None) -> bytes:
-    """Download `url`, refusing bodies over the input size limit without reading them whole."""
+def fetch_url(url: str, *, index: int = 0, allowed_networks: Sequence[IPNetwork] = ()) -> bytes:
+    """Download input image `index` from `url` (see `safe_fetch`); errors name the image."""
     param = f"images[{index}]"
+    policy = FetchPolicy(
+        allowed_networks=tuple(allowed_networks), max_bytes=MAX_INPUT_BYTES, deadline_s=FETCH_DEADLINE_S
+    )
     try:
-        with (
-            httpx.Client(timeout=FETCH_TIMEOUT_S, follow_redirects=True, transport=transport) as client,
-            client.stream("GET", url) as response,
-        ):
-            if response.status_code != 200:
-                raise ImageSourceUnavailable(
-                    f"input image {index + 1}: {url} answered HTTP {response.status_code}", param=param
-                )
-            return _read_limited(response, url, index)
-    except httpx.HTTPError as exc:
-        raise ImageSourceUnavailable(
-            f"input image {index + 1}: could not download {url} ({exc})", param=param
-        ) from None
-
-
-def _read_limited(response: httpx.Response, url: str, index: int) -> bytes:
-    chunks: list[bytes] = []
-    received = 0
-    for chunk in response.iter_bytes():
-        received += len(chunk)
-        if received > MAX_INPUT_BYTES:
-            raise InvalidImage(
-                f"input image {index + 1}: {url} is larger than {MAX_INPUT_BYTES // 2**20} MiB",
-                param=f"images[{index}]",
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)
+        return fetch(url, policy)
+    except UrlNotAllowed as exc:
+        raise UrlNotAllowed(f"input image {index + 1}: {exc.message}", param=param) from None
+    except ResponseTooLarge as exc:
+        raise InvalidImage(f"input image {index + 1}: {exc.message}", param=param) from None
+    except FetchFailed as exc:
+        raise ImageSourceUnavailable(f"input image {index + 1}: {exc.message}", param=param) from None
 
 
 def decode_data_uri(uri: str, *, index: int = 0) -> bytes:

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import base64
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
+from qwen_image_server.api.app import create_app
 from qwen_image_server.service import Service
-from tests.api.conftest import TINY_TASK
-from tests.conftest import picture_bytes
+from qwen_image_server.settings import Settings
+from tests.api.conftest import FAST_SERVICE, TINY_TASK
+from tests.conftest import TINY_EVERYWHERE, picture_bytes
 
 pytestmark = pytest.mark.anyio
 PNG = base64.b64encode(picture_bytes()).decode()
+DEAD_LOOPBACK_URL = "http://127.0.0.1:9/none.png"  # port 9 (discard): nothing answers
 
 
 def assert_native_error(response: httpx.Response, status: int, code: str, param: str | None = None) -> None:
@@ -47,9 +51,9 @@ BAD_BODIES: dict[str, tuple[dict[str, Any], str, str | None]] = {
         "invalid_image",
         "images[0]",
     ),
-    "dead url": (
-        {**TINY_TASK, "model": "qwen-image-edit", "images": ["http://127.0.0.1:9/none.png"]},
-        "image_unavailable",
+    "loopback url": (  # refused before any connection: not a public address (not allow-listed here)
+        {**TINY_TASK, "model": "qwen-image-edit", "images": [DEAD_LOOPBACK_URL]},
+        "url_not_allowed",
         "images[0]",
     ),
     "image to t2i": ({**TINY_TASK, "images": [PNG]}, "invalid_parameter", "images"),
@@ -64,6 +68,17 @@ async def test_bad_bodies_are_400_and_create_nothing(client: httpx.AsyncClient, 
     response = await client.post("/v1/tasks", json=body)
     assert_native_error(response, 400, code, param)
     assert (await client.get("/v1/tasks")).json()["data"] == []
+
+
+async def test_an_allow_listed_dead_url_is_unavailable(tmp_path: Path) -> None:
+    settings = Settings(
+        **TINY_EVERYWHERE, **FAST_SERVICE, data_dir=tmp_path / "data", allowed_fetch_networks="127.0.0.0/8"
+    )
+    body = {**TINY_TASK, "model": "qwen-image-edit", "images": [DEAD_LOOPBACK_URL]}
+    async with Service.build(settings, run_worker=False).running() as service:
+        transport = httpx.ASGITransport(app=create_app(service, manage_service=False))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            assert_native_error(await client.post("/v1/tasks", json=body), 400, "image_unavailable", "images[0]")
 
 
 async def test_invalid_json_is_400(client: httpx.AsyncClient) -> None:

@@ -1,15 +1,20 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
+from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from qwen_image_server.errors import ImageSourceUnavailable, InvalidImage
+from qwen_image_server.errors import ImageSourceUnavailable, InvalidImage, UrlNotAllowed
 from qwen_image_server.images import MAX_INPUT_BYTES
-from qwen_image_server.sources import decode_base64, fetch_url, read_image_source
+from qwen_image_server.safe_fetch import IPNetwork
+from qwen_image_server.sources import decode_base64, fetch_url, read_image_source, read_remote_image
 from tests.conftest import picture_bytes
+from tests.unit.local_http import send_body, serving
+
+LOOPBACK: tuple[IPNetwork, ...] = (ipaddress.ip_network("127.0.0.0/8"),)
 
 
 def test_reads_a_file(tmp_path: Path) -> None:
@@ -41,27 +46,44 @@ def test_base64_tolerates_line_breaks() -> None:
     assert decode_base64(encoded) == b"x" * 200
 
 
-def test_fetches_a_url() -> None:
-    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=picture_bytes()))
-    assert fetch_url("https://images.example/a.png", transport=transport) == picture_bytes()
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    routes = {
+        "/a.png": lambda handler: send_body(handler, picture_bytes()),
+        "/big.png": lambda handler: send_body(handler, b"\0" * (MAX_INPUT_BYTES + 1)),
+    }
+    with serving(routes) as base:
+        yield base
 
 
-def test_a_url_that_fails_says_its_status() -> None:
-    transport = httpx.MockTransport(lambda request: httpx.Response(404))
-    with pytest.raises(ImageSourceUnavailable, match="HTTP 404"):
-        fetch_url("https://images.example/a.png", transport=transport)
+def test_fetches_a_url_from_an_allowed_network(server: str) -> None:
+    assert fetch_url(f"{server}/a.png", allowed_networks=LOOPBACK) == picture_bytes()
+
+
+def test_a_url_that_fails_says_its_status(server: str) -> None:
+    with pytest.raises(ImageSourceUnavailable, match="HTTP 404") as caught:
+        fetch_url(f"{server}/missing.png", allowed_networks=LOOPBACK)
+    assert caught.value.param == "images[0]"
 
 
 def test_a_url_that_does_not_answer_is_reported() -> None:
-    def refuse(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("connection refused", request=request)
-
+    with serving({}) as closed:
+        pass  # the port is free again: nothing answers there
     with pytest.raises(ImageSourceUnavailable, match="could not download"):
-        fetch_url("https://images.example/a.png", transport=httpx.MockTransport(refuse))
+        fetch_url(f"{closed}/a.png", allowed_networks=LOOPBACK)
 
 
-def test_an_oversized_download_is_cut_off() -> None:
-    body = b"\0" * (MAX_INPUT_BYTES + 1)
-    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=body))
-    with pytest.raises(InvalidImage, match="larger than"):
-        fetch_url("https://images.example/a.png", transport=transport)
+def test_an_oversized_download_is_cut_off(server: str) -> None:
+    with pytest.raises(InvalidImage, match="larger than 20 MiB"):
+        fetch_url(f"{server}/big.png", allowed_networks=LOOPBACK)
+
+
+def test_api_callers_cannot_reach_private_addresses(server: str) -> None:
+    with pytest.raises(UrlNotAllowed, match=r"input image 2: .* a loopback address") as caught:
+        read_remote_image(f"{server}/a.png", index=1)
+    assert caught.value.param == "images[1]" and caught.value.code == "url_not_allowed"
+
+
+def test_the_cli_may_fetch_from_this_machine(server: str) -> None:
+    # its user runs it locally and can reach this network anyway (see sources' docstring)
+    assert read_image_source(f"{server}/a.png") == picture_bytes()

@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from fastapi import APIRouter, Request
 
 from qwen_image_server.api.errors import ErrorRenderer
+from qwen_image_server.errors import QwenImageError
 from qwen_image_server.service import Service
+from qwen_image_server.tasks.keys import Scope
+from qwen_image_server.tasks.model import Task
 
 
 @dataclass(frozen=True)
@@ -24,10 +27,29 @@ class Dialect:
     render_error: ErrorRenderer
 
 
-def api_key(request: Request, header: str, scheme: str | None = "Bearer") -> str | None:
-    """The caller's key from the provider's header (`Authorization: Bearer k`, `Api-Key: k`, ...).
+class Unauthorized(QwenImageError):
+    status = 401
+    code = "invalid_api_key"
 
-    Keys are read but not yet enforced: any key (or none) is accepted until API keys exist."""
+
+class Forbidden(QwenImageError):
+    status = 403
+    code = "insufficient_scope"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: a key id, or None when the server runs open (no API keys exist)."""
+
+    key_id: str | None
+    sees_all: bool  # open servers and admin keys see every task
+
+    def owns(self, task: Task) -> bool:
+        return self.sees_all or task.owner == self.key_id
+
+
+def presented_key(request: Request, header: str, scheme: str | None = "Bearer") -> str | None:
+    """The key from the provider's header (`Authorization: Bearer k`, `Api-Key: k`, ...)."""
     value = request.headers.get(header)
     if value is None:
         return None
@@ -35,3 +57,22 @@ def api_key(request: Request, header: str, scheme: str | None = "Bearer") -> str
         prefix = f"{scheme} "
         value = value[len(prefix) :] if value.lower().startswith(prefix.lower()) else value
     return value.strip() or None
+
+
+async def authenticate(
+    service: Service, request: Request, header: str, *, scheme: str | None = "Bearer", scope: Scope = Scope.GENERATE
+) -> Caller:
+    """Check the caller's key (read from its provider's header). Once any key exists every call
+    needs a valid one; before that the server is open (and `serve` refuses to listen beyond
+    loopback without `--open`)."""
+    token = presented_key(request, header, scheme)
+    key = await service.keys.authenticate(token) if token else None
+    if key is None:
+        if not await service.keys.any_active():
+            # Open server: clients of providers always send some key; any (or none) is accepted.
+            return Caller(key_id=None, sees_all=True)
+        raise Unauthorized(f"a valid API key is required in the {header} header" if token is None else
+                           "the API key is not valid (unknown, mistyped or revoked)")  # fmt: skip
+    if not key.allows(scope):
+        raise Forbidden(f"this API key lacks the {scope} scope")
+    return Caller(key_id=key.id, sees_all=Scope.ADMIN in key.scopes)

@@ -14,8 +14,10 @@ from datetime import UTC, datetime
 
 from fastapi import Request
 
+from qwen_image_server.api.dialect import Caller
 from qwen_image_server.domain import GenerationRequest
 from qwen_image_server.errors import InvalidParameter, QwenImageError
+from qwen_image_server.safe_fetch import IPNetwork
 from qwen_image_server.service import Service
 from qwen_image_server.sources import read_remote_image
 from qwen_image_server.tasks.model import NewTask, StoredImage, Task
@@ -27,12 +29,18 @@ MAX_INPUT_IMAGES = 3
 ResultLinker = Callable[[StoredImage, Task], tuple[str, datetime]]
 
 
-async def fetch_input_images(refs: Sequence[str]) -> tuple[bytes, ...]:
-    """Download or decode the caller's input images (URLs are fetched concurrently, off the loop)."""
+async def fetch_input_images(refs: Sequence[str], *, allowed_networks: Sequence[IPNetwork]) -> tuple[bytes, ...]:
+    """Download or decode the caller's input images (URLs are fetched concurrently, off the loop).
+    URLs may reach only public addresses and `allowed_networks` (the setting `allowed_fetch_networks`)."""
     if len(refs) > MAX_INPUT_IMAGES:
         raise InvalidParameter(f"at most {MAX_INPUT_IMAGES} input images, got {len(refs)}", param="images")
     return tuple(
-        await asyncio.gather(*(asyncio.to_thread(read_remote_image, ref, index=i) for i, ref in enumerate(refs)))
+        await asyncio.gather(
+            *(
+                asyncio.to_thread(read_remote_image, ref, index=i, allowed_networks=allowed_networks)
+                for i, ref in enumerate(refs)
+            )
+        )
     )
 
 
@@ -63,6 +71,14 @@ async def submit(
     )
     task = await service.store.create(new)
     service.wake_worker()
+    return task
+
+
+async def owned_task(service: Service, task_id: str, caller: Caller) -> Task:
+    """The task, if the caller may see it; another key's task is reported as not found."""
+    task = await service.store.get(task_id)
+    if not caller.owns(task):
+        raise TaskNotFound(f"there is no task {task_id!r}")
     return task
 
 

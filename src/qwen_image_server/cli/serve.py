@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from qwen_image_server.cli.main import app, err, friendly_errors, invalid_setting, out
 from qwen_image_server.domain import ModelName
+from qwen_image_server.errors import InvalidParameter
 from qwen_image_server.settings import Settings, load_settings
 
 DataDirOpt = Annotated[
@@ -81,6 +82,39 @@ def _describe(settings: Settings, notes: list[str]) -> None:
         err.print(f"note: {note}", highlight=False, soft_wrap=True)
 
 
+async def _refuse_open_exposure(settings: Settings) -> None:
+    """Secure by default: beyond loopback, serve only with API keys (or when told `--open`)."""
+    if settings.open or _is_loopback(settings.host):
+        return
+    from qwen_image_server.tasks.keys import SqlKeyStore
+    from qwen_image_server.tasks.sql import SqlTaskStore
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = SqlTaskStore(settings.resolved_database_url)
+    await store.start()
+    try:
+        has_keys = await SqlKeyStore(store).any_active()
+    finally:
+        await store.close()
+    if not has_keys:
+        raise InvalidParameter(
+            f"refusing to listen on {settings.host} without API keys: create one with "
+            "`qwen-image keys create --name NAME`, or pass --open to serve without authentication",
+            param="host",
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option("--host", help="Address to listen on [default: 127.0.0.1].")] = None,
@@ -92,6 +126,9 @@ def serve(
     no_worker: Annotated[
         bool, typer.Option("--no-worker", help="Serve the API only; separate `qwen-image worker` processes run tasks.")
     ] = False,
+    open_: Annotated[
+        bool, typer.Option("--open", help="Allow serving beyond loopback without API keys (anyone can use it).")
+    ] = False,
 ) -> None:
     """Run the HTTP API, with a worker in the same process unless --no-worker."""
     import uvicorn
@@ -102,9 +139,10 @@ def serve(
     with friendly_errors():
         worker = False if no_worker else None
         settings, notes = _service_settings(
-            config, model, models, host=host, port=port, data_dir=data_dir, worker=worker
+            config, model, models, host=host, port=port, data_dir=data_dir, worker=worker, open=open_ or None
         )
         _describe(settings, notes)
+        asyncio.run(_refuse_open_exposure(settings))
         service = Service.build(settings, run_worker=settings.worker)
         out.print(
             f"listening on http://{settings.host}:{settings.port}  (API reference at /docs)",

@@ -87,6 +87,17 @@ tasks = Table(
     Index("ix_tasks_finished_at", "finished_at"),
 )
 
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(ID_LENGTH), primary_key=True),
+    Column("name", String(NAME_LENGTH), nullable=False),
+    Column("secret_sha256", String(64), nullable=False),  # the key itself is never stored
+    Column("scopes_json", Text, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("revoked_at", UtcDateTime, nullable=True),
+)
+
 workers = Table(
     "workers",
     metadata,

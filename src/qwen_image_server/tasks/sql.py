@@ -99,6 +99,16 @@ class SqlTaskStore:
             await engine.dispose()
 
     @property
+    def write_engine(self) -> AsyncEngine:
+        """For stores that share this database (API keys): transactions that write."""
+        return self._writer
+
+    @property
+    def read_engine(self) -> AsyncEngine:
+        """For stores that share this database: transactions that only read."""
+        return self._read_only
+
+    @property
     def _writer(self) -> AsyncEngine:
         if self._engine is None:
             raise RuntimeError("the task store is not started; call start() first")

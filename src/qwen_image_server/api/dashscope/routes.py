@@ -34,8 +34,18 @@ from qwen_image_server.api.dashscope.translate import (
     to_task_response,
     unknown_task_response,
 )
-from qwen_image_server.api.tasks import ClientGone, ResultLinks, WaitTimedOut, fetch_input_images, submit, wait_attended
+from qwen_image_server.api.dialect import Caller, authenticate
+from qwen_image_server.api.tasks import (
+    ClientGone,
+    ResultLinks,
+    WaitTimedOut,
+    fetch_input_images,
+    owned_task,
+    submit,
+    wait_attended,
+)
 from qwen_image_server.service import Service
+from qwen_image_server.tasks.keys import Scope
 from qwen_image_server.tasks.model import Task, TaskStatus
 from qwen_image_server.tasks.store import TaskNotFound
 
@@ -60,7 +70,12 @@ async def _async_only(
 def dashscope_router(service: Service) -> APIRouter:
     router = APIRouter()
 
-    async def create(ask: Ask) -> Task:
+    async def caller_of(request: Request, scope: Scope = Scope.GENERATE) -> Caller:
+        if request.url.path == PIXAZO_PATH:
+            return await authenticate(service, request, "Ocp-Apim-Subscription-Key", scheme=None, scope=scope)
+        return await authenticate(service, request, "Authorization", scope=scope)
+
+    async def create(ask: Ask, caller: Caller) -> Task:
         if ask.model not in service.settings.models:
             served = ", ".join(model.value for model in service.settings.models)
             raise DashScopeError(
@@ -69,14 +84,14 @@ def dashscope_router(service: Service) -> APIRouter:
                 f"Model not exist: {ask.model} is not served here (served: {served}).",
                 param="model",
             )
-        images = await fetch_input_images(ask.image_refs)
-        return await submit(service, to_generation_request(ask, images), dialect=DIALECT)
+        images = await fetch_input_images(ask.image_refs, allowed_networks=service.settings.allowed_fetch_networks)
+        return await submit(service, to_generation_request(ask, images), dialect=DIALECT, owner=caller.key_id)
 
     async def generate(body: MultimodalBody, request: Request) -> MultimodalResponse:
         """Text-to-image (`qwen-image`, `qwen-image-plus`) or editing (`qwen-image-edit`,
         `qwen-image-edit-plus`: 1-3 `{"image"}` items and one `{"text"}`), answered when the images
         are made. A call not done within `max_wait_seconds` is canceled and answered 408."""
-        task = await create(multimodal_ask(body))
+        task = await create(multimodal_ask(body), await caller_of(request))
         task = await _wait(service, task, request)
         return to_multimodal_response(task, ResultLinks(service, request), new_request_id())
 
@@ -98,9 +113,9 @@ def dashscope_router(service: Service) -> APIRouter:
         dependencies=[Depends(_async_only)],
         tags=["dashscope"],
     )
-    async def synthesize(body: SynthesisBody) -> TaskResponse:
+    async def synthesize(body: SynthesisBody, request: Request) -> TaskResponse:
         """Queue a text-to-image task (header `X-DashScope-Async: enable`); poll GET /api/v1/tasks/{task_id}."""
-        task = await create(synthesis_ask(body))
+        task = await create(synthesis_ask(body), await caller_of(request))
         return created_task_response(task, new_request_id())
 
     @router.get(
@@ -108,17 +123,19 @@ def dashscope_router(service: Service) -> APIRouter:
     )
     async def get_task(task_id: str, request: Request) -> TaskResponse:
         """The task's status and, once SUCCEEDED, its image URLs; UNKNOWN for an id not known (or deleted)."""
+        caller = await caller_of(request, Scope.READ)
         try:
-            task = await service.store.get(task_id)
+            task = await owned_task(service, task_id, caller)
         except TaskNotFound:
             return unknown_task_response(task_id, new_request_id())
         return to_task_response(task, ResultLinks(service, request), new_request_id())
 
     @router.post("/api/v1/tasks/{task_id}/cancel", response_model=CancelResponse, tags=["dashscope"])
-    async def cancel_task(task_id: str) -> CancelResponse:
+    async def cancel_task(task_id: str, request: Request) -> CancelResponse:
         """Cancel a task that is still PENDING; any other state is answered 400 UnsupportedOperation."""
+        caller = await caller_of(request, Scope.READ)
         try:
-            task = await service.store.get(task_id)
+            task = await owned_task(service, task_id, caller)
         except TaskNotFound:
             raise DashScopeError(404, NOT_FOUND, f"Task not found: {task_id}.") from None
         if task.status is not TaskStatus.QUEUED:

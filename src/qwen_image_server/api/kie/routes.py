@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from qwen_image_server.api.dialect import api_key
+from qwen_image_server.api.dialect import authenticate
 from qwen_image_server.api.kie.schemas import CreateTaskBody, CreateTaskOut, RecordInfoOut, TaskIdData
 from qwen_image_server.api.kie.translate import (
     DIALECT_NAME,
@@ -16,9 +16,10 @@ from qwen_image_server.api.kie.translate import (
     record_data,
     to_generation_request,
 )
-from qwen_image_server.api.tasks import ResultLinks, fetch_input_images, submit
+from qwen_image_server.api.tasks import ResultLinks, fetch_input_images, owned_task, submit
 from qwen_image_server.errors import QwenImageError
 from qwen_image_server.service import Service
+from qwen_image_server.tasks.keys import Scope
 
 PREFIX = "/api/v1/jobs"
 
@@ -36,21 +37,27 @@ def kie_router(service: Service) -> APIRouter:
     @router.post("/createTask", response_model=CreateTaskOut)
     async def create_task(body: CreateTaskBody, request: Request) -> CreateTaskOut:
         """Queue a qwen/text-to-image or qwen/image-edit task; poll recordInfo with the taskId."""
-        api_key(request, "Authorization")  # read as the provider does; not enforced until keys exist
+        caller = await authenticate(service, request, "Authorization")
         model = KIE_MODELS[body.model]
         if model not in service.settings.models:
             raise FeatureDisabled(f"{body.model} is not enabled on this server")
-        images = await fetch_input_images(input_image_refs(body))
+        images = await fetch_input_images(
+            input_image_refs(body), allowed_networks=service.settings.allowed_fetch_networks
+        )
         task = await submit(
-            service, to_generation_request(body, images), dialect=DIALECT_NAME, callback_url=body.callBackUrl
+            service,
+            to_generation_request(body, images),
+            dialect=DIALECT_NAME,
+            owner=caller.key_id,
+            callback_url=body.callBackUrl,
         )
         return CreateTaskOut(data=TaskIdData(taskId=task.id))
 
     @router.get("/recordInfo", response_model=RecordInfoOut)
     async def record_info(request: Request, task_id: str = Query(alias="taskId", min_length=1)) -> RecordInfoOut:
         """The task's state; once `success`, `resultJson` holds the signed result URLs."""
-        api_key(request, "Authorization")
-        task = await service.store.get(task_id)
+        caller = await authenticate(service, request, "Authorization", scope=Scope.READ)
+        task = await owned_task(service, task_id, caller)
         return RecordInfoOut(data=record_data(task, ResultLinks(service, request)))
 
     return router

@@ -9,10 +9,19 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Query, Request, Response
 from sse_starlette.sse import EventSourceResponse
 
+from qwen_image_server.api.dialect import Caller, authenticate
 from qwen_image_server.api.native.schemas import CreateTaskBody, TaskListOut, TaskOut
 from qwen_image_server.api.native.translate import to_generation_request, to_task_out
-from qwen_image_server.api.tasks import ResultLinks, fetch_input_images, requested_wait, submit, wait_for_end
+from qwen_image_server.api.tasks import (
+    ResultLinks,
+    fetch_input_images,
+    owned_task,
+    requested_wait,
+    submit,
+    wait_for_end,
+)
 from qwen_image_server.service import Service
+from qwen_image_server.tasks.keys import Scope
 from qwen_image_server.tasks.model import Task, TaskStatus
 from qwen_image_server.tasks.store import TaskConflict
 
@@ -22,6 +31,9 @@ DIALECT = "native"
 def native_router(service: Service) -> APIRouter:
     router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 
+    async def caller_of(request: Request, scope: Scope = Scope.READ) -> Caller:
+        return await authenticate(service, request, "Authorization", scope=scope)
+
     async def render(task: Task, request: Request) -> TaskOut:
         position = await service.store.queue_position(task.id) if task.status is TaskStatus.QUEUED else None
         return to_task_out(task, ResultLinks(service, request), position)
@@ -30,12 +42,14 @@ def native_router(service: Service) -> APIRouter:
     async def create_task(body: CreateTaskBody, request: Request, response: Response) -> TaskOut:
         """Queue a text-to-image or edit task. With `?wait=N` or `Prefer: wait=N`, answer 200 with
         the finished task if it ends within N seconds, else 202 with its current state."""
+        caller = await caller_of(request, Scope.GENERATE)
         wait = requested_wait(request, service)
-        images = await fetch_input_images(body.images)
+        images = await fetch_input_images(body.images, allowed_networks=service.settings.allowed_fetch_networks)
         task = await submit(
             service,
             to_generation_request(body, images),
             dialect=DIALECT,
+            owner=caller.key_id,
             callback_url=body.callback_url,
             priority=body.priority,
         )
@@ -53,18 +67,20 @@ def native_router(service: Service) -> APIRouter:
         cursor: str | None = None,
     ) -> TaskListOut:
         """Tasks, newest first; pass `next_cursor` back as `cursor` for the next page."""
-        page = await service.store.list_tasks(status=status, limit=limit, cursor=cursor)
+        caller = await caller_of(request)
+        owner = None if caller.sees_all else caller.key_id
+        page = await service.store.list_tasks(status=status, owner=owner, limit=limit, cursor=cursor)
         links = ResultLinks(service, request)
         return TaskListOut(data=[to_task_out(task, links) for task in page.tasks], next_cursor=page.next_cursor)
 
     @router.get("/{task_id}", response_model=TaskOut)
     async def get_task(task_id: str, request: Request) -> TaskOut:
-        return await render(await service.store.get(task_id), request)
+        return await render(await owned_task(service, task_id, await caller_of(request)), request)
 
     @router.post("/{task_id}/cancel", response_model=TaskOut)
     async def cancel_task(task_id: str, request: Request) -> TaskOut:
         """A queued task is canceled at once; a running one stops at its next step."""
-        before = await service.store.get(task_id)
+        before = await owned_task(service, task_id, await caller_of(request))
         if before.status.is_terminal:
             raise TaskConflict(f"task {task_id} already {before.status}; only queued or running tasks can be canceled")
         return await render(await service.store.request_cancel(task_id), request)
@@ -74,7 +90,7 @@ def native_router(service: Service) -> APIRouter:
         """Server-Sent Events: `queued` (with queue position), `progress` per step, `preview` for each
         partial image (with `partial_images`), then the final state (`succeeded`, `failed` or
         `canceled`) with the whole task; then the stream ends."""
-        first = await service.store.get(task_id)
+        first = await owned_task(service, task_id, await caller_of(request))
         return EventSourceResponse(_events(service, first, request), ping=15)
 
     return router

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from qwen_image_server.api.dialect import api_key
+from qwen_image_server.api.dialect import authenticate
 from qwen_image_server.api.novita.schemas import EditBody, TaskIdOut, TaskResultOut, Txt2ImgBody
 from qwen_image_server.api.novita.translate import (
     DIALECT_NAME,
@@ -16,9 +16,10 @@ from qwen_image_server.api.novita.translate import (
     txt2img_request,
     webhook_url,
 )
-from qwen_image_server.api.tasks import ResultLinks, fetch_input_images, submit
+from qwen_image_server.api.tasks import ResultLinks, fetch_input_images, owned_task, submit
 from qwen_image_server.errors import QwenImageError
 from qwen_image_server.service import Service
+from qwen_image_server.tasks.keys import Scope
 
 PREFIX = "/v3/async"
 KEY_HEADER = "Authorization"  # `Bearer <key>`
@@ -30,25 +31,35 @@ def novita_router(service: Service) -> APIRouter:
     @router.post("/qwen-image-txt2img", response_model=TaskIdOut)
     async def txt2img(body: Txt2ImgBody, request: Request) -> TaskIdOut:
         """Queue a text-to-image task; poll `/v3/async/task-result` with the `task_id`."""
-        api_key(request, KEY_HEADER)  # read as the provider does; not enforced until keys exist
-        task = await submit(service, txt2img_request(body), dialect=DIALECT_NAME, callback_url=webhook_url(body.extra))
+        caller = await authenticate(service, request, KEY_HEADER)
+        task = await submit(
+            service,
+            txt2img_request(body),
+            dialect=DIALECT_NAME,
+            owner=caller.key_id,
+            callback_url=webhook_url(body.extra),
+        )
         return TaskIdOut(task_id=task.id)
 
     @router.post("/qwen-image-edit", response_model=TaskIdOut)
     async def edit(body: EditBody, request: Request) -> TaskIdOut:
         """Queue an edit of one image; poll `/v3/async/task-result` with the `task_id`."""
-        api_key(request, KEY_HEADER)
-        [image] = await fetch_input_images([body.image])
+        caller = await authenticate(service, request, KEY_HEADER)
+        [image] = await fetch_input_images([body.image], allowed_networks=service.settings.allowed_fetch_networks)
         task = await submit(
-            service, edit_request(body, image), dialect=DIALECT_NAME, callback_url=webhook_url(body.extra)
+            service,
+            edit_request(body, image),
+            dialect=DIALECT_NAME,
+            owner=caller.key_id,
+            callback_url=webhook_url(body.extra),
         )
         return TaskIdOut(task_id=task.id)
 
     @router.get("/task-result", response_model=TaskResultOut)
     async def get_task_result(request: Request, task_id: str = Query(min_length=1)) -> TaskResultOut:
         """The task's state; once `TASK_STATUS_SUCCEED`, `images` holds the signed result URLs."""
-        api_key(request, KEY_HEADER)
-        task = await service.store.get(task_id)
+        caller = await authenticate(service, request, KEY_HEADER, scope=Scope.READ)
+        task = await owned_task(service, task_id, caller)
         return task_result(task, ResultLinks(service, request))
 
     return router

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from sse_starlette.sse import EventSourceResponse
 from starlette.datastructures import UploadFile
 
-from qwen_image_server.api.dialect import api_key
+from qwen_image_server.api.dialect import Caller, authenticate
 from qwen_image_server.api.errors import invalid_request_from
 from qwen_image_server.api.openai import translate
 from qwen_image_server.api.openai.schemas import GenerationBody, ImageData, ImageOptions, ImagesResponse
@@ -50,21 +50,21 @@ def openai_router(service: Service) -> APIRouter:
     @router.post("/generations", response_model=ImagesResponse)
     async def generations(request: Request) -> Response:
         """OpenAI `images.generate`: JSON body; `stream=true` answers SSE."""
-        api_key(request, "authorization")
+        caller = await authenticate(service, request, "authorization")
         options = _validated(GenerationBody, await _json_body(request))
         generation = translate.to_generation_request(options, translate.generation_model(options.model))
-        return await _answer(service, request, options, generation, "image_generation")
+        return await _answer(service, request, options, generation, "image_generation", caller)
 
     @router.post("/edits", response_model=ImagesResponse)
     async def edits(request: Request) -> Response:
         """OpenAI `images.edit`: multipart with `image` (or `image[]`, up to 3 for us) and an optional
         `mask` (transparent = edit), which runs the inpainting pipeline."""
-        api_key(request, "authorization")
+        caller = await authenticate(service, request, "authorization")
         options, images, mask = await _edit_form(request)
         model = translate.edit_model(options.model, len(images), mask is not None, service.settings.models)
         our_mask = translate.inpainting_mask(mask) if mask is not None else None
         generation = translate.to_generation_request(options, model, images, our_mask)
-        return await _answer(service, request, options, generation, "image_edit")
+        return await _answer(service, request, options, generation, "image_edit", caller)
 
     return router
 
@@ -106,9 +106,14 @@ async def _edit_form(request: Request) -> tuple[ImageOptions, tuple[bytes, ...],
 
 
 async def _answer(
-    service: Service, request: Request, options: ImageOptions, generation: GenerationRequest, kind: str
+    service: Service,
+    request: Request,
+    options: ImageOptions,
+    generation: GenerationRequest,
+    kind: str,
+    caller: Caller,
 ) -> Response:
-    task = await submit(service, generation, dialect=DIALECT)
+    task = await submit(service, generation, dialect=DIALECT, owner=caller.key_id)
     if options.stream:
         return EventSourceResponse(_stream(service, request, task, options, kind), ping=15)
     task = await _until_done(service, request, task)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from qwen_image_server.api.dialect import api_key
+from qwen_image_server.api.dialect import authenticate
 from qwen_image_server.api.pixwith.schemas import CreateBody, CreateData, CreateOut, GetBody, GetOut
 from qwen_image_server.api.pixwith.translate import (
     DIALECT_NAME,
@@ -14,9 +14,10 @@ from qwen_image_server.api.pixwith.translate import (
     task_data,
     to_generation_request,
 )
-from qwen_image_server.api.tasks import ResultLinks, fetch_input_images, submit
+from qwen_image_server.api.tasks import ResultLinks, fetch_input_images, owned_task, submit
 from qwen_image_server.errors import QwenImageError
 from qwen_image_server.service import Service
+from qwen_image_server.tasks.keys import Scope
 
 PREFIX = "/api/task"
 KEY_HEADER = "Api-Key"  # the bare key, no scheme
@@ -28,16 +29,18 @@ def pixwith_router(service: Service) -> APIRouter:
     @router.post("/create", response_model=CreateOut)
     async def create(body: CreateBody, request: Request) -> CreateOut:
         """Queue a text-to-image task, or image-to-image with one `image_urls` entry."""
-        api_key(request, KEY_HEADER, scheme=None)  # read as the provider does; not enforced until keys exist
-        inputs = await fetch_input_images(body.image_urls or [])
-        task = await submit(service, to_generation_request(body, inputs), dialect=DIALECT_NAME)
+        caller = await authenticate(service, request, KEY_HEADER, scheme=None)
+        inputs = await fetch_input_images(
+            body.image_urls or [], allowed_networks=service.settings.allowed_fetch_networks
+        )
+        task = await submit(service, to_generation_request(body, inputs), dialect=DIALECT_NAME, owner=caller.key_id)
         return CreateOut(data=CreateData(task_id=task.id, estimated_time=estimated_time(task.request)))
 
     @router.post("/get", response_model=GetOut, response_model_exclude_none=True)
     async def get(body: GetBody, request: Request) -> GetOut:
         """The task's status (1 processing, 2 completed, 3 failed) and, once completed, its result URLs."""
-        api_key(request, KEY_HEADER, scheme=None)
-        task = await service.store.get(body.task_id)
+        caller = await authenticate(service, request, KEY_HEADER, scheme=None, scope=Scope.READ)
+        task = await owned_task(service, body.task_id, caller)
         return GetOut(data=task_data(task, ResultLinks(service, request)))
 
     return router

@@ -1,0 +1,86 @@
+"""`qwen-image keys create | list | revoke`: API keys in the data dir's (or database's) task store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from pydantic import ValidationError
+
+from qwen_image_server.cli.main import app, err, friendly_errors, invalid_setting, out
+from qwen_image_server.settings import Settings, load_settings
+from qwen_image_server.tasks.keys import DEFAULT_SCOPES, Scope, SqlKeyStore
+
+keys_app = typer.Typer(help="Create, list and revoke API keys (once one exists, every API call needs one).")
+app.add_typer(keys_app, name="keys")
+
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="The server's data folder [default: ./data].")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="A TOML file of settings.")]
+Result = TypeVar("Result")
+
+
+def _settings(data_dir: Path | None, config: Path | None) -> Settings:
+    try:
+        return load_settings(config, data_dir=data_dir)
+    except ValidationError as exc:
+        raise invalid_setting(exc) from None
+
+
+def _with_keys(settings: Settings, action: Callable[[SqlKeyStore], Awaitable[Result]]) -> Result:
+    from qwen_image_server.tasks.sql import SqlTaskStore
+
+    async def run() -> Result:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        store = SqlTaskStore(settings.resolved_database_url)
+        await store.start()
+        try:
+            return await action(SqlKeyStore(store))
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+@keys_app.command("create")
+def create(
+    name: Annotated[str, typer.Option("--name", help="Who or what the key is for.")],
+    scope: Annotated[
+        list[Scope] | None, typer.Option("--scope", help="generate, read or admin; repeat [default: generate, read].")
+    ] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Create a key and print it once: only its hash is stored."""
+    with friendly_errors():
+        scopes = tuple(scope) if scope else DEFAULT_SCOPES
+        key, token = _with_keys(_settings(data_dir, config), lambda keys: keys.create(name, scopes))
+        out.print(token, highlight=False, soft_wrap=True)
+        err.print(f"key {key.id} ({', '.join(key.scopes)}) created; this is the only time it is shown")
+
+
+@keys_app.command("list")
+def list_keys(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
+    """List the keys: id, name, scopes, created, revoked."""
+    with friendly_errors():
+        keys = _with_keys(_settings(data_dir, config), lambda store: store.list_keys())
+        for key in keys:
+            revoked = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
+            scopes = ",".join(key.scopes)
+            out.print(
+                f"{key.id}  {key.name:<24} {scopes:<22} {key.created_at:%Y-%m-%d %H:%M}  {revoked}", highlight=False
+            )
+
+
+@keys_app.command("revoke")
+def revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (from `keys list`).")],
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Revoke a key: calls with it fail at once."""
+    with friendly_errors():
+        key = _with_keys(_settings(data_dir, config), lambda keys: keys.revoke(key_id))
+        out.print(f"revoked {key.id} ({key.name})", highlight=False)

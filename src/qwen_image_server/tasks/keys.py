@@ -1,0 +1,128 @@
+"""API keys: created and revoked from the CLI, checked on every API call.
+
+A key reads `qik_<id>_<secret>`. Only the SHA-256 of the secret is stored (the secret is 32 random
+bytes, so a fast hash is enough: there is nothing to brute-force); a presented key is found by its
+id and its secret compared with `hmac.compare_digest`. Tasks belong to the key id that made them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import func, insert, select, update
+
+from qwen_image_server.errors import QwenImageError
+from qwen_image_server.tasks.model import utcnow
+from qwen_image_server.tasks.schema import api_keys
+from qwen_image_server.tasks.sql import SqlTaskStore
+
+_TOKEN = re.compile(r"qik_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
+
+
+class Scope(StrEnum):
+    GENERATE = "generate"  # create tasks
+    READ = "read"  # read and cancel one's own tasks
+    ADMIN = "admin"  # everything, including other keys' tasks
+
+
+DEFAULT_SCOPES = (Scope.GENERATE, Scope.READ)
+
+
+class KeyNotFound(QwenImageError):
+    status = 404
+    code = "key_not_found"
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: str
+    name: str
+    scopes: tuple[Scope, ...]
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+    def allows(self, scope: Scope) -> bool:
+        return scope in self.scopes or Scope.ADMIN in self.scopes
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class SqlKeyStore:
+    """API keys in the task database (the same engine as `store`)."""
+
+    def __init__(self, store: SqlTaskStore) -> None:
+        self._store = store
+
+    async def create(self, name: str, scopes: tuple[Scope, ...] = DEFAULT_SCOPES) -> tuple[ApiKey, str]:
+        """A new key and its token; the token is shown once and never stored."""
+        key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
+        row = {
+            "id": key_id,
+            "name": name,
+            "secret_sha256": _digest(secret),
+            "scopes_json": json.dumps([scope.value for scope in scopes]),
+            "created_at": utcnow(),
+            "revoked_at": None,
+        }
+        async with self._store.write_engine.begin() as conn:
+            await conn.execute(insert(api_keys).values(row))
+        return _key(row), f"qik_{key_id}_{secret}"
+
+    async def list_keys(self) -> list[ApiKey]:
+        async with self._store.read_engine.connect() as conn:
+            rows = (await conn.execute(select(api_keys).order_by(api_keys.c.created_at))).mappings().all()
+        return [_key(row) for row in rows]
+
+    async def revoke(self, key_id: str) -> ApiKey:
+        async with self._store.write_engine.begin() as conn:
+            await conn.execute(
+                update(api_keys)
+                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=utcnow())
+            )
+            row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).mappings().first()
+        if row is None:
+            raise KeyNotFound(f"there is no key {key_id!r}; `qwen-image keys list` shows them")
+        return _key(row)
+
+    async def authenticate(self, token: str) -> ApiKey | None:
+        """The active key `token` names, or None (malformed, unknown, wrong secret or revoked)."""
+        match = _TOKEN.fullmatch(token.strip())
+        if match is None:
+            return None
+        key_id, secret = match.groups()
+        async with self._store.read_engine.connect() as conn:
+            row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).mappings().first()
+        if row is None or not hmac.compare_digest(row["secret_sha256"], _digest(secret)):
+            return None
+        key = _key(row)
+        return key if key.active else None
+
+    async def any_active(self) -> bool:
+        query = select(func.count()).select_from(api_keys).where(api_keys.c.revoked_at.is_(None))
+        async with self._store.read_engine.connect() as conn:
+            return int((await conn.execute(query)).scalar_one()) > 0
+
+
+def _key(row: object) -> ApiKey:
+    values = dict(row)  # type: ignore[call-overload]
+    return ApiKey(
+        id=values["id"],
+        name=values["name"],
+        scopes=tuple(Scope(scope) for scope in json.loads(values["scopes_json"])),
+        created_at=values["created_at"],
+        revoked_at=values["revoked_at"],
+    )
