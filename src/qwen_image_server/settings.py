@@ -117,6 +117,11 @@ class Settings(BaseSettings):
     max_wait_seconds: float = Field(
         default=120.0, ge=0, description="Upper bound of `?wait=` / `Prefer: wait` on task creation."
     )
+    max_request_bytes: int = Field(
+        default=100 * 2**20,
+        ge=1024,
+        description="Largest request body accepted (413 beyond); room for three 20 MiB images in base64.",
+    )
     worker: bool = Field(default=True, description="Whether `serve` runs a worker in the same process.")
     open: bool = Field(
         default=False,

@@ -10,7 +10,8 @@ from fastapi import FastAPI
 from qwen_image_server import __version__
 from qwen_image_server.api.common import common_router
 from qwen_image_server.api.dialect import Dialect
-from qwen_image_server.api.errors import install_error_handlers
+from qwen_image_server.api.errors import install_error_handlers, renderer_by_path
+from qwen_image_server.api.limits import BodySizeLimit
 from qwen_image_server.api.native.routes import native_router
 from qwen_image_server.service import Service
 
@@ -36,7 +37,9 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
         lifespan=lifespan,
     )
     dialects = all_dialects()
-    install_error_handlers(app, {prefix: d.render_error for d in dialects for prefix in d.prefixes})
+    renderers = {prefix: d.render_error for d in dialects for prefix in d.prefixes}
+    install_error_handlers(app, renderers)
+    app.add_middleware(BodySizeLimit, limit=service.settings.max_request_bytes, render=renderer_by_path(renderers))
     app.include_router(common_router(service))
     app.include_router(native_router(service))
     for dialect in dialects:

@@ -42,15 +42,24 @@ class HttpError(QwenImageError):
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
-def install_error_handlers(app: FastAPI, renderers: dict[str, ErrorRenderer]) -> None:
-    """`renderers` maps a path prefix (e.g. "/api/v1/services/") to its dialect's renderer."""
+def renderer_by_path(renderers: dict[str, ErrorRenderer]) -> Callable[[str, QwenImageError], Response]:
+    """Render an error in the shape of the dialect that owns `path` (native elsewhere)."""
 
-    def render(request: Request, exc: QwenImageError) -> Response:
-        path = request.url.path
+    def render(path: str, exc: QwenImageError) -> Response:
         for prefix, renderer in renderers.items():
             if path.startswith(prefix):
                 return renderer(exc)
         return native_error(exc)
+
+    return render
+
+
+def install_error_handlers(app: FastAPI, renderers: dict[str, ErrorRenderer]) -> None:
+    """`renderers` maps a path prefix (e.g. "/api/v1/services/") to its dialect's renderer."""
+    by_path = renderer_by_path(renderers)
+
+    def render(request: Request, exc: QwenImageError) -> Response:
+        return by_path(request.url.path, exc)
 
     async def on_ours(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, QwenImageError)

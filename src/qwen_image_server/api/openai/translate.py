@@ -118,6 +118,7 @@ def b64(data: bytes) -> str:
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                 404: "invalid_request_error", 409: "invalid_request_error", 410: "invalid_request_error",
+                413: "invalid_request_error",
                 429: "rate_limit_error"}  # fmt: skip
 
 
