@@ -41,6 +41,13 @@ class PromptTooLong(InvalidParameter):
     code = "prompt_too_long"
 
 
+class IdempotencyKeyReused(InvalidRequest):
+    """The same Idempotency-Key came with a different request."""
+
+    status = 422
+    code = "idempotency_key_reused"
+
+
 class ImageSourceUnavailable(InvalidRequest):
     """An input image named by path or URL could not be read."""
 

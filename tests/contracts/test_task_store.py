@@ -646,3 +646,45 @@ async def test_heartbeat_records_previews_and_they_outlive_the_run(store: SqlTas
     done = await store.get(task.id)
     assert done.previews == (first, second)
     assert done.results == (image(),)
+
+
+async def test_an_idempotency_key_returns_the_first_task_for_the_same_request(store: SqlTaskStore) -> None:
+    from qwen_image_server.tasks.model import Idempotency, NewTask
+
+    request = make_request()
+    first = await store.create(NewTask(request, owner="k1", idempotency=Idempotency("abc", "f1")))
+    again = await store.create(NewTask(request, owner="k1", idempotency=Idempotency("abc", "f1")))
+    assert again.id == first.id
+    other_owner = await store.create(NewTask(request, owner="k2", idempotency=Idempotency("abc", "f1")))
+    assert other_owner.id != first.id, "keys are per owner"
+    assert len((await store.list_tasks()).tasks) == 2
+
+
+async def test_an_idempotency_key_reused_with_another_request_is_refused(store: SqlTaskStore) -> None:
+    from qwen_image_server.errors import IdempotencyKeyReused
+    from qwen_image_server.tasks.model import Idempotency, NewTask
+
+    await store.create(NewTask(make_request(), idempotency=Idempotency("abc", "f1")))
+    with pytest.raises(IdempotencyKeyReused) as caught:
+        await store.create(NewTask(make_request(), idempotency=Idempotency("abc", "f2")))
+    assert caught.value.status == 422
+    assert len((await store.list_tasks()).tasks) == 1
+
+
+async def test_idempotency_keys_expire_after_a_day(store: SqlTaskStore, clock: FakeClock) -> None:
+    from qwen_image_server.tasks.model import Idempotency, NewTask
+
+    first = await store.create(NewTask(make_request(), idempotency=Idempotency("abc", "f1")))
+    clock.advance(25 * 3600)
+    later = await store.create(NewTask(make_request(), idempotency=Idempotency("abc", "f2")))
+    assert later.id != first.id
+
+
+async def test_concurrent_uses_of_one_key_make_one_task(store: SqlTaskStore) -> None:
+    from qwen_image_server.tasks.model import Idempotency, NewTask
+
+    request = make_request()
+    made = await asyncio.gather(
+        *(store.create(NewTask(request, idempotency=Idempotency("same", "f"))) for _ in range(8))
+    )
+    assert len({task.id for task in made}) == 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -20,7 +21,7 @@ from qwen_image_server.errors import InvalidParameter, QwenImageError
 from qwen_image_server.safe_fetch import IPNetwork
 from qwen_image_server.service import Service
 from qwen_image_server.sources import read_remote_image
-from qwen_image_server.tasks.model import NewTask, StoredImage, Task
+from qwen_image_server.tasks.model import Idempotency, NewTask, StoredImage, Task
 from qwen_image_server.tasks.store import TaskConflict, TaskNotFound
 
 MAX_INPUT_IMAGES = 3
@@ -52,6 +53,7 @@ async def submit(
     owner: str | None = None,
     callback_url: str | None = None,
     priority: int = 0,
+    idempotency: Idempotency | None = None,
 ) -> Task:
     """Queue `request` after the checks that need the model; the in-process worker is woken."""
     served = service.settings.models
@@ -68,6 +70,7 @@ async def submit(
         priority=priority,
         callback_url=callback_url,
         max_attempts=service.settings.max_attempts,
+        idempotency=idempotency,
     )
     task = await service.store.create(new)
     service.wake_worker()
@@ -80,6 +83,24 @@ async def owned_task(service: Service, task_id: str, caller: Caller) -> Task:
     if not caller.owns(task):
         raise TaskNotFound(f"there is no task {task_id!r}")
     return task
+
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+MAX_IDEMPOTENCY_KEY = 255
+
+
+async def idempotency_of(request: Request, *parts: bytes) -> Idempotency | None:
+    """The request's `Idempotency-Key` with a fingerprint of what it asks: the raw body, or `parts`
+    when the body was streamed (multipart uploads). None without the header."""
+    key = request.headers.get(IDEMPOTENCY_HEADER, "").strip()
+    if not key:
+        return None
+    if len(key) > MAX_IDEMPOTENCY_KEY:
+        raise InvalidParameter(f"the {IDEMPOTENCY_HEADER} is longer than {MAX_IDEMPOTENCY_KEY} characters")
+    digest = hashlib.sha256(request.url.path.encode())
+    for part in parts or (await request.body(),):
+        digest.update(hashlib.sha256(part).digest())
+    return Idempotency(key, digest.hexdigest())
 
 
 def requested_wait(request: Request, service: Service) -> float:

@@ -76,6 +76,17 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class Idempotency:
+    """A client's `Idempotency-Key` and a fingerprint (SHA-256) of the request it came with."""
+
+    key: str
+    fingerprint: str
+
+
+IDEMPOTENCY_TTL_SECONDS = 24 * 3600
+
+
+@dataclass(frozen=True)
 class NewTask:
     """What an API dialect hands to the store to create a task."""
 
@@ -85,6 +96,7 @@ class NewTask:
     priority: int = 0
     callback_url: str | None = None
     max_attempts: int = 3
+    idempotency: Idempotency | None = None
     id: str = field(default_factory=new_task_id)
 
 

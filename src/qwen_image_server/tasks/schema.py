@@ -87,6 +87,16 @@ tasks = Table(
     Index("ix_tasks_finished_at", "finished_at"),
 )
 
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("owner", String(NAME_LENGTH), primary_key=True),  # "" on an open server
+    Column("key", String(NAME_LENGTH), primary_key=True),
+    Column("fingerprint", String(64), nullable=False),
+    Column("task_id", String(ID_LENGTH), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
 api_keys = Table(
     "api_keys",
     metadata,

@@ -28,9 +28,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from qwen_image_server.domain import ModelName
-from qwen_image_server.errors import InvalidParameter
+from qwen_image_server.errors import IdempotencyKeyReused, InvalidParameter
 from qwen_image_server.tasks.migrations import upgrade_database
 from qwen_image_server.tasks.model import (
+    IDEMPOTENCY_TTL_SECONDS,
     TERMINAL_STATUSES,
     NewTask,
     Progress,
@@ -42,7 +43,7 @@ from qwen_image_server.tasks.model import (
     WorkerInfo,
     utcnow,
 )
-from qwen_image_server.tasks.schema import tasks, workers
+from qwen_image_server.tasks.schema import idempotency_keys, tasks, workers
 from qwen_image_server.tasks.sql_rows import (
     Row,
     decode_cursor,
@@ -123,11 +124,24 @@ class SqlTaskStore:
     # -- API side --------------------------------------------------------------------------------
 
     async def create(self, new: NewTask) -> Task:
-        values = new_task_row(new, self._clock())
+        """A new queued task; with `new.idempotency`, the task created earlier (within 24 h) for
+        the same owner, key and request, or `IdempotencyKeyReused` for another request."""
+        now = self._clock()
+        values = new_task_row(new, now)
         try:
             async with self._writer.begin() as conn:
+                if new.idempotency is not None:
+                    earlier = await _earlier_task_id(conn, new, now)
+                    if earlier is not None:
+                        return task_from_row(await _required_row(conn, earlier))
+                    await _remember_idempotency(conn, new, now)
                 await conn.execute(insert(tasks).values(values))
         except IntegrityError as exc:
+            if new.idempotency is not None:  # a concurrent request with the same key won the race
+                async with self._writer.begin() as conn:
+                    earlier = await _earlier_task_id(conn, new, now)
+                    if earlier is not None:
+                        return task_from_row(await _required_row(conn, earlier))
             raise TaskConflict(f"a task with id {new.id!r} already exists") from exc
         return task_from_row(values, request=new.request)
 
@@ -313,8 +327,10 @@ class SqlTaskStore:
 
     async def delete_finished_before(self, cutoff: datetime) -> list[Task]:
         statement = delete(tasks).where(tasks.c.status.in_(TERMINAL), tasks.c.finished_at < cutoff).returning(*tasks.c)
+        stale_keys = idempotency_keys.c.created_at < self._clock() - timedelta(seconds=IDEMPOTENCY_TTL_SECONDS)
         async with self._writer.begin() as conn:
             rows = (await conn.execute(statement)).mappings().all()
+            await conn.execute(delete(idempotency_keys).where(stale_keys))  # expired keys go too
         return [task_from_row(row) for row in rows]
 
     async def _finish_held(self, task_id: str, worker_id: str, **values: Any) -> Task:
@@ -415,3 +431,48 @@ def _after_expiry(task: Row, now: datetime) -> dict[str, Any]:
 def _as_task_store(store: SqlTaskStore) -> TaskStore:
     """Never called: makes mypy check that `SqlTaskStore` implements the `TaskStore` protocol."""
     return store
+
+
+# -- idempotency -------------------------------------------------------------------------------------
+
+
+async def _earlier_task_id(conn: AsyncConnection, new: NewTask, now: datetime) -> str | None:
+    """The task an unexpired use of the same key made; raises if it came with another request."""
+    assert new.idempotency is not None
+    row = (
+        (
+            await conn.execute(
+                select(idempotency_keys).where(
+                    idempotency_keys.c.owner == (new.owner or ""),
+                    idempotency_keys.c.key == new.idempotency.key,
+                    idempotency_keys.c.created_at > now - timedelta(seconds=IDEMPOTENCY_TTL_SECONDS),
+                )
+            )
+        )
+        .mappings()
+        .first()
+    )
+    if row is None:
+        return None
+    if row["fingerprint"] != new.idempotency.fingerprint:
+        raise IdempotencyKeyReused(
+            "this Idempotency-Key was used with a different request in the last 24 hours; use a new key",
+            param="Idempotency-Key",
+        )
+    return str(row["task_id"])
+
+
+async def _remember_idempotency(conn: AsyncConnection, new: NewTask, now: datetime) -> None:
+    assert new.idempotency is not None
+    owner, key = new.owner or "", new.idempotency.key
+    expired = and_(idempotency_keys.c.owner == owner, idempotency_keys.c.key == key)
+    await conn.execute(delete(idempotency_keys).where(expired))
+    row = {"owner": owner, "key": key, "fingerprint": new.idempotency.fingerprint, "task_id": new.id, "created_at": now}
+    await conn.execute(insert(idempotency_keys).values(row))
+
+
+async def _required_row(conn: AsyncConnection, task_id: str) -> Row:
+    row = await _task_row(conn, task_id)
+    if row is None:  # deleted by retention while its key was still fresh
+        raise TaskNotFound(f"the task {task_id!r} made for this Idempotency-Key no longer exists")
+    return row

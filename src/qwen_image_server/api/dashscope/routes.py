@@ -40,6 +40,7 @@ from qwen_image_server.api.tasks import (
     ResultLinks,
     WaitTimedOut,
     fetch_input_images,
+    idempotency_of,
     owned_task,
     submit,
     wait_attended,
@@ -75,7 +76,7 @@ def dashscope_router(service: Service) -> APIRouter:
             return await authenticate(service, request, "Ocp-Apim-Subscription-Key", scheme=None, scope=scope)
         return await authenticate(service, request, "Authorization", scope=scope)
 
-    async def create(ask: Ask, caller: Caller) -> Task:
+    async def create(ask: Ask, caller: Caller, request: Request) -> Task:
         if ask.model not in service.settings.models:
             served = ", ".join(model.value for model in service.settings.models)
             raise DashScopeError(
@@ -85,13 +86,15 @@ def dashscope_router(service: Service) -> APIRouter:
                 param="model",
             )
         images = await fetch_input_images(ask.image_refs, allowed_networks=service.settings.allowed_fetch_networks)
-        return await submit(service, to_generation_request(ask, images), dialect=DIALECT, owner=caller.key_id)
+        generation = to_generation_request(ask, images)
+        idempotency = await idempotency_of(request)
+        return await submit(service, generation, dialect=DIALECT, owner=caller.key_id, idempotency=idempotency)
 
     async def generate(body: MultimodalBody, request: Request) -> MultimodalResponse:
         """Text-to-image (`qwen-image`, `qwen-image-plus`) or editing (`qwen-image-edit`,
         `qwen-image-edit-plus`: 1-3 `{"image"}` items and one `{"text"}`), answered when the images
         are made. A call not done within `max_wait_seconds` is canceled and answered 408."""
-        task = await create(multimodal_ask(body), await caller_of(request))
+        task = await create(multimodal_ask(body), await caller_of(request), request)
         task = await _wait(service, task, request)
         return to_multimodal_response(task, ResultLinks(service, request), new_request_id())
 
@@ -115,7 +118,7 @@ def dashscope_router(service: Service) -> APIRouter:
     )
     async def synthesize(body: SynthesisBody, request: Request) -> TaskResponse:
         """Queue a text-to-image task (header `X-DashScope-Async: enable`); poll GET /api/v1/tasks/{task_id}."""
-        task = await create(synthesis_ask(body), await caller_of(request))
+        task = await create(synthesis_ask(body), await caller_of(request), request)
         return created_task_response(task, new_request_id())
 
     @router.get(

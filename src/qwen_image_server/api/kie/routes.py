@@ -16,7 +16,7 @@ from qwen_image_server.api.kie.translate import (
     record_data,
     to_generation_request,
 )
-from qwen_image_server.api.tasks import ResultLinks, fetch_input_images, owned_task, submit
+from qwen_image_server.api.tasks import ResultLinks, fetch_input_images, idempotency_of, owned_task, submit
 from qwen_image_server.errors import QwenImageError
 from qwen_image_server.service import Service
 from qwen_image_server.tasks.keys import Scope
@@ -49,6 +49,7 @@ def kie_router(service: Service) -> APIRouter:
             to_generation_request(body, images),
             dialect=DIALECT_NAME,
             owner=caller.key_id,
+            idempotency=await idempotency_of(request),
             callback_url=body.callBackUrl,
         )
         return CreateTaskOut(data=TaskIdData(taskId=task.id))

@@ -15,6 +15,7 @@ from qwen_image_server.api.native.translate import to_generation_request, to_tas
 from qwen_image_server.api.tasks import (
     ResultLinks,
     fetch_input_images,
+    idempotency_of,
     owned_task,
     requested_wait,
     submit,
@@ -50,6 +51,7 @@ def native_router(service: Service) -> APIRouter:
             to_generation_request(body, images),
             dialect=DIALECT,
             owner=caller.key_id,
+            idempotency=await idempotency_of(request),
             callback_url=body.callback_url,
             priority=body.priority,
         )

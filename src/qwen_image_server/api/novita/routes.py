@@ -16,7 +16,7 @@ from qwen_image_server.api.novita.translate import (
     txt2img_request,
     webhook_url,
 )
-from qwen_image_server.api.tasks import ResultLinks, fetch_input_images, owned_task, submit
+from qwen_image_server.api.tasks import ResultLinks, fetch_input_images, idempotency_of, owned_task, submit
 from qwen_image_server.errors import QwenImageError
 from qwen_image_server.service import Service
 from qwen_image_server.tasks.keys import Scope
@@ -37,6 +37,7 @@ def novita_router(service: Service) -> APIRouter:
             txt2img_request(body),
             dialect=DIALECT_NAME,
             owner=caller.key_id,
+            idempotency=await idempotency_of(request),
             callback_url=webhook_url(body.extra),
         )
         return TaskIdOut(task_id=task.id)
@@ -51,6 +52,7 @@ def novita_router(service: Service) -> APIRouter:
             edit_request(body, image),
             dialect=DIALECT_NAME,
             owner=caller.key_id,
+            idempotency=await idempotency_of(request),
             callback_url=webhook_url(body.extra),
         )
         return TaskIdOut(task_id=task.id)

@@ -22,11 +22,11 @@ from qwen_image_server.api.dialect import Caller, authenticate
 from qwen_image_server.api.errors import invalid_request_from
 from qwen_image_server.api.openai import translate
 from qwen_image_server.api.openai.schemas import GenerationBody, ImageData, ImageOptions, ImagesResponse
-from qwen_image_server.api.tasks import ResultLinks, submit, wait_attended
+from qwen_image_server.api.tasks import ResultLinks, idempotency_of, submit, wait_attended
 from qwen_image_server.domain import GenerationRequest
 from qwen_image_server.errors import InvalidRequest, QwenImageError
 from qwen_image_server.service import Service
-from qwen_image_server.tasks.model import Task, TaskStatus
+from qwen_image_server.tasks.model import Idempotency, Task, TaskStatus
 
 DIALECT = "openai"
 OptionsT = TypeVar("OptionsT", bound=ImageOptions)
@@ -53,7 +53,8 @@ def openai_router(service: Service) -> APIRouter:
         caller = await authenticate(service, request, "authorization")
         options = _validated(GenerationBody, await _json_body(request))
         generation = translate.to_generation_request(options, translate.generation_model(options.model))
-        return await _answer(service, request, options, generation, "image_generation", caller)
+        idempotency = await idempotency_of(request)
+        return await _answer(service, request, options, generation, "image_generation", caller, idempotency)
 
     @router.post("/edits", response_model=ImagesResponse)
     async def edits(request: Request) -> Response:
@@ -64,7 +65,9 @@ def openai_router(service: Service) -> APIRouter:
         model = translate.edit_model(options.model, len(images), mask is not None, service.settings.models)
         our_mask = translate.inpainting_mask(mask) if mask is not None else None
         generation = translate.to_generation_request(options, model, images, our_mask)
-        return await _answer(service, request, options, generation, "image_edit", caller)
+        parts = (options.model_dump_json().encode(), *images, mask or b"")
+        idempotency = await idempotency_of(request, *parts)
+        return await _answer(service, request, options, generation, "image_edit", caller, idempotency)
 
     return router
 
@@ -112,8 +115,9 @@ async def _answer(
     generation: GenerationRequest,
     kind: str,
     caller: Caller,
+    idempotency: Idempotency | None,
 ) -> Response:
-    task = await submit(service, generation, dialect=DIALECT, owner=caller.key_id)
+    task = await submit(service, generation, dialect=DIALECT, owner=caller.key_id, idempotency=idempotency)
     if options.stream:
         return EventSourceResponse(_stream(service, request, task, options, kind), ping=15)
     task = await _until_done(service, request, task)

@@ -14,7 +14,7 @@ from qwen_image_server.api.pixwith.translate import (
     task_data,
     to_generation_request,
 )
-from qwen_image_server.api.tasks import ResultLinks, fetch_input_images, owned_task, submit
+from qwen_image_server.api.tasks import ResultLinks, fetch_input_images, idempotency_of, owned_task, submit
 from qwen_image_server.errors import QwenImageError
 from qwen_image_server.service import Service
 from qwen_image_server.tasks.keys import Scope
@@ -33,7 +33,14 @@ def pixwith_router(service: Service) -> APIRouter:
         inputs = await fetch_input_images(
             body.image_urls or [], allowed_networks=service.settings.allowed_fetch_networks
         )
-        task = await submit(service, to_generation_request(body, inputs), dialect=DIALECT_NAME, owner=caller.key_id)
+        idempotency = await idempotency_of(request)
+        task = await submit(
+            service,
+            to_generation_request(body, inputs),
+            dialect=DIALECT_NAME,
+            owner=caller.key_id,
+            idempotency=idempotency,
+        )
         return CreateOut(data=CreateData(task_id=task.id, estimated_time=estimated_time(task.request)))
 
     @router.post("/get", response_model=GetOut, response_model_exclude_none=True)
