@@ -72,6 +72,28 @@ class ResponseTooLarge(FetchFailed):
     code = "response_too_large"
 
 
+class RateLimited(QwenImageError):
+    """Too many requests for this key; `headers` carries Retry-After."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(max(retry_after, 1))}
+
+
+class QueueFull(QwenImageError):
+    """The queue is at its configured depth; `headers` carries Retry-After."""
+
+    status = 503
+    code = "queue_full"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(max(retry_after, 1))}
+
+
 class UnknownModel(QwenImageError):
     status = 404
     code = "model_not_found"

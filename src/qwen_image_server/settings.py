@@ -117,6 +117,17 @@ class Settings(BaseSettings):
     max_wait_seconds: float = Field(
         default=120.0, ge=0, description="Upper bound of `?wait=` / `Prefer: wait` on task creation."
     )
+    tasks_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        description="Tasks one API key (or an open server's callers together) may create per minute.",
+    )
+    active_tasks_per_key: int | None = Field(
+        default=None, ge=1, description="Queued plus running tasks one API key may have at once."
+    )
+    max_queue_depth: int | None = Field(
+        default=None, ge=1, description="Queued tasks beyond which new ones are refused with 503 and Retry-After."
+    )
     max_request_bytes: int = Field(
         default=100 * 2**20,
         ge=1024,

@@ -11,17 +11,17 @@ import contextlib
 import hashlib
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from fastapi import Request
 
 from qwen_image_server.api.dialect import Caller
 from qwen_image_server.domain import GenerationRequest
-from qwen_image_server.errors import InvalidParameter, QwenImageError
+from qwen_image_server.errors import InvalidParameter, QueueFull, QwenImageError, RateLimited
 from qwen_image_server.safe_fetch import IPNetwork
 from qwen_image_server.service import Service
 from qwen_image_server.sources import read_remote_image
-from qwen_image_server.tasks.model import Idempotency, NewTask, StoredImage, Task
+from qwen_image_server.tasks.model import Idempotency, NewTask, StoredImage, Task, TaskStatus, utcnow
 from qwen_image_server.tasks.store import TaskConflict, TaskNotFound
 
 MAX_INPUT_IMAGES = 3
@@ -60,6 +60,7 @@ async def submit(
     if request.model not in served:
         names = ", ".join(model.value for model in served)
         raise InvalidParameter(f"model {request.model} is not served here; this server serves {names}", param="model")
+    await check_limits(service, owner)
     engine = service.engine
     if engine is not None and engine.is_loaded(request.model):
         engine.validate(request)  # else the worker checks it and fails the task with the same error
@@ -83,6 +84,31 @@ async def owned_task(service: Service, task_id: str, caller: Caller) -> Task:
     if not caller.owns(task):
         raise TaskNotFound(f"there is no task {task_id!r}")
     return task
+
+
+async def check_limits(service: Service, owner: str | None) -> None:
+    """The configured limits, counted in the task database so they hold across API processes."""
+    settings, store = service.settings, service.store
+    active = (TaskStatus.QUEUED, TaskStatus.RUNNING)
+    if settings.max_queue_depth is not None:
+        queued = await store.count_tasks(statuses=(TaskStatus.QUEUED,))
+        if queued >= settings.max_queue_depth:
+            raise QueueFull(f"the queue is full ({queued} tasks waiting); try again shortly", retry_after=10)
+    if settings.active_tasks_per_key is not None and owner is not None:
+        running = await store.count_tasks(owner=owner, statuses=active)
+        if running >= settings.active_tasks_per_key:
+            raise RateLimited(
+                f"this key has {running} unfinished tasks; the limit is {settings.active_tasks_per_key}",
+                retry_after=5,
+            )
+    if settings.tasks_per_minute is not None:
+        since = utcnow() - timedelta(minutes=1)
+        made = await store.count_tasks(owner=owner, created_since=since)
+        if made >= settings.tasks_per_minute:
+            raise RateLimited(
+                f"{made} tasks in the last minute; the limit is {settings.tasks_per_minute} per minute",
+                retry_after=15,
+            )
 
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"

@@ -176,6 +176,23 @@ class SqlTaskStore:
         next_cursor = encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None
         return TaskPage(tasks=page, next_cursor=next_cursor)
 
+    async def count_tasks(
+        self,
+        *,
+        owner: str | None = None,
+        statuses: Collection[TaskStatus] | None = None,
+        created_since: datetime | None = None,
+    ) -> int:
+        query = select(func.count()).select_from(tasks)
+        if owner is not None:
+            query = query.where(tasks.c.owner == owner)
+        if statuses is not None:
+            query = query.where(tasks.c.status.in_([status.value for status in statuses]))
+        if created_since is not None:
+            query = query.where(tasks.c.created_at >= created_since)
+        async with self._read_only.connect() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
     async def queue_position(self, task_id: str) -> int | None:
         async with self._read_only.connect() as conn:
             row = await _task_row(conn, task_id)

@@ -71,6 +71,16 @@ class TaskStore(Protocol):
     ) -> TaskPage:
         """Newest first. `cursor` is the `next_cursor` of the previous page."""
 
+    async def count_tasks(
+        self,
+        *,
+        owner: str | None = None,
+        statuses: Collection[TaskStatus] | None = None,
+        created_since: datetime | None = None,
+    ) -> int:
+        """How many tasks match (for limits): of `owner` (None: anyone's), in `statuses`, created
+        at or after `created_since`."""
+
     async def queue_position(self, task_id: str) -> int | None:
         """0 for the next task to run; None unless the task is queued."""
 
