@@ -12,6 +12,7 @@ class QwenImageError(Exception):
 
     status: int = 500
     code: str = "internal_error"
+    headers: dict[str, str] | None = None  # extra response headers (e.g. Retry-After), any dialect
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
@@ -72,26 +73,26 @@ class ResponseTooLarge(FetchFailed):
     code = "response_too_large"
 
 
-class RateLimited(QwenImageError):
-    """Too many requests for this key; `headers` carries Retry-After."""
+class RetryLater(QwenImageError):
+    """A refusal the caller should retry after `retry_after` seconds (sent as Retry-After)."""
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(max(retry_after, 1))}
+
+
+class RateLimited(RetryLater):
+    """Too many tasks for this key."""
 
     status = 429
     code = "rate_limited"
 
-    def __init__(self, message: str, *, retry_after: int) -> None:
-        super().__init__(message)
-        self.headers = {"Retry-After": str(max(retry_after, 1))}
 
-
-class QueueFull(QwenImageError):
-    """The queue is at its configured depth; `headers` carries Retry-After."""
+class QueueFull(RetryLater):
+    """The queue is at its configured depth."""
 
     status = 503
     code = "queue_full"
-
-    def __init__(self, message: str, *, retry_after: int) -> None:
-        super().__init__(message)
-        self.headers = {"Retry-After": str(max(retry_after, 1))}
 
 
 class UnknownModel(QwenImageError):

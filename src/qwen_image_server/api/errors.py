@@ -27,7 +27,7 @@ ErrorRenderer = Callable[[QwenImageError], Response]
 
 def native_error(exc: QwenImageError) -> Response:
     body = {"error": {"code": exc.code, "message": exc.message, "param": exc.param}}
-    return JSONResponse(body, status_code=exc.status, headers=getattr(exc, "headers", None))
+    return JSONResponse(body, status_code=exc.status, headers=exc.headers)
 
 
 class HttpError(QwenImageError):

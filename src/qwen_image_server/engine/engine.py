@@ -78,11 +78,6 @@ class Engine:
         with self._lock:
             return [self._describe(model) for model in self._checkpoints]
 
-    def checkpoint_description(self, model: ModelName) -> str:
-        with self._lock:
-            self._pipeline(model)
-            return self._checkpoints[model].describe()
-
     def _describe(self, model: ModelName) -> LoadedModel:
         return LoadedModel(
             model, self._checkpoints[model].ref, str(self._device), str(self._dtype).removeprefix("torch.")

@@ -91,10 +91,10 @@ def task_error_status(our_code: str) -> int:
 def render_pixazo_error(exc: QwenImageError) -> Response:
     """Pixazo's gateway answers errors as `{"error": "<message>"}` with DashScope's statuses."""
     status, _code = status_and_code(exc)
-    return JSONResponse({"error": exc.message}, status_code=status, headers=getattr(exc, "headers", None))
+    return JSONResponse({"error": exc.message}, status_code=status, headers=exc.headers)
 
 
 def render_error(exc: QwenImageError) -> Response:
     status, code = status_and_code(exc)
     body = {"code": code, "message": exc.message, "request_id": new_request_id()}
-    return JSONResponse(body, status_code=status, headers=getattr(exc, "headers", None))
+    return JSONResponse(body, status_code=status, headers=exc.headers)

@@ -66,4 +66,4 @@ def kie_router(service: Service) -> APIRouter:
 
 def render_error(exc: QwenImageError) -> Response:
     status, body = error_envelope(exc)
-    return JSONResponse(body, status_code=status, headers=getattr(exc, "headers", None))
+    return JSONResponse(body, status_code=status, headers=exc.headers)

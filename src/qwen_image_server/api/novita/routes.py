@@ -69,4 +69,4 @@ def novita_router(service: Service) -> APIRouter:
 
 def render_error(exc: QwenImageError) -> Response:
     body = error_body(exc)
-    return JSONResponse(body.model_dump(), status_code=body.code, headers=getattr(exc, "headers", None))
+    return JSONResponse(body.model_dump(), status_code=body.code, headers=exc.headers)

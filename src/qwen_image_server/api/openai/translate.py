@@ -126,4 +126,4 @@ def openai_error(exc: QwenImageError) -> Response:
     """`{"error": {"message", "type", "param", "code"}}` with OpenAI's status conventions."""
     error_type = _ERROR_TYPES.get(exc.status, "server_error")
     body = {"error": {"message": exc.message, "type": error_type, "param": exc.param, "code": exc.code}}
-    return JSONResponse(body, status_code=exc.status, headers=getattr(exc, "headers", None))
+    return JSONResponse(body, status_code=exc.status, headers=exc.headers)

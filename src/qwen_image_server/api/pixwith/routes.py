@@ -55,4 +55,4 @@ def pixwith_router(service: Service) -> APIRouter:
 
 def render_error(exc: QwenImageError) -> Response:
     body = error_body(exc)
-    return JSONResponse(body.model_dump(), status_code=exc.status, headers=getattr(exc, "headers", None))
+    return JSONResponse(body.model_dump(), status_code=exc.status, headers=exc.headers)
