@@ -350,6 +350,12 @@ def fetch(url: str, policy: FetchPolicy) -> bytes:
     raise FetchFailed(f"{url} redirected more than {policy.max_redirects} times")
 
 
+def check_url(url: str) -> None:
+    """Refuse (`UrlNotAllowed`) what is not an absolute http(s) URL with a host; the address is
+    checked later, when a connection is opened."""
+    _check_url(_Where(url, url))
+
+
 def _check_url(where: _Where) -> None:
     try:
         parsed = httpx.URL(where.hop)
@@ -362,7 +368,7 @@ def _check_url(where: _Where) -> None:
 
 
 @contextmanager
-def _explained(where: _Where, deadline: Deadline) -> Iterator[None]:
+def _explained(where: _Where, deadline: Deadline, action: str = "download") -> Iterator[None]:
     """Errors from the network as ours, naming the URL (and the redirect that led somewhere else)."""
     try:
         yield
@@ -371,9 +377,9 @@ def _explained(where: _Where, deadline: Deadline) -> Iterator[None]:
     except httpx.TimeoutException:
         if deadline.passed:
             raise FetchFailed(f"{where} did not finish within {deadline.seconds:g} s") from None
-        raise FetchFailed(f"could not download {where} (timed out)") from None
+        raise FetchFailed(f"could not {action} {where} (timed out)") from None
     except httpx.HTTPError as exc:
-        raise FetchFailed(f"could not download {where} ({exc})") from None
+        raise FetchFailed(f"could not {action} {where} ({exc})") from None
     except httpx.InvalidURL:
         raise FetchFailed(f"{where} redirects to an invalid URL") from None
 
@@ -396,3 +402,36 @@ def _read_body(response: httpx.Response, where: _Where, max_bytes: int) -> bytes
 
 def _size(n: int) -> str:
     return f"{n // 2**20} MiB" if n % 2**20 == 0 else f"{n} bytes"
+
+
+# -------------------------------------------------------------------------------------------- post
+
+MAX_ANSWER_BYTES = 64 * 2**10
+
+
+@dataclass(frozen=True)
+class PostAnswer:
+    status_code: int
+    location: str | None  # of a redirect, which `post` does not follow
+
+
+def post(url: str, body: bytes, headers: dict[str, str], policy: FetchPolicy) -> PostAnswer:
+    """POST `body` to `url` once. Redirects are not followed (a 3xx comes back as it is): a
+    callback is delivered where it was addressed or not at all. At most `MAX_ANSWER_BYTES` of the
+    answer are read, and nothing of it is kept.
+
+    Raises `UrlNotAllowed` (not http(s), or a non-public address) and `FetchFailed` (no answer in time)."""
+    deadline = Deadline(policy.deadline_s)
+    where = _Where(url, url)
+    _check_url(where)
+    with (
+        guarded_client(policy.allowed_networks, deadline) as client,
+        _explained(where, deadline, "reach"),
+        client.stream("POST", url, content=body, headers=headers) as response,
+    ):
+        received = 0
+        for chunk in response.iter_raw():
+            received += len(chunk)
+            if received > MAX_ANSWER_BYTES:
+                break
+        return PostAnswer(response.status_code, response.headers.get("location"))

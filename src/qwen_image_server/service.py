@@ -1,8 +1,9 @@
-"""Wiring: from `Settings` to the running parts (task store, results, signer, worker, maintenance).
+"""Wiring: from `Settings` to the running parts (task store, results, signer, worker, maintenance,
+callback sender).
 
-`serve` runs all of them in one process (the embedded default); `worker` runs a worker and the
-maintenance jobs against the same data directory or database. The HTTP app receives the `Service`
-and reaches its parts through it; nothing is looked up on global or app state.
+`serve` runs all of them in one process (the embedded default); `worker` runs a worker, the
+maintenance jobs and the callback sender against the same data directory or database. The HTTP app
+receives the `Service` and reaches its parts through it; nothing is looked up on global or app state.
 """
 
 from __future__ import annotations
@@ -10,17 +11,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from qwen_image_server.api.rate_limit import RequestRateLimiter, build_rate_limiter
+from qwen_image_server.callbacks.sender import CallbackSender, CallbackShape
+from qwen_image_server.callbacks.signing import WEBHOOK_SECRET_FILE, as_webhook_secret
 from qwen_image_server.domain import ModelName
+from qwen_image_server.results.links import SignedLinks
 from qwen_image_server.results.local import LocalResultStore
 from qwen_image_server.results.signing import UrlSigner, load_or_create_secret
 from qwen_image_server.results.store import ResultStore
 from qwen_image_server.settings import Settings
 from qwen_image_server.tasks.keys import SqlKeyStore
 from qwen_image_server.tasks.model import WorkerInfo, utcnow
+from qwen_image_server.tasks.outbox import SqlCallbackStore
 from qwen_image_server.tasks.sql import SqlTaskStore
 from qwen_image_server.tasks.store import TaskStore
 from qwen_image_server.worker.maintenance import Maintenance
@@ -38,8 +45,11 @@ class Service:
     results: ResultStore
     signer: UrlSigner
     keys: SqlKeyStore
+    callbacks: SqlCallbackStore
+    sender: CallbackSender
     engine: GenerationEngine | None = None
     worker: Worker | None = None
+    rate_limiter: RequestRateLimiter | None = None  # requests per minute per key (api/rate_limit.py)
     _background: list[asyncio.Task[None]] = field(default_factory=list)
     _started: bool = False
 
@@ -54,7 +64,18 @@ class Service:
         store = SqlTaskStore(settings.resolved_database_url)
         results = LocalResultStore(settings.data_dir / "results")
         signer = UrlSigner(secret, ttl_seconds=settings.result_ttl_seconds)
-        service = cls(settings, store, results, signer, SqlKeyStore(store))
+        keys, callbacks = SqlKeyStore(store), SqlCallbackStore(store)
+        sender = CallbackSender(
+            settings,
+            store,
+            callbacks,
+            keys,
+            links=SignedLinks(signer, callback_link_base(settings)),
+            shapes=_callback_shapes(),
+            server_secret=server_webhook_secret(settings),
+        )
+        service = cls(settings, store, results, signer, keys, callbacks, sender)
+        service.rate_limiter = build_rate_limiter(settings)
         if run_worker:
             if engine is None:
                 from qwen_image_server.engine import Engine
@@ -71,6 +92,7 @@ class Service:
         await self.store.start()
         maintenance = Maintenance(self.settings, self.store, self.results)
         self._background.append(asyncio.create_task(maintenance.run(), name="maintenance"))
+        self._background.append(asyncio.create_task(self.sender.run(), name="callbacks"))
         if self.worker is not None:
             worker_task = asyncio.create_task(self.worker.run(), name="worker")
             worker_task.add_done_callback(_report_worker_exit)
@@ -91,6 +113,8 @@ class Service:
         await asyncio.gather(*self._background, return_exceptions=True)
         self._background.clear()
         await self.store.close()
+        if self.rate_limiter is not None:
+            await self.rate_limiter.close()
         self._started = False
 
     @contextlib.asynccontextmanager
@@ -114,6 +138,30 @@ class Service:
                 for model in worker.models:
                     ready.setdefault(model, []).append(worker)
         return ready
+
+
+def server_webhook_secret(settings: Settings) -> str:
+    """The secret that signs callbacks of tasks made without an API key."""
+    if settings.webhook_secret:
+        return settings.webhook_secret
+    return as_webhook_secret(load_or_create_secret(settings.data_dir / WEBHOOK_SECRET_FILE))
+
+
+def callback_link_base(settings: Settings) -> str:
+    """Where result links in callbacks point: `public_url`, else this server's own address (a
+    wildcard address is replaced by the machine's name, which the receiver can at least resolve
+    on the same network)."""
+    if settings.public_url:
+        return settings.public_url
+    host = socket.getfqdn() if settings.host in ("0.0.0.0", "::", "") else settings.host
+    return f"http://[{host}]:{settings.port}" if ":" in host else f"http://{host}:{settings.port}"
+
+
+def _callback_shapes() -> Mapping[str, CallbackShape]:
+    # Imported here: the shapes belong to the API dialects, which import this module.
+    from qwen_image_server.api.callbacks import CALLBACK_SHAPES
+
+    return CALLBACK_SHAPES
 
 
 def _report_worker_exit(task: asyncio.Task[None]) -> None:

@@ -34,6 +34,10 @@ def redirect(handler: BaseHTTPRequestHandler, location: str, status: int = 302) 
     handler.end_headers()
 
 
+def read_body(handler: BaseHTTPRequestHandler) -> bytes:
+    return handler.rfile.read(int(handler.headers.get("Content-Length", "0")))
+
+
 def query(handler: BaseHTTPRequestHandler, name: str) -> str:
     return parse_qs(urlsplit(handler.path).query)[name][0]
 
@@ -58,6 +62,8 @@ def serving(routes: dict[str, Route]) -> Iterator[str]:
                 send_body(self, b"not here", status=404)
             else:
                 route(self)
+
+        do_POST = do_GET  # routes read the body themselves (`read_body`)
 
         def log_message(self, format: str, *args: Any) -> None:
             pass

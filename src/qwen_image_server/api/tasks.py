@@ -10,24 +10,22 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Sequence
+from datetime import timedelta
 
 from fastapi import Request
 
 from qwen_image_server.api.dialect import Caller
 from qwen_image_server.domain import GenerationRequest
 from qwen_image_server.errors import InvalidParameter, QueueFull, QwenImageError, RateLimited
-from qwen_image_server.safe_fetch import IPNetwork
+from qwen_image_server.results.links import SignedLinks
+from qwen_image_server.safe_fetch import IPNetwork, check_url
 from qwen_image_server.service import Service
 from qwen_image_server.sources import read_remote_image
-from qwen_image_server.tasks.model import Idempotency, NewTask, StoredImage, Task, TaskStatus, utcnow
+from qwen_image_server.tasks.model import Idempotency, NewTask, Task, TaskStatus, utcnow
 from qwen_image_server.tasks.store import TaskConflict, TaskNotFound
 
 MAX_INPUT_IMAGES = 3
-
-# (image, task) -> (absolute signed URL, its expiry): how every dialect links result images
-ResultLinker = Callable[[StoredImage, Task], tuple[str, datetime]]
 
 
 async def fetch_input_images(refs: Sequence[str], *, allowed_networks: Sequence[IPNetwork]) -> tuple[bytes, ...]:
@@ -60,6 +58,8 @@ async def submit(
     if request.model not in served:
         names = ", ".join(model.value for model in served)
         raise InvalidParameter(f"model {request.model} is not served here; this server serves {names}", param="model")
+    if callback_url is not None:
+        check_url(callback_url)  # a mistyped URL is refused now, not found out by a failed delivery
     await check_limits(service, owner)
     engine = service.engine
     if engine is not None and engine.is_loaded(request.model):
@@ -189,15 +189,8 @@ async def _give_up(service: Service, task: Task) -> None:
         await service.store.request_cancel(task.id)
 
 
-class ResultLinks:
-    """Absolute, signed result URLs. A URL expires `result_ttl_seconds` after its task finished, so
-    every poll of a task returns the same URL (cacheable) and it dies with the image."""
+class ResultLinks(SignedLinks):
+    """Result links for an API answer: under `public_url`, else the URL the client used."""
 
     def __init__(self, service: Service, request: Request) -> None:
-        self._signer = service.signer
-        base = service.settings.public_url or str(request.base_url)
-        self._base = base.rstrip("/")
-
-    def __call__(self, image: StoredImage, task: Task) -> tuple[str, datetime]:
-        signed = self._signer.sign(image.key, now=task.finished_at or task.updated_at)
-        return f"{self._base}{signed.path}", datetime.fromtimestamp(signed.expires, UTC)
+        super().__init__(service.signer, service.settings.public_url or str(request.base_url))

@@ -11,6 +11,7 @@ import typer
 from pydantic import ValidationError
 
 from qwen_image_server.cli.main import app, err, friendly_errors, invalid_setting, out
+from qwen_image_server.service import server_webhook_secret
 from qwen_image_server.settings import Settings, load_settings
 from qwen_image_server.tasks.keys import DEFAULT_SCOPES, Scope, SqlKeyStore
 
@@ -59,6 +60,7 @@ def create(
         key, token = _with_keys(_settings(data_dir, config), lambda keys: keys.create(name, scopes))
         out.print(token, highlight=False, soft_wrap=True)
         err.print(f"key {key.id} ({', '.join(key.scopes)}) created; this is the only time it is shown")
+        err.print(f"callbacks of its tasks are signed with its own secret: `qwen-image keys webhook-secret {key.id}`")
 
 
 @keys_app.command("list")
@@ -84,3 +86,21 @@ def revoke(
     with friendly_errors():
         key = _with_keys(_settings(data_dir, config), lambda keys: keys.revoke(key_id))
         out.print(f"revoked {key.id} ({key.name})", highlight=False)
+
+
+@keys_app.command("webhook-secret")
+def webhook_secret(
+    key_id: Annotated[
+        str | None, typer.Argument(help="A key's id: its secret. None: the secret of tasks made without a key.")
+    ] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Print the `whsec_...` secret that signs callbacks (verify them with any Standard Webhooks library)."""
+    with friendly_errors():
+        settings = _settings(data_dir, config)
+        if key_id is None:
+            secret = server_webhook_secret(settings)
+        else:
+            secret = _with_keys(settings, lambda keys: keys.webhook_secret(key_id))
+        out.print(secret, highlight=False, soft_wrap=True)

@@ -3,6 +3,9 @@
 A key reads `qik_<id>_<secret>`. Only the SHA-256 of the secret is stored (the secret is 32 random
 bytes, so a fast hash is enough: there is nothing to brute-force); a presented key is found by its
 id and its secret compared with `hmac.compare_digest`. Tasks belong to the key id that made them.
+
+Each key also has a webhook secret (`whsec_...`) that signs the callbacks of its tasks; unlike the
+key it is kept in clear (the receiver verifies with the same secret) and can be shown again.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from enum import StrEnum
 
 from sqlalchemy import func, insert, select, update
 
+from qwen_image_server.callbacks.signing import new_webhook_secret
 from qwen_image_server.errors import QwenImageError
 from qwen_image_server.tasks.model import utcnow
 from qwen_image_server.tasks.schema import api_keys
@@ -76,6 +80,7 @@ class SqlKeyStore:
             "scopes_json": json.dumps([scope.value for scope in scopes]),
             "created_at": utcnow(),
             "revoked_at": None,
+            "webhook_secret": new_webhook_secret(),
         }
         async with self._store.write_engine.begin() as conn:
             await conn.execute(insert(api_keys).values(row))
@@ -97,6 +102,20 @@ class SqlKeyStore:
         if row is None:
             raise KeyNotFound(f"there is no key {key_id!r}; `qwen-image keys list` shows them")
         return _key(row)
+
+    async def webhook_secret(self, key_id: str) -> str:
+        """The secret that signs the key's callbacks (made now for keys older than callbacks)."""
+        async with self._store.write_engine.begin() as conn:
+            await conn.execute(
+                update(api_keys)
+                .where(api_keys.c.id == key_id, api_keys.c.webhook_secret.is_(None))
+                .values(webhook_secret=new_webhook_secret())
+            )
+            query = select(api_keys.c.webhook_secret).where(api_keys.c.id == key_id)
+            secret = (await conn.execute(query)).scalar_one_or_none()
+        if secret is None:
+            raise KeyNotFound(f"there is no key {key_id!r}; `qwen-image keys list` shows them")
+        return str(secret)
 
     async def authenticate(self, token: str) -> ApiKey | None:
         """The active key `token` names, or None (malformed, unknown, wrong secret or revoked)."""

@@ -106,6 +106,40 @@ api_keys = Table(
     Column("scopes_json", Text, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
     Column("revoked_at", UtcDateTime, nullable=True),
+    # Signs this key's callbacks (Standard Webhooks, `whsec_...`). Kept in clear: the receiver holds
+    # the same secret to verify, so it cannot be a one-way hash. Made on first use for older keys.
+    Column("webhook_secret", String(128), nullable=True),
+)
+
+# The callback outbox: one row per task that has a callback URL, written in the same transaction as
+# the task's final state (so no callback is lost when a process dies), sent by `CallbackSender`.
+callbacks = Table(
+    "callbacks",
+    metadata,
+    Column("id", String(ID_LENGTH), primary_key=True),  # the `webhook-id`, the same on every retry
+    Column("task_id", String(ID_LENGTH), nullable=False, unique=True),  # one final callback per task
+    Column("url", Text, nullable=False),
+    Column("dialect", String(32), nullable=False),
+    Column("owner", String(NAME_LENGTH), nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", UtcDateTime, nullable=True),  # also pushed ahead while a sender holds it
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    # The sender's query: pending rows that are due, soonest first.
+    Index("ix_callbacks_status_next_attempt", "status", "next_attempt_at"),
+)
+
+callback_attempts = Table(
+    "callback_attempts",
+    metadata,
+    Column("callback_id", String(ID_LENGTH), primary_key=True),
+    Column("number", Integer, primary_key=True),  # 1, 2, ...
+    Column("started_at", UtcDateTime, nullable=False),
+    Column("duration_ms", Integer, nullable=False),
+    Column("status_code", Integer, nullable=True),  # the receiver's HTTP status; None when none came
+    Column("outcome", String(16), nullable=False),  # delivered | failed | refused
+    Column("error", Text, nullable=True),
 )
 
 workers = Table(

@@ -11,6 +11,9 @@ Errors of the worker-side calls, when the UPDATE changed nothing:
 - `LeaseLost`: otherwise. The worker does not hold the task: it was requeued (and maybe claimed by
   another worker), canceled while queued, or finished without this worker (failed as `worker_lost`).
 
+Every transition that makes a task terminal also records its callback (tasks/outbox.py) in the same
+transaction.
+
 The claim selects the next queued task with `FOR UPDATE SKIP LOCKED` and updates it in the same
 transaction: on PostgreSQL concurrent claimers skip each other's row; on SQLite the clause is dropped
 and BEGIN IMMEDIATE serialises the claimers.
@@ -24,7 +27,7 @@ from typing import Any
 
 from sqlalchemy import Column, ColumnElement, and_, case, delete, func, insert, literal, or_, select, update
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from qwen_image_server.domain import ModelName
@@ -43,6 +46,7 @@ from qwen_image_server.tasks.model import (
     WorkerInfo,
     utcnow,
 )
+from qwen_image_server.tasks.outbox import delete_callbacks_of, enqueue_final_callback
 from qwen_image_server.tasks.schema import idempotency_keys, tasks, workers
 from qwen_image_server.tasks.sql_rows import (
     Row,
@@ -214,14 +218,18 @@ class SqlTaskStore:
                 update(tasks)
                 .where(tasks.c.id == task_id, tasks.c.status == QUEUED)
                 .values(status=TaskStatus.CANCELED.value, finished_at=now, updated_at=now)
+                .returning(*tasks.c)
             )
-            if canceled.rowcount == 0:
+            row: Row | None = canceled.mappings().first()
+            if row is not None:
+                await enqueue_final_callback(conn, row, now)
+            else:
                 await conn.execute(
                     update(tasks)
                     .where(tasks.c.id == task_id, tasks.c.status == RUNNING, tasks.c.cancel_requested.is_(False))
                     .values(cancel_requested=True, updated_at=now)
                 )
-            row = await _task_row(conn, task_id)
+                row = await _task_row(conn, task_id)
         if row is None:
             raise TaskNotFound(f"there is no task {task_id!r}")
         return task_from_row(row)
@@ -319,6 +327,7 @@ class SqlTaskStore:
                     **_NO_LEASE,
                 },
             )
+            await enqueue_final_callback(conn, row, now)  # when it was canceled
         return task_from_row(row)
 
     async def requeue_expired(self, now: datetime) -> list[Task]:
@@ -339,6 +348,7 @@ class SqlTaskStore:
                 )
                 row = (await conn.execute(statement)).mappings().first()
                 if row is not None:
+                    await enqueue_final_callback(conn, row, now)  # when it was canceled or failed for good
                     changed.append(row)
         return [task_from_row(row) for row in changed]
 
@@ -347,6 +357,7 @@ class SqlTaskStore:
         stale_keys = idempotency_keys.c.created_at < self._clock() - timedelta(seconds=IDEMPOTENCY_TTL_SECONDS)
         async with self._writer.begin() as conn:
             rows = (await conn.execute(statement)).mappings().all()
+            await delete_callbacks_of(conn, [row["id"] for row in rows])
             await conn.execute(delete(idempotency_keys).where(stale_keys))  # expired keys go too
         return [task_from_row(row) for row in rows]
 
@@ -356,6 +367,7 @@ class SqlTaskStore:
             row = await _update_held(
                 conn, task_id, worker_id, {**values, "finished_at": now, "updated_at": now, "lease_expires_at": None}
             )
+            await enqueue_final_callback(conn, row, now)
         return task_from_row(row)
 
     # -- workers ---------------------------------------------------------------------------------
@@ -448,6 +460,31 @@ def _after_expiry(task: Row, now: datetime) -> dict[str, Any]:
 def _as_task_store(store: SqlTaskStore) -> TaskStore:
     """Never called: makes mypy check that `SqlTaskStore` implements the `TaskStore` protocol."""
     return store
+
+
+# SQLSTATEs of a server that is gone or not there yet: class 08 (connection exception), and the
+# shutdowns and start-up of PostgreSQL (admin_shutdown, crash_shutdown, cannot_connect_now).
+_UNREACHABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """True when `exc` means the database could not be reached or dropped the connection (down,
+    restarting, network trouble), so the same call may succeed later. What the drivers raise: a bare
+    `ConnectionError` when the connect is refused, a `DBAPIError` that SQLAlchemy marks
+    `connection_invalidated` when an open connection breaks, or one with the server's SQLSTATE."""
+    if isinstance(exc, ConnectionError):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    return exc.connection_invalidated or (isinstance(sqlstate, str) and sqlstate.startswith(_UNREACHABLE_SQLSTATES))
+
+
+def describe_connection_error(exc: BaseException) -> str:
+    """One line for a log: the driver's own message, without SQLAlchemy's SQL and links."""
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0] if lines else ''}"
 
 
 # -- idempotency -------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ the `GenerationRequest` is built from both.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -46,10 +46,8 @@ from qwen_image_server.domain import (
     ModelName,
 )
 from qwen_image_server.errors import InvalidParameter
-from qwen_image_server.tasks.model import StoredImage, Task, TaskStatus
-
-# (image, task) -> (absolute URL, expiry) for a result image
-ResultLinker = Callable[[StoredImage, Task], tuple[str, datetime]]
+from qwen_image_server.results.links import ResultLinker
+from qwen_image_server.tasks.model import Task, TaskStatus
 
 MAX_PROMPT_CHARS = 800
 MAX_NEGATIVE_PROMPT_CHARS = 500

@@ -14,9 +14,9 @@ from datetime import datetime
 from typing import Any
 
 from qwen_image_server.api.kie.schemas import MAX_EDIT_PROMPT_CHARS, CreateTaskBody, KieState, RecordData
-from qwen_image_server.api.tasks import ResultLinker
 from qwen_image_server.domain import MAX_SEQUENCE_LENGTH_CAP, GenerationRequest, ModelName, Size
 from qwen_image_server.errors import InvalidParameter, QwenImageError
+from qwen_image_server.results.links import ResultLinker
 from qwen_image_server.tasks.model import Task, TaskStatus
 
 DIALECT_NAME = "kie"

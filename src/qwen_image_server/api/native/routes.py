@@ -10,8 +10,8 @@ from fastapi import APIRouter, Query, Request, Response
 from sse_starlette.sse import EventSourceResponse
 
 from qwen_image_server.api.dialect import Caller, authenticate
-from qwen_image_server.api.native.schemas import CreateTaskBody, TaskListOut, TaskOut
-from qwen_image_server.api.native.translate import to_generation_request, to_task_out
+from qwen_image_server.api.native.schemas import CallbackListOut, CreateTaskBody, TaskListOut, TaskOut
+from qwen_image_server.api.native.translate import to_callback_out, to_generation_request, to_task_out
 from qwen_image_server.api.tasks import (
     ResultLinks,
     fetch_input_images,
@@ -86,6 +86,14 @@ def native_router(service: Service) -> APIRouter:
         if before.status.is_terminal:
             raise TaskConflict(f"task {task_id} already {before.status}; only queued or running tasks can be canceled")
         return await render(await service.store.request_cancel(task_id), request)
+
+    @router.get("/{task_id}/callbacks", response_model=CallbackListOut)
+    async def task_callbacks(task_id: str, request: Request) -> CallbackListOut:
+        """The task's callback and every delivery attempt (empty until the task ends, or when it has
+        no callback URL)."""
+        task = await owned_task(service, task_id, await caller_of(request))
+        found = await service.callbacks.for_task(task.id)
+        return CallbackListOut(data=[to_callback_out(callback) for callback in found])
 
     @router.get("/{task_id}/events")
     async def task_events(task_id: str, request: Request) -> EventSourceResponse:

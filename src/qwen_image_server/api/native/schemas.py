@@ -30,7 +30,11 @@ class CreateTaskBody(BaseModel):
     images: list[str] = Field(
         default_factory=list, max_length=16, description="Input images: http(s) URLs, data URIs or bare base64."
     )
-    callback_url: str | None = Field(default=None, max_length=2048)
+    callback_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="Receives the final task when it ends, signed with Standard Webhooks headers (docs/callbacks.md).",
+    )
     priority: int = Field(default=0, ge=-100, le=100, description="Higher runs first; equal priorities run in order.")
 
 
@@ -107,3 +111,28 @@ class ModelOut(BaseModel):
 class ModelListOut(BaseModel):
     object: str = "list"
     data: list[ModelOut]
+
+
+class CallbackAttemptOut(BaseModel):
+    number: int
+    started_at: str
+    duration_ms: int
+    status_code: int | None = Field(description="The receiver's HTTP status; null when it gave none.")
+    outcome: str = Field(description="delivered, failed or refused.")
+    error: str | None
+
+
+class CallbackOut(BaseModel):
+    id: str = Field(description="The `webhook-id` header: the same on every attempt.")
+    object: str = "callback"
+    task_id: str
+    url: str
+    status: str = Field(description="pending (another attempt will come), delivered, failed or refused.")
+    next_attempt_at: str | None
+    created_at: str
+    attempts: list[CallbackAttemptOut]
+
+
+class CallbackListOut(BaseModel):
+    object: str = "list"
+    data: list[CallbackOut]

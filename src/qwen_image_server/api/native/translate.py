@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from qwen_image_server.api.native.schemas import (
+    CallbackAttemptOut,
+    CallbackOut,
     CreateTaskBody,
     ErrorOut,
     ProgressOut,
@@ -12,9 +15,10 @@ from qwen_image_server.api.native.schemas import (
     ResultOut,
     TaskOut,
 )
-from qwen_image_server.api.tasks import ResultLinker
 from qwen_image_server.domain import GenerationRequest, parse_size
+from qwen_image_server.results.links import ResultLinker
 from qwen_image_server.tasks.model import StoredImage, Task
+from qwen_image_server.tasks.outbox import Callback
 
 
 def to_generation_request(body: CreateTaskBody, images: tuple[bytes, ...]) -> GenerationRequest:
@@ -86,4 +90,36 @@ def to_task_out(task: Task, link: ResultLinker, queue_position: int | None = Non
         results=[_result_out(image, task, link) for image in task.results],
         previews=[_result_out(image, task, link) for image in task.previews],
         error=ErrorOut(code=task.error.code, message=task.error.message) if task.error else None,
+    )
+
+
+def callback_payload(task: Task, link: ResultLinker) -> dict[str, Any]:
+    """The body POSTed to a native task's `callback_url` when it ends, in the Standard Webhooks
+    convention: an event `type`, when the event happened, and the task as GET /v1/tasks/{id} shows it."""
+    return {
+        "type": f"task.{task.status.value}",
+        "timestamp": _iso(task.finished_at or task.updated_at),
+        "data": to_task_out(task, link).model_dump(mode="json"),
+    }
+
+
+def to_callback_out(callback: Callback) -> CallbackOut:
+    return CallbackOut(
+        id=callback.id,
+        task_id=callback.task_id,
+        url=callback.url,
+        status=callback.status.value,
+        next_attempt_at=_iso(callback.next_attempt_at),
+        created_at=_iso(callback.created_at) or "",
+        attempts=[
+            CallbackAttemptOut(
+                number=attempt.number,
+                started_at=_iso(attempt.started_at) or "",
+                duration_ms=attempt.duration_ms,
+                status_code=attempt.status_code,
+                outcome=attempt.outcome.value,
+                error=attempt.error,
+            )
+            for attempt in callback.attempts
+        ],
     )

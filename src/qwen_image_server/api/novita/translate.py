@@ -18,7 +18,6 @@ from qwen_image_server.api.novita.schemas import (
     TaskResultOut,
     Txt2ImgBody,
 )
-from qwen_image_server.api.tasks import ResultLinker
 from qwen_image_server.domain import (
     GenerationRequest,
     ModelName,
@@ -28,6 +27,7 @@ from qwen_image_server.domain import (
     size_keeping_input,
 )
 from qwen_image_server.errors import InvalidParameter, InvalidRequest, QwenImageError
+from qwen_image_server.results.links import ResultLinker
 from qwen_image_server.tasks.model import Task, TaskStatus, utcnow
 
 DIALECT_NAME = "novita"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from qwen_image_server.api.pixwith.schemas import CreateBody, ErrorOut, PixwithStatus, TaskData
-from qwen_image_server.api.tasks import ResultLinker
 from qwen_image_server.domain import (
     GenerationRequest,
     ModelName,
@@ -13,6 +12,7 @@ from qwen_image_server.domain import (
     size_keeping_input,
 )
 from qwen_image_server.errors import QwenImageError
+from qwen_image_server.results.links import ResultLinker
 from qwen_image_server.tasks.model import Task, TaskStatus
 
 DIALECT_NAME = "pixwith"

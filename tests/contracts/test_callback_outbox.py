@@ -1,0 +1,141 @@
+"""The callback outbox: a task with a callback URL gets exactly one callback row, in the same
+transaction as its final state, whichever transition ended it; claims and attempts."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+
+from qwen_image_server.domain import OutputFormat
+from qwen_image_server.tasks.model import NewTask, StoredImage, TaskError, TaskStatus
+from qwen_image_server.tasks.outbox import CallbackAttempt, CallbackStatus, SqlCallbackStore
+from qwen_image_server.tasks.sql import SqlTaskStore
+from tests.contracts.conftest import FakeClock, new_task
+
+pytestmark = pytest.mark.anyio
+
+HOOK = "https://hooks.example/receive"
+IMAGE = StoredImage("t/0.png", 0, 1, 256, 256, OutputFormat.PNG, 10, "ab")
+
+
+def with_hook(new: NewTask, *, owner: str | None = None) -> NewTask:
+    return replace(new, callback_url=HOOK, owner=owner)
+
+
+async def running(store: SqlTaskStore, new: NewTask, worker: str = "w1") -> str:
+    await store.create(new)
+    claimed = await store.claim(worker, [new.request.model], lease_seconds=30)
+    assert claimed is not None and claimed.id == new.id
+    return new.id
+
+
+async def test_completion_records_one_pending_callback(store: SqlTaskStore) -> None:
+    callbacks = SqlCallbackStore(store)
+    task_id = await running(store, with_hook(new_task(), owner="key1"))
+    assert await callbacks.for_task(task_id) == []  # nothing before the end
+    await store.complete(task_id, "w1", [IMAGE])
+    [callback] = await callbacks.for_task(task_id)
+    assert (callback.url, callback.dialect, callback.owner) == (HOOK, "native", "key1")
+    assert callback.status is CallbackStatus.PENDING and callback.attempts_made == 0
+    assert callback.id.startswith("msg_")
+
+
+async def test_a_task_without_a_callback_url_records_none(store: SqlTaskStore) -> None:
+    task_id = await running(store, new_task())
+    await store.complete(task_id, "w1", [IMAGE])
+    assert await SqlCallbackStore(store).for_task(task_id) == []
+
+
+async def test_failure_and_worker_side_cancel_record_a_callback(store: SqlTaskStore) -> None:
+    callbacks = SqlCallbackStore(store)
+    failed = await running(store, with_hook(new_task()))
+    await store.fail(failed, "w1", TaskError("generation_failed", "out of memory"))
+    canceled = await running(store, with_hook(new_task()))
+    await store.finish_canceled(canceled, "w1")
+    assert len(await callbacks.for_task(failed)) == 1
+    assert len(await callbacks.for_task(canceled)) == 1
+
+
+async def test_canceling_a_queued_task_records_a_callback(store: SqlTaskStore) -> None:
+    created = await store.create(with_hook(new_task()))
+    await store.request_cancel(created.id)
+    await store.request_cancel(created.id)  # a second cancel changes nothing, adds nothing
+    assert len(await SqlCallbackStore(store).for_task(created.id)) == 1
+
+
+async def test_a_requested_cancel_records_the_callback_when_the_task_ends_not_before(store: SqlTaskStore) -> None:
+    callbacks = SqlCallbackStore(store)
+    task_id = await running(store, with_hook(new_task()))
+    await store.request_cancel(task_id)
+    assert await callbacks.for_task(task_id) == []  # still running: not final yet
+    released = await store.release(task_id, "w1")
+    assert released.status is TaskStatus.CANCELED
+    assert len(await callbacks.for_task(task_id)) == 1
+
+
+async def test_release_back_to_the_queue_records_nothing(store: SqlTaskStore) -> None:
+    task_id = await running(store, with_hook(new_task()))
+    await store.release(task_id, "w1")
+    assert await SqlCallbackStore(store).for_task(task_id) == []
+
+
+async def test_a_lost_worker_records_a_callback_only_when_the_task_fails_for_good(
+    store: SqlTaskStore, clock: FakeClock
+) -> None:
+    callbacks = SqlCallbackStore(store)
+    task_id = await running(store, with_hook(new_task(max_attempts=2)))
+    await store.requeue_expired(clock.advance(60))
+    assert await callbacks.for_task(task_id) == []  # requeued: it will run again
+    await store.claim("w2", [new_task().request.model], lease_seconds=30)
+    [lost] = await store.requeue_expired(clock.advance(60))
+    assert lost.status is TaskStatus.FAILED
+    assert len(await callbacks.for_task(task_id)) == 1
+
+
+async def test_claims_hold_a_callback_and_attempts_are_kept_in_order(store: SqlTaskStore, clock: FakeClock) -> None:
+    callbacks = SqlCallbackStore(store)
+    task_id = await running(store, with_hook(new_task()))
+    await store.complete(task_id, "w1", [IMAGE])
+    now = clock()
+    [claimed] = await callbacks.claim_due(now, limit=10, hold_seconds=60)
+    assert await callbacks.claim_due(now, limit=10, hold_seconds=60) == []  # held by the first claim
+    first = CallbackAttempt(1, now, 12, 500, CallbackStatus.FAILED, "the receiver answered HTTP 500")
+    retry_at = now + timedelta(seconds=5)
+    after = await callbacks.record_attempt(claimed, first, status=CallbackStatus.PENDING, next_attempt_at=retry_at)
+    assert after.attempts_made == 1 and after.next_attempt_at == retry_at
+    assert await callbacks.claim_due(now, limit=10, hold_seconds=60) == []  # not due yet
+    [again] = await callbacks.claim_due(retry_at, limit=10, hold_seconds=60)
+    assert again.id == claimed.id and again.attempts_made == 1
+    second = CallbackAttempt(2, retry_at, 8, 200, CallbackStatus.DELIVERED)
+    await callbacks.record_attempt(again, second, status=CallbackStatus.DELIVERED, next_attempt_at=None)
+    [final] = await callbacks.for_task(task_id)
+    assert final.status is CallbackStatus.DELIVERED and final.next_attempt_at is None
+    assert [(a.number, a.status_code, a.outcome) for a in final.attempts] == [
+        (1, 500, CallbackStatus.FAILED),
+        (2, 200, CallbackStatus.DELIVERED),
+    ]
+    assert await callbacks.claim_due(clock.advance(3600), limit=10, hold_seconds=60) == []
+
+
+async def test_an_expired_claim_is_taken_again(store: SqlTaskStore, clock: FakeClock) -> None:
+    callbacks = SqlCallbackStore(store)
+    task_id = await running(store, with_hook(new_task()))
+    await store.complete(task_id, "w1", [IMAGE])
+    [claimed] = await callbacks.claim_due(clock(), limit=10, hold_seconds=30)
+    # the sender that held it died: after the hold it is due again, for any sender
+    [again] = await callbacks.claim_due(clock.advance(31), limit=10, hold_seconds=30)
+    assert again.id == claimed.id
+
+
+async def test_retention_deletes_callbacks_with_their_tasks(store: SqlTaskStore, clock: FakeClock) -> None:
+    callbacks = SqlCallbackStore(store)
+    task_id = await running(store, with_hook(new_task()))
+    await store.complete(task_id, "w1", [IMAGE])
+    [claimed] = await callbacks.claim_due(clock(), limit=10, hold_seconds=30)
+    attempt = CallbackAttempt(1, clock(), 5, 200, CallbackStatus.DELIVERED)
+    await callbacks.record_attempt(claimed, attempt, status=CallbackStatus.DELIVERED, next_attempt_at=None)
+    deleted = await store.delete_finished_before(clock.advance(3600))
+    assert [task.id for task in deleted] == [task_id]
+    assert await callbacks.for_task(task_id) == []
