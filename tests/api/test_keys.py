@@ -122,6 +122,21 @@ def test_keys_commands_create_list_and_revoke(tmp_path: Path) -> None:
     assert missing.exit_code == 2 and "no key" in missing.stderr
 
 
+def test_keys_webhook_secret_prints_a_stable_secret_per_key_and_for_the_server(tmp_path: Path) -> None:
+    runner = CliRunner()
+    data = ["--data-dir", str(tmp_path)]
+    created = runner.invoke(app, ["keys", "create", "--name", "hooks", *data])
+    key_id = created.stdout.split("_")[1]
+    assert f"keys webhook-secret {key_id}" in created.stderr
+    per_key = runner.invoke(app, ["keys", "webhook-secret", key_id, *data]).stdout.strip()
+    server = runner.invoke(app, ["keys", "webhook-secret", *data]).stdout.strip()
+    assert per_key.startswith("whsec_") and server.startswith("whsec_") and per_key != server
+    assert runner.invoke(app, ["keys", "webhook-secret", key_id, *data]).stdout.strip() == per_key
+    assert runner.invoke(app, ["keys", "webhook-secret", *data]).stdout.strip() == server
+    missing = runner.invoke(app, ["keys", "webhook-secret", "nope", *data])
+    assert missing.exit_code == 2 and "no key" in missing.stderr
+
+
 def test_serve_refuses_a_public_address_without_keys(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["serve", "--model", "tiny", "--host", "0.0.0.0", "--data-dir", str(tmp_path)])
     assert result.exit_code == 2

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from qwen_image_server.errors import FetchFailed, ResponseTooLarge, UrlNotAllowed
-from qwen_image_server.safe_fetch import EVERYWHERE, FetchPolicy, IPNetwork, fetch, refusal_reason
+from qwen_image_server.safe_fetch import EVERYWHERE, FetchPolicy, IPNetwork, fetch, post, refusal_reason
 from qwen_image_server.settings import Settings
 from tests.conftest import picture_bytes
 from tests.unit.local_http import query, redirect, send_body, serving
@@ -262,3 +262,35 @@ def test_the_allow_list_setting_reads_comma_separated_networks(clean_env: None) 
     assert Settings().allowed_fetch_networks == ()
     with pytest.raises(ValueError, match="allowed_fetch_networks"):
         Settings(allowed_fetch_networks="10.0.0.1/8")
+
+
+# ------------------------------------------------------------------------------ post (callbacks)
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://127.0.0.1:{port}/host", "loopback"),
+        ("http://169.254.169.254/latest/meta-data/", "cloud metadata"),
+        ("http://[::1]:{port}/host", "loopback"),
+        ("http://[::ffff:127.0.0.1]:{port}/host", "IPv4-mapped form of 127.0.0.1"),
+        ("http://0.0.0.0:{port}/host", "0.0.0.0/8"),
+        ("http://hooks.example:{port}/host", "private"),
+    ],
+)
+def test_posts_to_non_public_addresses_are_refused(
+    monkeypatch: pytest.MonkeyPatch, port: int, url: str, reason: str
+) -> None:
+    fake_dns(monkeypatch, lambda host: ["10.0.0.1"] if host == "hooks.example" else None)
+    with pytest.raises(UrlNotAllowed, match=reason):
+        post(url.format(port=port), b"{}", {}, policy())
+
+
+def test_a_post_answered_with_a_redirect_is_not_followed(server: str) -> None:
+    answer = post(f"{server}/redirect?to=http://169.254.169.254/", b"{}", {}, policy(LOOPBACK))
+    assert (answer.status_code, answer.location) == (302, "http://169.254.169.254/")
+
+
+def test_a_post_reaches_an_allow_listed_receiver(server: str) -> None:
+    answer = post(f"{server}/host", b"{}", {"Content-Type": "application/json"}, policy(LOOPBACK))
+    assert answer.status_code == 200 and answer.location is None

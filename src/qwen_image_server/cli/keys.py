@@ -60,7 +60,8 @@ def create(
         key, token = _with_keys(_settings(data_dir, config), lambda keys: keys.create(name, scopes))
         out.print(token, highlight=False, soft_wrap=True)
         err.print(f"key {key.id} ({', '.join(key.scopes)}) created; this is the only time it is shown")
-        err.print(f"callbacks of its tasks are signed with its own secret: `qwen-image keys webhook-secret {key.id}`")
+        hint = f"its callbacks are signed with its own secret: `qwen-image keys webhook-secret {key.id}`"
+        err.print(hint, soft_wrap=True)
 
 
 @keys_app.command("list")
