@@ -104,13 +104,14 @@ class SqlCallbackStore:
             select(callbacks.c.id)
             .where(callbacks.c.status == CallbackStatus.PENDING.value, callbacks.c.next_attempt_at <= now)
             .order_by(callbacks.c.next_attempt_at, callbacks.c.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
         )
         held_until = now + timedelta(seconds=hold_seconds)
         claimed: list[Callback] = []
+        async with self._store.read_engine.connect() as conn:  # mostly nothing is due: then take no write lock
+            if (await conn.execute(due.limit(1))).first() is None:
+                return claimed
         async with self._store.write_engine.begin() as conn:
-            for callback_id in (await conn.execute(due)).scalars().all():
+            for callback_id in (await conn.execute(due.limit(limit).with_for_update(skip_locked=True))).scalars():
                 statement = (
                     update(callbacks)
                     .where(callbacks.c.id == callback_id, callbacks.c.next_attempt_at <= now)
