@@ -21,6 +21,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from qwen_image_server.callbacks.signing import secret_key
 from qwen_image_server.domain import ModelName
 from qwen_image_server.errors import InvalidParameter
 
@@ -141,8 +142,25 @@ class Settings(BaseSettings):
     allowed_fetch_networks: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = Field(
         default=(),
         description=(
-            "Networks (CIDRs, comma-separated) that input-image URLs may reach although they are private, "
-            "loopback or otherwise not public; for tests and private deployments. Default: none."
+            "Networks (CIDRs, comma-separated) that input-image URLs and callback URLs may reach although "
+            "they are private, loopback or otherwise not public; for tests and private deployments. Default: none."
+        ),
+    )
+    callback_retry_seconds: Annotated[tuple[float, ...], NoDecode] = Field(
+        default=(5, 300, 1800, 7200, 18000, 36000, 36000),
+        description=(
+            "Waits between callback attempts, comma-separated seconds; a callback is tried once more than "
+            "the list is long. Default: Standard Webhooks' schedule (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h)."
+        ),
+    )
+    callback_timeout_seconds: float = Field(
+        default=15.0, gt=0, le=300, description="How long one callback attempt may take (connect, send, answer)."
+    )
+    webhook_secret: str | None = Field(
+        default=None,
+        description=(
+            "`whsec_...` secret that signs callbacks of tasks made without an API key; default: a random one "
+            "kept in `DATA_DIR/webhook-secret`. Set the same on every machine of a multi-machine deployment."
         ),
     )
 
@@ -157,11 +175,25 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
 
-    @field_validator("models", "allowed_fetch_networks", mode="before")
+    @field_validator("models", "allowed_fetch_networks", "callback_retry_seconds", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("callback_retry_seconds")
+    @classmethod
+    def _non_negative_waits(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(wait < 0 for wait in value):
+            raise ValueError("callback waits cannot be negative")
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret_format(cls, value: str | None) -> str | None:
+        if value is not None:
+            secret_key(value)  # raises ValueError with what is wrong
         return value
 
     @property
