@@ -2,7 +2,8 @@
 
 Input images arrive as bytes from files, URLs, base64 or uploads. Before any work we check that
 they decode, are of an accepted format and within pixel limits (guarding against decompression
-bombs by reading the header first), then normalise them: EXIF orientation applied, alpha composited
+bombs by reading the header first) and within a frame limit for animations (counted without decoding
+a frame), then normalise them: EXIF orientation applied, alpha composited
 onto white (a transparent area should read as empty canvas, not as whatever colour hides under it),
 first frame of an animation, RGB.
 """
@@ -20,6 +21,9 @@ MAX_INPUT_BYTES = 20 * 1024 * 1024
 MIN_INPUT_SIDE = 32
 MAX_INPUT_SIDE = 8192
 MAX_INPUT_PIXELS = 40_000_000
+# Only the first frame is used; an input with more frames than any real animation is refused rather
+# than walked (a 20 MiB GIF can hold ~800,000 one-pixel frames).
+MAX_INPUT_FRAMES = 100
 ACCEPTED_INPUT_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF", "MPO"})
 
 
@@ -57,6 +61,7 @@ def _open(data: bytes, who: tuple[str, str]) -> Image.Image:
             param=who[1],
         )
     _check_dimensions(image.size, who)
+    _check_frames(image, data, who)
     return image
 
 
@@ -72,6 +77,80 @@ def _check_dimensions(size: tuple[int, int], who: tuple[str, str]) -> None:
             f"{who[0]} has {width * height / 1e6:.1f} MP; the limit is {MAX_INPUT_PIXELS / 1e6:.0f} MP",
             param=who[1],
         )
+
+
+def _check_frames(image: Image.Image, data: bytes, who: tuple[str, str]) -> None:
+    """Refuse more than MAX_INPUT_FRAMES frames, at a cost bounded by the limit, not by the file.
+
+    PNG (APNG's acTL chunk), WebP (the demuxer's chunk index, built at open) and MPO (its index)
+    declare their frame count in the header, so `n_frames` is free. GIF declares none: Pillow's
+    `n_frames` walks every frame of the file and its `seek` decodes each frame it passes, so GIF
+    blocks are counted here, stopping past the limit. TIFF pages are a linked list of directories:
+    seeking to the page after the limit reads only directories, never pixels.
+    """
+    try:
+        frames, exact = _count_frames(image, data, stop_after=MAX_INPUT_FRAMES + 1)
+    except (OSError, ValueError, SyntaxError, EOFError):
+        raise InvalidImage(f"{who[0]} is truncated or corrupt", param=who[1]) from None
+    if frames > MAX_INPUT_FRAMES:
+        count = str(frames) if exact else f"more than {MAX_INPUT_FRAMES}"
+        raise InvalidImage(
+            f"{who[0]} has {count} frames; the limit is {MAX_INPUT_FRAMES} (only the first frame is used)",
+            param=who[1],
+        )
+
+
+def _count_frames(image: Image.Image, data: bytes, *, stop_after: int) -> tuple[int, bool]:
+    """(frames, exact). GIF and TIFF are not counted exactly: their count only tells whether the
+    file has `stop_after` frames or more."""
+    if image.format == "GIF":
+        return count_gif_frames(data, stop_after=stop_after), False
+    if image.format == "TIFF":
+        return (stop_after if _has_tiff_page(image, stop_after - 1) else 1), False  # pages count from 0
+    return int(getattr(image, "n_frames", 1)), True
+
+
+def count_gif_frames(data: bytes, *, stop_after: int) -> int:
+    """The image descriptors of a GIF (its frames), counted by walking the block structure without
+    decoding any, up to `stop_after`, the way Pillow reads them. A truncated tail ends the count."""
+    if len(data) < 13:
+        return 0
+    position = 13 + _colour_table_size(data[10])  # header, logical screen descriptor, global table
+    frames = 0
+    while position < len(data) and frames < stop_after:
+        introducer = data[position]
+        if introducer == 0x21:  # extension: a label byte, then data sub-blocks
+            position = _after_sub_blocks(data, position + 2)
+        elif introducer == 0x2C and position + 10 < len(data):  # image descriptor (10 bytes)
+            frames += 1
+            position += 10 + _colour_table_size(data[position + 9])
+            position = _after_sub_blocks(data, position + 1)  # past the LZW code size byte
+        elif introducer == 0x3B:  # the trailer
+            break
+        else:  # Pillow skips stray bytes between blocks, so the count does too
+            position += 1
+    return frames
+
+
+def _colour_table_size(flags: int) -> int:
+    return 3 << ((flags & 7) + 1) if flags & 0x80 else 0
+
+
+def _after_sub_blocks(data: bytes, position: int) -> int:
+    """The position after a chain of length-prefixed sub-blocks and its zero terminator."""
+    while position < len(data) and data[position]:
+        position += data[position] + 1
+    return position + 1
+
+
+def _has_tiff_page(image: Image.Image, index: int) -> bool:
+    try:
+        image.seek(index)
+    except EOFError:
+        return False
+    finally:
+        image.seek(0)
+    return True
 
 
 def inspect_input_image(data: bytes, *, index: int = 0, param: str | None = None) -> tuple[int, int]:

@@ -129,6 +129,26 @@ class Settings(BaseSettings):
     max_queue_depth: int | None = Field(
         default=None, ge=1, description="Queued tasks beyond which new ones are refused with 503 and Retry-After."
     )
+    requests_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Requests one API key (on an open server: one client address) may make per minute on any "
+            "authenticated endpoint: a burst of this many, then one every 60/N seconds."
+        ),
+    )
+    redis_url: str | None = Field(
+        default=None,
+        pattern=r"^(redis|rediss|unix)://",
+        description=(
+            "Redis (e.g. `redis://127.0.0.1:6379/0`) that holds the request rate limit, shared by several "
+            "API processes; default: none, the limit is kept in each process's memory."
+        ),
+    )
+    redis_key_prefix: str = Field(
+        default="qwen-image:",
+        description="Prefix of every key this server writes in Redis (to share one Redis between deployments).",
+    )
     max_request_bytes: int = Field(
         default=100 * 2**20,
         ge=1024,

@@ -2,95 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
+from tests.e2e.processes import Process, free_port, start_server, wait_for, wait_ready
+
 TASK = {"model": "qwen-image", "prompt": "a red fox in snow", "size": "256x256", "num_inference_steps": 2, "seed": 7}
-FAST_ENV = {
-    "QWEN_IMAGE_LEASE_SECONDS": "2",
-    "QWEN_IMAGE_PROGRESS_INTERVAL_SECONDS": "0.1",
-    "QWEN_IMAGE_POLL_INTERVAL_SECONDS": "0.1",
-    "QWEN_IMAGE_DRAIN_SECONDS": "0.3",
-    "HF_HUB_OFFLINE": "1",
-}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-class Process:
-    """A `qwen-image` process with its output captured to a file (read it when a test fails)."""
-
-    def __init__(self, args: list[str], log: Path, **env: str) -> None:
-        self.log = log
-        self._file = log.open("ab")
-        full_env = {**os.environ, **FAST_ENV, **env, "PYTHONUNBUFFERED": "1"}
-        self.popen = subprocess.Popen(
-            [sys.executable, "-m", "qwen_image_server", *args],
-            stdout=self._file,
-            stderr=subprocess.STDOUT,
-            env=full_env,
-        )
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> bool:
-        """Send `sig`; True when the process ended cleanly (uvicorn re-raises SIGTERM after a
-        graceful shutdown, so a clean end is exit code 0 or death by that same SIGTERM)."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-        code = self.popen.wait(timeout=timeout)
-        self._file.close()
-        return code in (0, -signal.SIGTERM) and "Traceback" not in self.output()
-
-
-def start_server(data_dir: Path, port: int, *extra: str, **env: str) -> Process:
-    server = Process(
-        ["serve", "--model", "tiny", "--port", str(port), "--data-dir", str(data_dir), *extra],
-        data_dir.parent / f"serve-{port}.log",
-        **env,
-    )
-    wait_ready(server, port)
-    return server
-
-
-def wait_ready(server: Process, port: int, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert server.popen.poll() is None, server.output()
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"server never became ready:\n{server.output()}")
-
-
-def wait_for(port: int, task_id: str, *statuses: str, timeout: float = 90) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        task: dict[str, Any] = httpx.get(f"http://127.0.0.1:{port}/v1/tasks/{task_id}", timeout=10).json()
-        if task["status"] in statuses:
-            return task
-        time.sleep(0.1)
-    raise AssertionError(f"task {task_id} never reached {statuses}")
 
 
 @pytest.fixture

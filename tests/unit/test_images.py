@@ -6,7 +6,13 @@ import pytest
 from PIL import Image
 
 from qwen_image_server.errors import InvalidImage
-from qwen_image_server.images import decode_input_image, encode_image, inspect_input_image
+from qwen_image_server.images import (
+    MAX_INPUT_FRAMES,
+    count_gif_frames,
+    decode_input_image,
+    encode_image,
+    inspect_input_image,
+)
 from tests.conftest import picture_bytes
 
 
@@ -39,6 +45,54 @@ def test_an_animated_gif_gives_its_first_frame() -> None:
     frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
     red, green, _blue = decode_input_image(buffer.getvalue()).getpixel((1, 1))
     assert red > 200 and green < 50
+
+
+def animation(frames: int, fmt: str, size: tuple[int, int] = (40, 40)) -> bytes:
+    """An animation whose frames all differ (encoders merge identical neighbours); first frame red."""
+    pictures = [Image.new("RGB", size, (255 - i % 200, i % 200, (7 * i) % 256)) for i in range(frames)]
+    buffer = io.BytesIO()
+    pictures[0].save(buffer, format=fmt, save_all=True, append_images=pictures[1:], duration=40)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "PNG", "WEBP", "TIFF"])
+def test_animations_up_to_the_frame_limit_give_their_first_frame(fmt: str) -> None:
+    data = animation(MAX_INPUT_FRAMES, fmt)
+    assert Image.open(io.BytesIO(data)).n_frames == MAX_INPUT_FRAMES
+    red, green, _blue = decode_input_image(data).getpixel((1, 1))
+    assert red > 200 and green < 50
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "PNG", "WEBP", "TIFF"])
+def test_one_frame_over_the_limit_is_refused_naming_the_limit(fmt: str) -> None:
+    data = animation(MAX_INPUT_FRAMES + 1, fmt)
+    words = "input image 2 has (101|more than 100) frames; the limit is 100"
+    with pytest.raises(InvalidImage, match=words) as refused:
+        decode_input_image(data, index=1)
+    assert refused.value.param == "images[1]"
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+def test_formats_that_declare_their_frames_are_refused_with_the_exact_count(fmt: str) -> None:
+    with pytest.raises(InvalidImage, match="has 150 frames"):
+        inspect_input_image(animation(150, fmt))
+
+
+def test_gif_frames_are_counted_as_pillow_counts_them_and_the_walk_stops_at_the_cap() -> None:
+    for frames in (1, 2, 37, 101):
+        data = animation(frames, "GIF", size=(33, 35))
+        assert count_gif_frames(data, stop_after=1000) == Image.open(io.BytesIO(data)).n_frames == frames
+    long = animation(2000, "GIF", size=(32, 32))
+    assert count_gif_frames(long, stop_after=MAX_INPUT_FRAMES + 1) == MAX_INPUT_FRAMES + 1
+    with pytest.raises(InvalidImage, match="more than 100 frames"):
+        decode_input_image(long)
+
+
+def test_stray_bytes_between_gif_blocks_do_not_hide_frames() -> None:
+    data = animation(3, "GIF")
+    second_frame = data.index(b"\x21\xf9", data.index(b"\x2c"))  # the graphic control block of frame 2
+    padded = data[:second_frame] + b"\x00\x00" + data[second_frame:]
+    assert count_gif_frames(padded, stop_after=10) == Image.open(io.BytesIO(padded)).n_frames == 3
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from qwen_image_server.api.native.schemas import ModelListOut, ModelOut
 from qwen_image_server.domain import MODEL_SPECS, OutputFormat
@@ -14,6 +17,11 @@ from qwen_image_server.tasks.model import utcnow
 _CONTENT_TYPES = {fmt.extension: fmt.content_type for fmt in OutputFormat}
 
 
+class ReadinessOut(BaseModel):
+    status: Literal["ready", "loading"]
+    waiting_for: list[str]  # the served models no live worker has loaded yet
+
+
 def common_router(service: Service) -> APIRouter:
     router = APIRouter()
 
@@ -22,7 +30,12 @@ def common_router(service: Service) -> APIRouter:
         """The process is up and answering."""
         return {"status": "ok"}
 
-    @router.get("/readyz", tags=["operations"])
+    @router.get(
+        "/readyz",
+        tags=["operations"],
+        response_model=ReadinessOut,
+        responses={503: {"model": ReadinessOut, "description": "A served model has no live worker yet"}},
+    )
     async def readyz() -> JSONResponse:
         """200 once every served model is loaded by at least one live worker; else 503."""
         ready = await service.ready_models()

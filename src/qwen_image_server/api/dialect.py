@@ -11,8 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
+from pydantic import BaseModel
 
 from qwen_image_server.api.errors import ErrorRenderer
+from qwen_image_server.api.rate_limit import check_request_rate
 from qwen_image_server.errors import QwenImageError
 from qwen_image_server.service import Service
 from qwen_image_server.tasks.keys import Scope
@@ -25,6 +27,7 @@ class Dialect:
     prefixes: tuple[str, ...]  # request paths starting with these get this dialect's error shape
     router: Callable[[Service], APIRouter]
     render_error: ErrorRenderer
+    error_model: type[BaseModel]  # the body `render_error` gives, declared in the OpenAPI spec
 
 
 class Unauthorized(QwenImageError):
@@ -64,7 +67,19 @@ async def authenticate(
 ) -> Caller:
     """Check the caller's key (read from its provider's header). Once any key exists every call
     needs a valid one; before that the server is open (and `serve` refuses to listen beyond
-    loopback without `--open`)."""
+    loopback without `--open`). Every call let through counts against the request rate limit
+    (`requests_per_minute`) of its key, or on an open server of its client address."""
+    caller = await _identify(service, request, header, scheme, scope)
+    if caller.key_id is not None:
+        identity, who = f"key:{caller.key_id}", "this API key"
+    else:  # behind a proxy, uvicorn's FORWARDED_ALLOW_IPS decides whose X-Forwarded-For is believed
+        address = request.client.host if request.client else "unknown"
+        identity, who = f"address:{address}", "this address"
+    await check_request_rate(service.rate_limiter, identity, who=who)
+    return caller
+
+
+async def _identify(service: Service, request: Request, header: str, scheme: str | None, scope: Scope) -> Caller:
     token = presented_key(request, header, scheme)
     key = await service.keys.authenticate(token) if token else None
     if key is None:

@@ -3,22 +3,26 @@
 Routes raise; they never build error responses. Each dialect registers the path prefix it serves
 and a function that renders a `QwenImageError` in its own shape; everything else gets the native
 shape `{"error": {"code", "message", "param"}}`. Malformed requests (bad JSON, wrong types) become
-400 `invalid_request`, never a 500; an unexpected exception is logged and becomes a 500 that says
-no more than that.
+400 `invalid_request`, never a 500; a task database that cannot be reached (down, restarting) is a
+503 `database_unavailable` with Retry-After; an unexpected exception is logged and becomes a 500
+that says no more than that.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 
-from qwen_image_server.errors import InvalidRequest, QwenImageError
+from qwen_image_server.errors import InvalidRequest, QwenImageError, RetryLater
+from qwen_image_server.tasks.sql import describe_connection_error, is_connection_error
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +37,21 @@ def native_error(exc: QwenImageError) -> Response:
 class HttpError(QwenImageError):
     """A framework-level HTTP error (unknown path, wrong method) carried as our own error."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
+        self.headers = dict(headers) if headers else None  # e.g. the Allow of a 405 (RFC 9110)
+
+
+class DatabaseUnavailable(RetryLater):
+    """The task database could not be reached; the service goes on once it is back."""
+
+    status = 503
+    code = "database_unavailable"
+
+
+DATABASE_RETRY_AFTER_SECONDS = 5  # about what a database restart or fail-over takes
 
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
@@ -74,16 +89,42 @@ def install_error_handlers(app: FastAPI, renderers: dict[str, ErrorRenderer]) ->
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         code = _HTTP_CODES.get(exc.status_code, "http_error")
-        return render(request, HttpError(exc.status_code, code, str(exc.detail)))
+        headers = {"Allow": allowed_methods(request)} if exc.status_code == 405 else exc.headers
+        return render(request, HttpError(exc.status_code, code, str(exc.detail), headers))
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         log.exception("%s %s crashed", request.method, request.url.path)
         return render(request, QwenImageError("internal server error; the details are in the server log"))
 
+    async def on_database_error(request: Request, exc: Exception) -> Response:
+        # Registered for the driver errors that can mean "unreachable"; any other one is a crash.
+        if not is_connection_error(exc):
+            return await on_unexpected(request, exc)
+        log.warning(
+            "%s %s: the task database is unreachable: %s",
+            request.method,
+            request.url.path,
+            describe_connection_error(exc),
+        )
+        message = "the task database is unavailable right now; try again shortly"
+        return render(request, DatabaseUnavailable(message, retry_after=DATABASE_RETRY_AFTER_SECONDS))
+
     app.add_exception_handler(QwenImageError, on_ours)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(ConnectionError, on_database_error)
+    app.add_exception_handler(DBAPIError, on_database_error)
     app.add_exception_handler(Exception, on_unexpected)
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method served at the request's path. Starlette's 405 names only the methods of the
+    first route that matched the path, and GET and POST /v1/tasks are two routes."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods and route.matches(request.scope)[0] is not Match.NONE:
+            methods |= route.methods
+    return ", ".join(sorted(methods))
 
 
 def invalid_request_from(errors: Any) -> InvalidRequest:
@@ -96,6 +137,8 @@ def invalid_request_from(errors: Any) -> InvalidRequest:
     if first.get("type") in ("model_attributes_type", "dict_type") and param is None:
         return InvalidRequest("send the request body as a JSON object (Content-Type: application/json)")
     if first.get("type") == "missing":
+        if param is None:  # the body itself
+            return InvalidRequest("a JSON request body is required (Content-Type: application/json)")
         return InvalidRequest(f"{param} is required", param=param)
     if first.get("type") == "extra_forbidden":
         return InvalidRequest(f"{param} is not a known parameter", param=param)

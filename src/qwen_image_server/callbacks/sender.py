@@ -31,6 +31,7 @@ from qwen_image_server.settings import Settings
 from qwen_image_server.tasks.keys import SqlKeyStore
 from qwen_image_server.tasks.model import Task, utcnow
 from qwen_image_server.tasks.outbox import Callback, CallbackAttempt, CallbackStatus, SqlCallbackStore
+from qwen_image_server.tasks.sql import describe_connection_error, is_connection_error
 from qwen_image_server.tasks.store import TaskNotFound, TaskStore
 
 log = logging.getLogger(__name__)
@@ -92,8 +93,11 @@ class CallbackSender:
         while True:
             try:
                 sent = await self.deliver_due()
-            except Exception:  # a failing round must not end the loop; the rows wait for the next
-                log.exception("callback delivery failed")
+            except Exception as exc:  # a failing round must not end the loop; the rows wait for the next
+                if is_connection_error(exc):  # an outage is expected now and then: one line, no traceback
+                    log.warning("callbacks wait: the task database is unreachable: %s", describe_connection_error(exc))
+                else:
+                    log.exception("callback delivery failed")
                 sent = 0
             if sent < CLAIM_BATCH:
                 await asyncio.sleep(self._settings.poll_interval_seconds)

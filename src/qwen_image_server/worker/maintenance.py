@@ -13,6 +13,7 @@ from datetime import timedelta
 from qwen_image_server.results.store import ResultStore
 from qwen_image_server.settings import Settings
 from qwen_image_server.tasks.model import utcnow
+from qwen_image_server.tasks.sql import describe_connection_error, is_connection_error
 from qwen_image_server.tasks.store import TaskStore
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,12 @@ class Maintenance:
                 if since_cleanup >= cleanup_every:
                     await self.clean_up()
                     since_cleanup = 0.0
-            except Exception:  # a failing job must not kill the loop; it will run again
-                log.exception("maintenance failed")
+            except Exception as exc:  # a failing job must not kill the loop; it will run again
+                if is_connection_error(exc):
+                    log.warning(
+                        "maintenance waits: the task database is unreachable (%s)", describe_connection_error(exc)
+                    )
+                else:
+                    log.exception("maintenance failed")
             await asyncio.sleep(rescue_every)
             since_cleanup += rescue_every

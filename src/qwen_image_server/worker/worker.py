@@ -4,8 +4,20 @@ The engine call blocks, so it runs in a thread; the event loop meanwhile writes 
 to `progress_interval_seconds`), extends the task's lease, and picks up cancel requests, which it
 passes to the engine through a `threading.Event` that the engine checks after every step.
 
-On stop (SIGTERM), the worker claims nothing more and gives the running task `drain_seconds` to
-finish; after that it stops the task at its next step and hands it back to the queue.
+Between two tasks the engine does not wait for the worker: the next task is claimed while the
+current one runs its last step and is queued in the engine's lane (worker/lane.py), which starts it
+as soon as the current call returns. Storing the finished task's images and its completion write
+run meanwhile, overlapped with the next task's pipeline. So a worker holds at most one task beyond
+the one running, for about one step, and at most `MAX_IN_FLIGHT` tasks in all.
+
+On stop (SIGTERM), the worker claims nothing more, hands a task that has not started back to the
+queue at once, and gives the running task `drain_seconds` to finish; after that it stops the task at
+its next step and hands it back to the queue.
+
+When the task database cannot be reached (down, restarting), the worker waits instead of ending: it
+claims again at its next poll, skips heartbeats (the running task goes on; if the outage outlasts
+the lease, the task is requeued and this run's late result is refused), and retries the final write
+of a task until the database is back.
 """
 
 from __future__ import annotations
@@ -17,7 +29,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -27,9 +39,15 @@ from qwen_image_server.errors import GenerationCanceled, QwenImageError
 from qwen_image_server.results.store import ResultStore
 from qwen_image_server.settings import Settings
 from qwen_image_server.tasks.model import Progress, StoredImage, Task, TaskError, WorkerInfo, utcnow
-from qwen_image_server.tasks.store import LeaseLost, TaskConflict, TaskStore
+from qwen_image_server.tasks.sql import describe_connection_error, is_connection_error
+from qwen_image_server.tasks.store import TaskConflict, TaskStore
+from qwen_image_server.worker.lane import EngineLane, Job
 
 log = logging.getLogger(__name__)
+
+# Tasks a worker holds at once: one whose images are being stored, one in its last step, and the
+# next one queued behind it (more would only pile up unstored images when storing is slow).
+MAX_IN_FLIGHT = 3
 
 
 class GenerationEngine(Protocol):
@@ -92,15 +110,23 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._state = "loading"
+        self._database_lost = False  # seen unreachable, not yet reached again (to log an outage once)
+        self._changed = asyncio.Event()  # a task reached its last step or ended, or stop(): claim now?
+        self._lane = EngineLane(on_change=self._changed.set)
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self.max_in_flight = MAX_IN_FLIGHT  # 1 runs tasks strictly one after another (bench/duty_cycle.py)
+        self._crash: BaseException | None = None  # an unexpected error of a task's run stops the worker
 
     def wake(self) -> None:
         """A task was queued in this process: look for it now instead of at the next poll."""
         self._wake.set()
 
     def stop(self) -> None:
-        """Claim nothing more; the running task gets `drain_seconds` to finish."""
+        """Claim nothing more; a claimed task that has not started goes back to the queue, the running
+        one gets `drain_seconds` to finish."""
         self._stopping.set()
         self._wake.set()
+        self._changed.set()
 
     async def run(self) -> None:
         presence = asyncio.create_task(self._stay_announced())
@@ -109,15 +135,94 @@ class Worker:
             for model in self.settings.models:
                 await asyncio.to_thread(self.engine.load, model)
             await self._announce("ready")
-            while not self._stopping.is_set():
-                task = await self.store.claim(self.id, self.settings.models, self.settings.lease_seconds)
+            while await self._until_engine_wants_work():
+                task = await self._claim()
                 if task is None:
                     await self._idle()
                     continue
-                await self.execute(task)
+                self._start(task)
+            await asyncio.gather(*self._in_flight, return_exceptions=True)  # the drain
+            if self._crash is not None:
+                raise self._crash
         finally:
+            for execution in list(self._in_flight):  # left only when run() itself was cancelled
+                execution.cancel()
+            self._lane.shutdown()
             presence.cancel()
-            await self.store.forget_worker(self.id)
+            try:
+                await self.store.forget_worker(self.id)
+            except Exception as exc:
+                if not self._database_unreachable(exc, "signing off"):
+                    raise  # else our row simply ages out of /readyz
+
+    async def _until_engine_wants_work(self) -> bool:
+        """Wait until the engine is idle or in the last step of its task, with room for one more
+        task in flight; False once the worker is stopping."""
+        while True:
+            self._changed.clear()
+            if self._stopping.is_set():
+                return False
+            if self._lane.wants_work() and len(self._in_flight) < self.max_in_flight:
+                return True
+            await self._changed.wait()
+
+    def _start(self, task: Task) -> None:
+        """Queue the task's engine call in the lane now (so the lane knows it is taken before the next
+        claim is considered), and see the task through on the loop."""
+        run = _Run(cancel=threading.Event())
+        job = self._lane.submit(lambda near_end: self._generate(task, run, near_end))
+        execution = asyncio.create_task(self._see_through(task, run, job), name=f"task {task.id}")
+        self._in_flight.add(execution)
+        execution.add_done_callback(self._ended)
+
+    def _ended(self, execution: asyncio.Task[None]) -> None:
+        self._in_flight.discard(execution)
+        if not execution.cancelled() and execution.exception() is not None and self._crash is None:
+            self._crash = execution.exception()  # as before the lane: such an error ends run()
+            self._stopping.set()
+        self._changed.set()
+
+    async def _claim(self) -> Task | None:
+        """The next task; None when there is none, or when the database cannot be reached."""
+        try:
+            task = await self.store.claim(self.id, self.settings.models, self.settings.lease_seconds)
+        except Exception as exc:
+            if not self._database_unreachable(exc, "claiming a task"):
+                raise
+            return None
+        self._database_reached()
+        return task
+
+    def _database_unreachable(self, exc: Exception, doing: str) -> bool:
+        """True when `exc` says the task database cannot be reached (logged once per outage): the
+        caller carries on and tries again later. False for any other error."""
+        if not is_connection_error(exc):
+            return False
+        if not self._database_lost:
+            reason = describe_connection_error(exc)
+            log.warning("the task database is unreachable (%s, while %s); waiting for it", reason, doing)
+        self._database_lost = True
+        return True
+
+    def _database_reached(self) -> None:
+        if self._database_lost:
+            log.warning("the task database is reachable again")
+        self._database_lost = False
+
+    async def _until_written(self, doing: str, write: Callable[[], Awaitable[object]]) -> None:
+        """A task's final write, retried while the database is unreachable: the work is done, and
+        giving up would have the task run again once its lease lapses. (A write that committed just
+        before the connection broke is refused as `TaskConflict` on the retry.)"""
+        while True:
+            try:
+                await write()
+            except Exception as exc:
+                if not self._database_unreachable(exc, doing):
+                    raise
+                await asyncio.sleep(self.settings.poll_interval_seconds)
+                continue
+            self._database_reached()
+            return
 
     async def _idle(self) -> None:
         self._wake.clear()
@@ -133,15 +238,20 @@ class Worker:
     async def _announce(self, state: str) -> None:
         self._state = state
         info = WorkerInfo(self.id, socket.gethostname(), os.getpid(), self.settings.models, state, utcnow())
-        await self.store.announce_worker(info)
-
-    async def execute(self, task: Task) -> None:
-        """Run one claimed task to a final state (or back to the queue)."""
-        run = _Run(cancel=threading.Event())
-        generation = asyncio.ensure_future(asyncio.to_thread(self._generate, task, run))
-        await self._watch(task, run, generation)
         try:
-            images = await generation
+            await self.store.announce_worker(info)
+        except Exception as exc:
+            if not self._database_unreachable(exc, "announcing this worker"):
+                raise  # else the next announcement, a third of a lease later, tries again
+
+    async def _see_through(self, task: Task, run: _Run, job: Job[list[ImageResult]]) -> None:
+        """Follow a claimed task in the lane to a final state (or back to the queue)."""
+        await self._watch(task, run, job)
+        if job.future.cancelled():  # withdrawn before it started: the worker is draining
+            await self._after_stop(task, run)
+            return
+        try:
+            images = await job.result
         except GenerationCanceled:
             await self._after_stop(task, run)
             return
@@ -154,14 +264,18 @@ class Worker:
             return
         await self._complete(task, images, run)
 
-    def _generate(self, task: Task, run: _Run) -> list[ImageResult]:
+    def _generate(self, task: Task, run: _Run, near_end: Callable[[], None]) -> list[ImageResult]:
         def on_step(progress: StepProgress) -> None:
             run.latest = progress
+            if progress.step == progress.total - 1:
+                near_end()  # the last step starts: claim the next task while it runs
 
         return self.engine.generate(task.request, on_step=on_step, on_partial=run.partials.append, cancel=run.cancel)
 
-    async def _watch(self, task: Task, run: _Run, generation: asyncio.Future[list[ImageResult]]) -> None:
-        """While the engine runs: write progress, keep the lease, relay cancel and drain."""
+    async def _watch(self, task: Task, run: _Run, job: Job[list[ImageResult]]) -> None:
+        """While the task waits in the lane and while it runs: write progress, keep the lease, relay
+        cancel and drain (a task that has not started yet is withdrawn at once)."""
+        generation = job.result
         interval = self.settings.progress_interval_seconds
         heartbeat_every = self.settings.lease_seconds / 3
         written: StepProgress | None = None
@@ -171,6 +285,9 @@ class Worker:
             await asyncio.wait({generation}, timeout=interval)
             now = time.monotonic()
             if self._stopping.is_set() and drain_deadline is None:
+                if job.withdraw():
+                    run.stop(StopReason.DRAIN)
+                    return
                 drain_deadline = now + self.settings.drain_seconds
             if drain_deadline is not None and now >= drain_deadline:
                 run.stop(StopReason.DRAIN)
@@ -194,18 +311,25 @@ class Worker:
         try:
             lease = self.settings.lease_seconds
             canceled = await self.store.heartbeat(task.id, self.id, lease, progress, previews=previews)
-        except LeaseLost:
+        except TaskConflict:  # LeaseLost; or an earlier run of ours, requeued after an outage and
+            # then claimed again by this worker, has finished the task meanwhile: stop this run too
             run.stop(StopReason.LEASE_LOST)
             return
+        except Exception as exc:
+            if not self._database_unreachable(exc, f"reporting progress of task {task.id}"):
+                raise
+            return  # the engine goes on; the next heartbeat tries again
         if canceled:
             run.stop(StopReason.USER)
 
     async def _after_stop(self, task: Task, run: _Run) -> None:
         try:
             if run.stop_reason is StopReason.DRAIN:
-                await self.store.release(task.id, self.id)
+                await self._until_written(f"releasing task {task.id}", lambda: self.store.release(task.id, self.id))
             elif run.stop_reason is StopReason.USER:
-                await self.store.finish_canceled(task.id, self.id)
+                await self._until_written(
+                    f"canceling task {task.id}", lambda: self.store.finish_canceled(task.id, self.id)
+                )
         except TaskConflict:
             pass  # the task is someone else's now, or already final; nothing of ours to record
         log.info("task %s stopped (%s)", task.id, run.stop_reason)
@@ -215,13 +339,15 @@ class Worker:
             await self._heartbeat(task, run, run.latest)
         stored: list[StoredImage] = [await self.results.put(task.id, image) for image in images]
         try:
-            await self.store.complete(task.id, self.id, stored)
+            await self._until_written(
+                f"completing task {task.id}", lambda: self.store.complete(task.id, self.id, stored)
+            )
         except TaskConflict:
             # Another run owns the task now and writes the same keys; its images are the ones kept.
             log.warning("task %s finished after its lease was lost; another run owns it", task.id)
 
     async def _fail(self, task: Task, error: TaskError) -> None:
         try:
-            await self.store.fail(task.id, self.id, error)
+            await self._until_written(f"failing task {task.id}", lambda: self.store.fail(task.id, self.id, error))
         except TaskConflict:
             log.warning("task %s failed after its lease was lost", task.id)

@@ -5,6 +5,7 @@ from fastapi import APIRouter
 
 from qwen_image_server.api.dashscope.errors import render_error, render_pixazo_error
 from qwen_image_server.api.dashscope.routes import dashscope_router
+from qwen_image_server.api.dashscope.schemas import ErrorOut, PixazoErrorOut
 from qwen_image_server.api.dialect import Dialect
 
 DIALECT = Dialect(
@@ -12,6 +13,7 @@ DIALECT = Dialect(
     prefixes=("/api/v1/services/", "/api/v1/tasks/"),
     router=dashscope_router,  # serves Pixazo's path too: same body, same answer
     render_error=render_error,
+    error_model=ErrorOut,
 )
 # Pixazo only differs in its error shape; its route is part of the DashScope router.
 PIXAZO = Dialect(
@@ -19,4 +21,5 @@ PIXAZO = Dialect(
     prefixes=("/qwen-image/v1/",),
     router=lambda _service: APIRouter(),
     render_error=render_pixazo_error,
+    error_model=PixazoErrorOut,
 )

@@ -134,5 +134,19 @@ class TaskResponse(BaseModel):
     usage: ImageCountUsage | None = None
 
 
+class ErrorOut(BaseModel):
+    """DashScope's error body (api/dashscope/errors.py)."""
+
+    code: str
+    message: str
+    request_id: str
+
+
+class PixazoErrorOut(BaseModel):
+    """Pixazo's gateway error body: the message alone."""
+
+    error: str
+
+
 class CancelResponse(BaseModel):
     request_id: str

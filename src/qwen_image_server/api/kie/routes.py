@@ -7,7 +7,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from qwen_image_server.api.dialect import authenticate
-from qwen_image_server.api.kie.schemas import CreateTaskBody, CreateTaskOut, RecordInfoOut, TaskIdData
+from qwen_image_server.api.kie.schemas import CreateTaskBody, CreateTaskOut, ErrorOut, RecordInfoOut, TaskIdData
 from qwen_image_server.api.kie.translate import (
     DIALECT_NAME,
     KIE_MODELS,
@@ -34,7 +34,8 @@ class FeatureDisabled(QwenImageError):
 def kie_router(service: Service) -> APIRouter:
     router = APIRouter(prefix=PREFIX, tags=["kie"])
 
-    @router.post("/createTask", response_model=CreateTaskOut)
+    # Errors are answered with HTTP 200 too (the provider's convention), so 200 documents both.
+    @router.post("/createTask", response_model=CreateTaskOut | ErrorOut)
     async def create_task(body: CreateTaskBody, request: Request) -> CreateTaskOut:
         """Queue a qwen/text-to-image or qwen/image-edit task; poll recordInfo with the taskId."""
         caller = await authenticate(service, request, "Authorization")
@@ -54,7 +55,7 @@ def kie_router(service: Service) -> APIRouter:
         )
         return CreateTaskOut(data=TaskIdData(taskId=task.id))
 
-    @router.get("/recordInfo", response_model=RecordInfoOut)
+    @router.get("/recordInfo", response_model=RecordInfoOut | ErrorOut)
     async def record_info(request: Request, task_id: str = Query(alias="taskId", min_length=1)) -> RecordInfoOut:
         """The task's state; once `success`, `resultJson` holds the signed result URLs."""
         caller = await authenticate(service, request, "Authorization", scope=Scope.READ)

@@ -71,6 +71,14 @@ class TaskIdData(BaseModel):
     taskId: str
 
 
+class ErrorOut(BaseModel):
+    """The provider's error envelope, answered with HTTP 200 (500 for a fault of the server)."""
+
+    code: int = Field(description="The error: 401, 402, 404, 422, 429, 455, 500, 501 ...")
+    msg: str
+    data: None = None
+
+
 class CreateTaskOut(BaseModel):
     code: int = 200
     msg: str = "success"

@@ -12,6 +12,7 @@ from sse_starlette.sse import EventSourceResponse
 from qwen_image_server.api.dialect import Caller, authenticate
 from qwen_image_server.api.native.schemas import CallbackListOut, CreateTaskBody, TaskListOut, TaskOut
 from qwen_image_server.api.native.translate import to_callback_out, to_generation_request, to_task_out
+from qwen_image_server.api.spec import EVENT_STREAM
 from qwen_image_server.api.tasks import (
     ResultLinks,
     fetch_input_images,
@@ -95,7 +96,7 @@ def native_router(service: Service) -> APIRouter:
         found = await service.callbacks.for_task(task.id)
         return CallbackListOut(data=[to_callback_out(callback) for callback in found])
 
-    @router.get("/{task_id}/events")
+    @router.get("/{task_id}/events", response_class=EventSourceResponse, responses=EVENT_STREAM)
     async def task_events(task_id: str, request: Request) -> EventSourceResponse:
         """Server-Sent Events: `queued` (with queue position), `progress` per step, `preview` for each
         partial image (with `partial_images`), then the final state (`succeeded`, `failed` or

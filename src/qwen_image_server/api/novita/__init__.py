@@ -3,6 +3,9 @@
 
 from qwen_image_server.api.dialect import Dialect
 from qwen_image_server.api.novita.routes import novita_router, render_error
+from qwen_image_server.api.novita.schemas import ErrorOut
 from qwen_image_server.api.novita.translate import DIALECT_NAME
 
-DIALECT = Dialect(name=DIALECT_NAME, prefixes=("/v3/",), router=novita_router, render_error=render_error)
+DIALECT = Dialect(
+    name=DIALECT_NAME, prefixes=("/v3/",), router=novita_router, render_error=render_error, error_model=ErrorOut
+)

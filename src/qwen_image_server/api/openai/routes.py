@@ -22,6 +22,7 @@ from qwen_image_server.api.dialect import Caller, authenticate
 from qwen_image_server.api.errors import invalid_request_from
 from qwen_image_server.api.openai import translate
 from qwen_image_server.api.openai.schemas import GenerationBody, ImageData, ImageOptions, ImagesResponse
+from qwen_image_server.api.spec import EVENT_STREAM
 from qwen_image_server.api.tasks import ResultLinks, idempotency_of, submit, wait_attended
 from qwen_image_server.domain import GenerationRequest
 from qwen_image_server.errors import InvalidRequest, QwenImageError
@@ -44,10 +45,30 @@ class TaskFailed(QwenImageError):
         self.status = 400 if code.startswith(("invalid", "prompt")) else 500
 
 
+def _edit_form_schema() -> dict[str, Any]:
+    options = ImageOptions.model_json_schema()
+    binary = {"type": "string", "format": "binary"}
+    files = {"image": {"type": "array", "items": binary, "minItems": 1}, "mask": binary}
+    return {
+        "type": "object",
+        "required": ["image", *options["required"]],
+        "properties": {**files, **options["properties"]},
+    }
+
+
+# The routes read their bodies themselves (to answer in OpenAI's error shape), so the spec says here
+# what they take; with stream=true they answer Server-Sent Events instead of JSON.
+_GENERATION_BODY = {"application/json": {"schema": GenerationBody.model_json_schema()}}
+_GENERATION_SPEC: dict[str, Any] = {"requestBody": {"required": True, "content": _GENERATION_BODY}}
+_EDIT_SPEC: dict[str, Any] = {
+    "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": _edit_form_schema()}}}
+}
+
+
 def openai_router(service: Service) -> APIRouter:
     router = APIRouter(prefix="/v1/images", tags=["openai"])
 
-    @router.post("/generations", response_model=ImagesResponse)
+    @router.post("/generations", response_model=ImagesResponse, responses=EVENT_STREAM, openapi_extra=_GENERATION_SPEC)
     async def generations(request: Request) -> Response:
         """OpenAI `images.generate`: JSON body; `stream=true` answers SSE."""
         caller = await authenticate(service, request, "authorization")
@@ -56,7 +77,7 @@ def openai_router(service: Service) -> APIRouter:
         idempotency = await idempotency_of(request)
         return await _answer(service, request, options, generation, "image_generation", caller, idempotency)
 
-    @router.post("/edits", response_model=ImagesResponse)
+    @router.post("/edits", response_model=ImagesResponse, responses=EVENT_STREAM, openapi_extra=_EDIT_SPEC)
     async def edits(request: Request) -> Response:
         """OpenAI `images.edit`: multipart with `image` (or `image[]`, up to 3 for us) and an optional
         `mask` (transparent = edit), which runs the inpainting pipeline."""

@@ -9,6 +9,19 @@ from pydantic import BaseModel, ConfigDict, Field
 Quality = Literal["auto", "low", "medium", "high", "standard", "hd"]
 
 
+class OpenAIError(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIErrorBody(BaseModel):
+    """OpenAI's error shape: `{"error": {"message", "type", "param", "code"}}`."""
+
+    error: OpenAIError
+
+
 class ImageOptions(BaseModel):
     """The fields generations and edits share (edits arrive as multipart form fields)."""
 

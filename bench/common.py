@@ -1,0 +1,146 @@
+"""What every benchmark shares: summary statistics, a plain table, the JSON record and headline.
+
+Each benchmark prints a short table, then one line `json={...}` (also written to `--json PATH`),
+then its headline figure alone as the LAST line (`name=value`), so scripts can `tail -n1` it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import socket
+import statistics
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from qwen_image_server.domain import ModelName
+
+# Every model loads from the tiny random-weight checkpoint (built offline in about a second).
+TINY_CHECKPOINTS = {f"checkpoint_{name.value.replace('-', '_')}": "tiny" for name in ModelName}
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    """The q-th percentile (0-100) with linear interpolation between ranks (numpy's default)."""
+    if not samples:
+        raise ValueError("no samples")
+    if not 0 <= q <= 100:
+        raise ValueError(f"q must be within 0-100, got {q}")
+    ordered = sorted(samples)
+    rank = (len(ordered) - 1) * q / 100
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Summary of one series of samples (seconds, milliseconds or ratios: the caller's unit)."""
+
+    n: int
+    median: float
+    p95: float
+    p99: float
+    mean: float
+    min: float
+    max: float
+
+    @classmethod
+    def of(cls, samples: Sequence[float]) -> Summary:
+        return cls(
+            n=len(samples),
+            median=statistics.median(samples),
+            p95=percentile(samples, 95),
+            p99=percentile(samples, 99),
+            mean=statistics.fmean(samples),
+            min=min(samples),
+            max=max(samples),
+        )
+
+    def scaled(self, factor: float) -> Summary:
+        """The same summary in another unit (e.g. seconds to milliseconds)."""
+        return Summary(
+            n=self.n,
+            median=self.median * factor,
+            p95=self.p95 * factor,
+            p99=self.p99 * factor,
+            mean=self.mean * factor,
+            min=self.min * factor,
+            max=self.max * factor,
+        )
+
+    def as_dict(self, digits: int = 4) -> dict[str, float]:
+        return {key: (value if key == "n" else round(value, digits)) for key, value in asdict(self).items()}
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain text table: left-aligned first column, right-aligned numbers."""
+    cells = [[_cell(value) for value in row] for row in rows]
+    widths = [max(len(str(h)), *(len(row[i]) for row in cells)) for i, h in enumerate(headers)]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [value.ljust(widths[0]) if i == 0 else value.rjust(widths[i]) for i, value in enumerate(values)]
+        return "  ".join(parts).rstrip()
+
+    rule = "  ".join("-" * width for width in widths)
+    return "\n".join([line([str(h) for h in headers]), rule, *(line(row) for row in cells)])
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
+    return str(value)
+
+
+def machine() -> dict[str, Any]:
+    """Where the figures came from (they only compare on the same machine)."""
+    import torch
+
+    return {
+        "host": socket.gethostname(),
+        "cpus": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def emit(record: dict[str, Any], headline: tuple[str, float | int], json_path: Path | None) -> None:
+    """Print the JSON record (one line), write it to `json_path` if given, then the headline last."""
+    name, value = headline
+    record = {**record, "headline": {name: value}}
+    text = json.dumps(record, sort_keys=True, default=str)
+    if json_path is not None:
+        json_path.write_text(text + "\n")
+    print(f"json={text}")
+    print(f"{name}={value}", flush=True)
+
+
+def quiet_libraries() -> None:
+    """No progress bars or chatter from diffusers/transformers between our table lines."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def note(message: str) -> None:
+    """Progress of a long benchmark, on stderr so stdout stays the table, record and headline."""
+    print(message, file=sys.stderr, flush=True)
