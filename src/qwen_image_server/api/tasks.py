@@ -152,7 +152,8 @@ async def wait_for_end(service: Service, task: Task, seconds: float) -> Task:
     """Poll until the task is terminal or `seconds` pass; return its latest state."""
     deadline = time.monotonic() + seconds
     while not task.status.is_terminal and time.monotonic() < deadline:
-        await asyncio.sleep(min(service.settings.progress_interval_seconds, max(deadline - time.monotonic(), 0)))
+        wait = min(service.settings.progress_interval_seconds, max(deadline - time.monotonic(), 0))
+        await service.store.wait_for_change(task.id, wait)
         task = await service.store.get(task.id)
     return task
 

@@ -15,6 +15,7 @@ import hmac
 import json
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -27,6 +28,7 @@ from qwen_image_server.tasks.model import utcnow
 from qwen_image_server.tasks.schema import api_keys
 from qwen_image_server.tasks.sql import SqlTaskStore
 
+ANY_ACTIVE_TTL_SECONDS = 1.0
 _TOKEN = re.compile(r"qik_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
 
 
@@ -69,6 +71,7 @@ class SqlKeyStore:
 
     def __init__(self, store: SqlTaskStore) -> None:
         self._store = store
+        self._any_active: tuple[bool, float] | None = None  # (answer, when) of `any_active`
 
     async def create(self, name: str, scopes: tuple[Scope, ...] = DEFAULT_SCOPES) -> tuple[ApiKey, str]:
         """A new key and its token; the token is shown once and never stored."""
@@ -82,8 +85,9 @@ class SqlKeyStore:
             "revoked_at": None,
             "webhook_secret": new_webhook_secret(),
         }
-        async with self._store.write_engine.begin() as conn:
+        async with self._store.write() as conn:
             await conn.execute(insert(api_keys).values(row))
+        self._any_active = None
         return _key(row), f"qik_{key_id}_{secret}"
 
     async def list_keys(self) -> list[ApiKey]:
@@ -92,20 +96,21 @@ class SqlKeyStore:
         return [_key(row) for row in rows]
 
     async def revoke(self, key_id: str) -> ApiKey:
-        async with self._store.write_engine.begin() as conn:
+        async with self._store.write() as conn:
             await conn.execute(
                 update(api_keys)
                 .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
                 .values(revoked_at=utcnow())
             )
             row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).mappings().first()
+        self._any_active = None
         if row is None:
             raise KeyNotFound(f"there is no key {key_id!r}; `qwen-image keys list` shows them")
         return _key(row)
 
     async def webhook_secret(self, key_id: str) -> str:
         """The secret that signs the key's callbacks (made now for keys older than callbacks)."""
-        async with self._store.write_engine.begin() as conn:
+        async with self._store.write() as conn:
             await conn.execute(
                 update(api_keys)
                 .where(api_keys.c.id == key_id, api_keys.c.webhook_secret.is_(None))
@@ -131,9 +136,15 @@ class SqlKeyStore:
         return key if key.active else None
 
     async def any_active(self) -> bool:
-        query = select(func.count()).select_from(api_keys).where(api_keys.c.revoked_at.is_(None))
-        async with self._store.read_engine.connect() as conn:
-            return int((await conn.execute(query)).scalar_one()) > 0
+        """Whether any key is active (then every call needs one). Asked on every call that brings no
+        valid key, so the answer is kept for `ANY_ACTIVE_TTL_SECONDS`: a key made by another process
+        (the CLI) is enforced within that time, one made or revoked through this store at once."""
+        now = time.monotonic()
+        if self._any_active is None or now - self._any_active[1] > ANY_ACTIVE_TTL_SECONDS:
+            query = select(func.count()).select_from(api_keys).where(api_keys.c.revoked_at.is_(None))
+            async with self._store.read_engine.connect() as conn:
+                self._any_active = (int((await conn.execute(query)).scalar_one()) > 0, now)
+        return self._any_active[0]
 
 
 def _key(row: object) -> ApiKey:

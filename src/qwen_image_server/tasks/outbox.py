@@ -110,7 +110,7 @@ class SqlCallbackStore:
         async with self._store.read_engine.connect() as conn:  # mostly nothing is due: then take no write lock
             if (await conn.execute(due.limit(1))).first() is None:
                 return claimed
-        async with self._store.write_engine.begin() as conn:
+        async with self._store.write() as conn:
             for callback_id in (await conn.execute(due.limit(limit).with_for_update(skip_locked=True))).scalars():
                 statement = (
                     update(callbacks)
@@ -127,7 +127,7 @@ class SqlCallbackStore:
         self, callback: Callback, attempt: CallbackAttempt, *, status: CallbackStatus, next_attempt_at: datetime | None
     ) -> Callback:
         """Add `attempt` and move the callback to `status` (PENDING with the time of the next try)."""
-        async with self._store.write_engine.begin() as conn:
+        async with self._store.write() as conn:
             await conn.execute(insert(callback_attempts).values(callback_id=callback.id, **_attempt_row(attempt)))
             await conn.execute(
                 update(callbacks)

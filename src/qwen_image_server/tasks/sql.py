@@ -21,7 +21,9 @@ and BEGIN IMMEDIATE serialises the claimers.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -32,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from qwen_image_server.domain import ModelName
 from qwen_image_server.errors import IdempotencyKeyReused, InvalidParameter
+from qwen_image_server.tasks.changes import TaskChanges
 from qwen_image_server.tasks.migrations import upgrade_database
 from qwen_image_server.tasks.model import (
     IDEMPOTENCY_TTL_SECONDS,
@@ -78,6 +81,10 @@ class SqlTaskStore:
         self._clock = clock
         self._engine: AsyncEngine | None = None
         self._reader: AsyncEngine | None = None
+        self._changes = TaskChanges()
+        self._write_turn: contextlib.AbstractAsyncContextManager[Any] = (
+            asyncio.Lock() if is_sqlite(self._url) else contextlib.nullcontext()
+        )
 
     @property
     def url(self) -> URL:
@@ -103,10 +110,16 @@ class SqlTaskStore:
         if engine is not None:
             await engine.dispose()
 
-    @property
-    def write_engine(self) -> AsyncEngine:
-        """For stores that share this database (API keys): transactions that write."""
-        return self._writer
+    @contextlib.asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction that writes (also for the stores that share this database: keys, callbacks).
+
+        On SQLite, this process's writers take turns on an asyncio lock before BEGIN IMMEDIATE:
+        SQLite has one write lock per file, and a connection that finds it taken sleeps in SQLite's
+        busy handler (up to 100 ms a try), which under load made writes wait seconds for a lock
+        that was free again after a millisecond. Other processes still meet at the busy handler."""
+        async with self._write_turn, self._writer.begin() as conn:
+            yield conn
 
     @property
     def read_engine(self) -> AsyncEngine:
@@ -133,7 +146,7 @@ class SqlTaskStore:
         now = self._clock()
         values = new_task_row(new, now)
         try:
-            async with self._writer.begin() as conn:
+            async with self.write() as conn:
                 if new.idempotency is not None:
                     earlier = await _earlier_task_id(conn, new, now)
                     if earlier is not None:
@@ -142,7 +155,7 @@ class SqlTaskStore:
                 await conn.execute(insert(tasks).values(values))
         except IntegrityError as exc:
             if new.idempotency is not None:  # a concurrent request with the same key won the race
-                async with self._writer.begin() as conn:
+                async with self.write() as conn:
                     earlier = await _earlier_task_id(conn, new, now)
                     if earlier is not None:
                         return task_from_row(await _required_row(conn, earlier))
@@ -155,6 +168,10 @@ class SqlTaskStore:
         if row is None:
             raise TaskNotFound(f"there is no task {task_id!r}")
         return task_from_row(row)
+
+    async def wait_for_change(self, task_id: str, timeout: float) -> None:
+        """Until this store changes the task (so in this process), or `timeout` seconds pass."""
+        await self._changes.wait(task_id, timeout)
 
     async def list_tasks(
         self,
@@ -213,7 +230,7 @@ class SqlTaskStore:
 
     async def request_cancel(self, task_id: str) -> Task:
         now = self._clock()
-        async with self._writer.begin() as conn:
+        async with self.write() as conn:
             canceled = await conn.execute(
                 update(tasks)
                 .where(tasks.c.id == task_id, tasks.c.status == QUEUED)
@@ -232,6 +249,7 @@ class SqlTaskStore:
                 row = await _task_row(conn, task_id)
         if row is None:
             raise TaskNotFound(f"there is no task {task_id!r}")
+        self._changes.changed(task_id)
         return task_from_row(row)
 
     # -- worker side -----------------------------------------------------------------------------
@@ -248,7 +266,7 @@ class SqlTaskStore:
             .limit(1)
             .with_for_update(skip_locked=True)
         )
-        async with self._writer.begin() as conn:
+        async with self.write() as conn:
             task_id = (await conn.execute(next_task)).scalar_one_or_none()
             if task_id is None:
                 return None
@@ -267,7 +285,10 @@ class SqlTaskStore:
                 .returning(*tasks.c)
             )
             row = (await conn.execute(claimed)).mappings().first()
-        return None if row is None else task_from_row(row)
+        if row is None:
+            return None
+        self._changes.changed(task_id)
+        return task_from_row(row)
 
     async def heartbeat(
         self,
@@ -283,13 +304,14 @@ class SqlTaskStore:
             values.update(progress_step=progress.step, progress_total=progress.total)
         if previews is not None:
             values["previews_json"] = results_to_json(previews)
-        async with self._writer.begin() as conn:
+        async with self.write() as conn:
             result = await conn.execute(
                 update(tasks).where(*_held(task_id, worker_id)).values(values).returning(tasks.c.cancel_requested)
             )
             cancel_requested = result.scalar_one_or_none()
             if cancel_requested is None:
                 raise await _not_held(conn, task_id, worker_id)
+        self._changes.changed(task_id)
         return bool(cancel_requested)
 
     async def complete(self, task_id: str, worker_id: str, results: Sequence[StoredImage]) -> Task:
@@ -313,7 +335,7 @@ class SqlTaskStore:
         """Back to the queue, the attempt not counted; a task whose cancel was requested is canceled
         instead (nobody wants it run again)."""
         now = self._clock()
-        async with self._writer.begin() as conn:
+        async with self.write() as conn:
             row = await _update_held(
                 conn,
                 task_id,
@@ -328,6 +350,7 @@ class SqlTaskStore:
                 },
             )
             await enqueue_final_callback(conn, row, now)  # when it was canceled
+        self._changes.changed(task_id)
         return task_from_row(row)
 
     async def requeue_expired(self, now: datetime) -> list[Task]:
@@ -338,7 +361,7 @@ class SqlTaskStore:
             .with_for_update(skip_locked=True)
         )
         changed: list[Row] = []
-        async with self._writer.begin() as conn:
+        async with self.write() as conn:
             for task in (await conn.execute(expired)).mappings().all():
                 statement = (
                     update(tasks)
@@ -350,12 +373,14 @@ class SqlTaskStore:
                 if row is not None:
                     await enqueue_final_callback(conn, row, now)  # when it was canceled or failed for good
                     changed.append(row)
-        return [task_from_row(row) for row in changed]
+        for changed_row in changed:
+            self._changes.changed(changed_row["id"])
+        return [task_from_row(changed_row) for changed_row in changed]
 
     async def delete_finished_before(self, cutoff: datetime) -> list[Task]:
         statement = delete(tasks).where(tasks.c.status.in_(TERMINAL), tasks.c.finished_at < cutoff).returning(*tasks.c)
         stale_keys = idempotency_keys.c.created_at < self._clock() - timedelta(seconds=IDEMPOTENCY_TTL_SECONDS)
-        async with self._writer.begin() as conn:
+        async with self.write() as conn:
             rows = (await conn.execute(statement)).mappings().all()
             await delete_callbacks_of(conn, [row["id"] for row in rows])
             await conn.execute(delete(idempotency_keys).where(stale_keys))  # expired keys go too
@@ -363,11 +388,12 @@ class SqlTaskStore:
 
     async def _finish_held(self, task_id: str, worker_id: str, **values: Any) -> Task:
         now = self._clock()
-        async with self._writer.begin() as conn:
+        async with self.write() as conn:
             row = await _update_held(
                 conn, task_id, worker_id, {**values, "finished_at": now, "updated_at": now, "lease_expires_at": None}
             )
             await enqueue_final_callback(conn, row, now)
+        self._changes.changed(task_id)
         return task_from_row(row)
 
     # -- workers ---------------------------------------------------------------------------------
@@ -377,7 +403,7 @@ class SqlTaskStore:
         changes = {key: value for key, value in values.items() if key != "id"}
         for attempt in range(2):
             try:
-                async with self._writer.begin() as conn:
+                async with self.write() as conn:
                     result = await conn.execute(update(workers).where(workers.c.id == worker.id).values(changes))
                     if result.rowcount == 0:
                         await conn.execute(insert(workers).values(values))
@@ -388,7 +414,7 @@ class SqlTaskStore:
                     raise
 
     async def forget_worker(self, worker_id: str) -> None:
-        async with self._writer.begin() as conn:
+        async with self.write() as conn:
             await conn.execute(delete(workers).where(workers.c.id == worker_id))
 
     async def live_workers(self, seen_since: datetime) -> list[WorkerInfo]:

@@ -81,6 +81,10 @@ class TaskStore(Protocol):
         """How many tasks match (for limits): of `owner` (None: anyone's), in `statuses`, created
         at or after `created_since`."""
 
+    async def wait_for_change(self, task_id: str, timeout: float) -> None:
+        """Until this store changes the task, or `timeout` seconds pass (readers poll after it: a
+        change made by another process is not announced)."""
+
     async def queue_position(self, task_id: str) -> int | None:
         """0 for the next task to run; None unless the task is queued."""
 

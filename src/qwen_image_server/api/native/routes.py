@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -122,7 +121,7 @@ async def _events(service: Service, task: Task, request: Request) -> AsyncIterat
             yield _event(task, links, position)
         if task.status.is_terminal or await request.is_disconnected():
             return
-        await asyncio.sleep(service.settings.progress_interval_seconds)
+        await service.store.wait_for_change(task.id, service.settings.progress_interval_seconds)
         task = await service.store.get(task.id)
 
 

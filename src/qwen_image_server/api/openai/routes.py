@@ -7,7 +7,6 @@ it (a client that hangs up cancels its task). With `stream=true` the answer is S
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
@@ -184,7 +183,7 @@ async def _stream(
         sent_previews = len(task.previews)
         if task.status.is_terminal or await request.is_disconnected():
             break
-        await asyncio.sleep(service.settings.progress_interval_seconds)
+        await service.store.wait_for_change(task.id, service.settings.progress_interval_seconds)
         task = await service.store.get(task.id)
     if task.status is not TaskStatus.SUCCEEDED:
         if not task.status.is_terminal:  # the client left: nobody wants the images
