@@ -37,7 +37,7 @@ if __package__ in (None, ""):  # run as `python bench/api_throughput.py`: make `
 
 import httpx
 
-from bench.common import Summary, emit, machine, note, table
+from bench.common import Summary, emit, machine, note, table, wait_until_ready
 
 TASK = {"model": "qwen-image", "prompt": "a red fox in snow", "size": "256x256", "num_inference_steps": 2}
 
@@ -73,25 +73,16 @@ def server(data_dir: Path, step_seconds: float) -> Iterator[str]:
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            _wait_ready(url, process, log_path)
+            wait_until_ready(
+                url,
+                alive=lambda: process.poll() is None,
+                explain=lambda: (log_path).read_text(errors="replace"),
+                timeout=60,
+            )
             yield url
         finally:
             process.terminate()
             process.wait(timeout=60)
-
-
-def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited:\n{log.read_text(errors='replace')}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"the server did not become ready in {timeout:.0f} s")
 
 
 # -- the load generator ---------------------------------------------------------------------------

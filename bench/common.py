@@ -13,10 +13,13 @@ import platform
 import socket
 import statistics
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from qwen_image_server.domain import ModelName
 
@@ -144,3 +147,19 @@ def quiet_libraries() -> None:
 def note(message: str) -> None:
     """Progress of a long benchmark, on stderr so stdout stays the table, record and headline."""
     print(message, file=sys.stderr, flush=True)
+
+
+def wait_until_ready(base_url: str, *, alive: Callable[[], bool], explain: Callable[[], str], timeout: float) -> None:
+    """Poll `base_url/readyz` until it answers 200 (a worker has its models loaded). Raises
+    RuntimeError with `explain()` (e.g. the server's log) if the server exits or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive():
+            raise RuntimeError(f"the server exited:\n{explain()}")
+        try:
+            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"the server did not become ready in {timeout:g} s:\n{explain()}")

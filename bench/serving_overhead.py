@@ -40,7 +40,7 @@ if __package__ in (None, ""):  # run as `python bench/serving_overhead.py`: make
 
 import httpx
 
-from bench.common import TINY_CHECKPOINTS, Summary, emit, machine, note, quiet_libraries, table
+from bench.common import TINY_CHECKPOINTS, Summary, emit, machine, note, quiet_libraries, table, wait_until_ready
 
 PROMPT = "a red fox in snow, golden hour"
 TERMINAL = ("succeeded", "failed", "canceled")
@@ -146,26 +146,17 @@ def served(data_dir: Path, settings: dict[str, str]) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(url, process, data_dir.parent / "serve.log")
+        wait_until_ready(
+            url,
+            alive=lambda: process.poll() is None,
+            explain=lambda: (data_dir.parent / "serve.log").read_text(errors="replace"),
+            timeout=120,
+        )
         yield url
     finally:
         process.terminate()
         process.wait(timeout=60)
         log.close()
-
-
-def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited:\n{log.read_text(errors='replace')}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"the server did not become ready in {timeout:.0f} s")
 
 
 class ServiceClient:

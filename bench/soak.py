@@ -37,7 +37,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+if __package__ in (None, ""):  # run as `python bench/soak.py`: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import httpx
+
+from bench.common import wait_until_ready
 
 TASK = {"model": "qwen-image", "prompt": "a lighthouse in a storm", "size": "256x256", "num_inference_steps": 2}
 # Quick leases and polls: a killed worker's task is back in the queue within a few seconds. Many
@@ -147,17 +152,8 @@ class Cluster:
         self.start_worker()
 
     def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.api.alive:
-                raise RuntimeError(f"the API server exited; see {self.api.log}")
-            try:
-                if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"no worker became ready in {timeout:g} s; see the logs in {self.root}")
+        explain = f"see the logs in {self.root}"
+        wait_until_ready(self.base_url, alive=lambda: self.api.alive, explain=lambda: explain, timeout=timeout)
 
     def busy_workers(self) -> list[Spawned]:
         """The live workers that hold a running task now."""

@@ -5,12 +5,16 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from PIL import Image
 
+from qwen_image_server.api.app import create_app
 from qwen_image_server.domain import ModelName
 from qwen_image_server.engine import Engine
+from qwen_image_server.service import Service
 from qwen_image_server.settings import Settings
 
 TINY_EVERYWHERE = {f"checkpoint_{name.value.replace('-', '_')}": "tiny" for name in ModelName}
@@ -22,6 +26,12 @@ def picture_bytes(
     buffer = io.BytesIO()
     Image.new(mode, size, color).save(buffer, format=fmt)
     return buffer.getvalue()
+
+
+def asgi_client(service: Service, **options: Any) -> httpx.AsyncClient:
+    """A client of `service`'s app, in-process over ASGI (the test starts and stops the service)."""
+    transport = httpx.ASGITransport(app=create_app(service, manage_service=False))
+    return httpx.AsyncClient(transport=transport, base_url="http://testserver", **{"timeout": 60, **options})
 
 
 @pytest.fixture(scope="session")

@@ -11,12 +11,11 @@ from typing import Any
 import httpx
 import pytest
 
-from qwen_image_server.api.app import create_app
 from qwen_image_server.domain import ModelName
 from qwen_image_server.engine import Engine
 from qwen_image_server.service import Service
 from qwen_image_server.settings import Settings
-from tests.conftest import TINY_EVERYWHERE
+from tests.conftest import TINY_EVERYWHERE, asgi_client
 
 FAST_SERVICE = {
     "models": tuple(ModelName),
@@ -37,9 +36,7 @@ async def service(tmp_path: Path, engine: Engine) -> AsyncIterator[Service]:
 
 @pytest.fixture
 async def client(service: Service) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(service, manage_service=False)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60) as client:
+    async with asgi_client(service) as client:
         yield client
 
 

@@ -6,12 +6,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from qwen_image_server.api.app import create_app
 from qwen_image_server.engine import Engine
 from qwen_image_server.service import Service
 from qwen_image_server.settings import Settings
 from tests.api.conftest import FAST_SERVICE, TINY_TASK
-from tests.conftest import TINY_EVERYWHERE
+from tests.conftest import TINY_EVERYWHERE, asgi_client
 
 pytestmark = pytest.mark.anyio
 LIMIT = 4096
@@ -21,10 +20,8 @@ LIMIT = 4096
 async def small_client(tmp_path: Path, engine: Engine) -> AsyncIterator[httpx.AsyncClient]:
     settings = Settings(**TINY_EVERYWHERE, **FAST_SERVICE, data_dir=tmp_path / "data", max_request_bytes=LIMIT)
     service = Service.build(settings, engine=engine, run_worker=False)
-    async with service.running():
-        transport = httpx.ASGITransport(app=create_app(service, manage_service=False))
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            yield client
+    async with service.running(), asgi_client(service) as client:
+        yield client
 
 
 async def test_a_body_over_the_limit_is_413_in_the_native_shape(small_client: httpx.AsyncClient) -> None:

@@ -16,12 +16,11 @@ import httpx
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from qwen_image_server.api.app import create_app
 from qwen_image_server.engine import Engine
 from qwen_image_server.service import Service, server_webhook_secret
 from qwen_image_server.settings import Settings
 from tests.api.conftest import FAST_SERVICE, TINY_TASK
-from tests.conftest import TINY_EVERYWHERE
+from tests.conftest import TINY_EVERYWHERE, asgi_client
 from tests.unit.local_http import read_body, send_body, serving
 
 pytestmark = pytest.mark.anyio
@@ -64,10 +63,8 @@ async def make_service(tmp_path: Path, engine: Engine, **settings: Any) -> Servi
 @pytest.fixture
 async def hooked(tmp_path: Path, engine: Engine) -> AsyncIterator[tuple[Service, httpx.AsyncClient]]:
     service = await make_service(tmp_path, engine)
-    async with service.running():
-        transport = httpx.ASGITransport(app=create_app(service, manage_service=False))
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60) as client:
-            yield service, client
+    async with service.running(), asgi_client(service) as client:
+        yield service, client
 
 
 async def settled_callback(client: httpx.AsyncClient, task_id: str, timeout: float = 60) -> dict[str, Any]:
@@ -155,11 +152,9 @@ async def test_private_callback_urls_are_recorded_as_refused(
     tmp_path: Path, engine: Engine, receiver: Receiver
 ) -> None:
     service = await make_service(tmp_path, engine, allowed_fetch_networks="")
-    async with service.running():
-        transport = httpx.ASGITransport(app=create_app(service, manage_service=False))
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60) as client:
-            task = (await client.post("/v1/tasks", json={**TINY_TASK, "callback_url": receiver.url})).json()
-            callback = await settled_callback(client, task["id"])
+    async with service.running(), asgi_client(service) as client:
+        task = (await client.post("/v1/tasks", json={**TINY_TASK, "callback_url": receiver.url})).json()
+        callback = await settled_callback(client, task["id"])
     assert callback["status"] == "refused"
     [attempt] = callback["attempts"]  # never retried
     assert attempt["status_code"] is None and "loopback" in attempt["error"]

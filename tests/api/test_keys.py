@@ -145,3 +145,12 @@ def test_serve_refuses_a_public_address_without_keys(tmp_path: Path) -> None:
 
 async def test_an_open_server_accepts_any_key_header(client: httpx.AsyncClient) -> None:
     assert (await client.post("/v1/tasks", json=TINY_TASK, headers=bearer("sk-whatever"))).status_code == 202
+
+
+async def test_a_key_made_before_callbacks_gets_a_webhook_secret_on_first_use(service: Service) -> None:
+    key, _token = await service.keys.create("old")
+    async with service.store.write() as conn:  # as migration 0005 leaves the keys that existed
+        await conn.exec_driver_sql("UPDATE api_keys SET webhook_secret = NULL")
+    first = await service.keys.webhook_secret(key.id)
+    assert first.startswith("whsec_")
+    assert await service.keys.webhook_secret(key.id) == first

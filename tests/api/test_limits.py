@@ -10,12 +10,11 @@ from typing import Any
 import httpx
 import pytest
 
-from qwen_image_server.api.app import create_app
 from qwen_image_server.engine import Engine
 from qwen_image_server.service import Service
 from qwen_image_server.settings import Settings
 from tests.api.conftest import FAST_SERVICE, TINY_TASK
-from tests.conftest import TINY_EVERYWHERE
+from tests.conftest import TINY_EVERYWHERE, asgi_client
 
 pytestmark = pytest.mark.anyio
 
@@ -26,10 +25,8 @@ async def serving(
 ) -> AsyncIterator[tuple[Service, httpx.AsyncClient]]:
     settings = Settings(**TINY_EVERYWHERE, **FAST_SERVICE, data_dir=tmp_path / "data", **limits)
     service = Service.build(settings, engine=engine, run_worker=worker)
-    async with service.running():
-        transport = httpx.ASGITransport(app=create_app(service, manage_service=False))
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            yield service, client
+    async with service.running(), asgi_client(service) as client:
+        yield service, client
 
 
 async def test_tasks_per_minute_are_limited_with_retry_after(tmp_path: Path, engine: Engine) -> None:

@@ -11,11 +11,10 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from qwen_image_server.api.app import create_app
 from qwen_image_server.service import Service
 from qwen_image_server.settings import Settings
 from tests.api.conftest import FAST_SERVICE, TINY_TASK
-from tests.conftest import TINY_EVERYWHERE, picture_bytes
+from tests.conftest import TINY_EVERYWHERE, asgi_client, picture_bytes
 
 pytestmark = pytest.mark.anyio
 PNG = base64.b64encode(picture_bytes()).decode()
@@ -75,10 +74,8 @@ async def test_an_allow_listed_dead_url_is_unavailable(tmp_path: Path) -> None:
         **TINY_EVERYWHERE, **FAST_SERVICE, data_dir=tmp_path / "data", allowed_fetch_networks="127.0.0.0/8"
     )
     body = {**TINY_TASK, "model": "qwen-image-edit", "images": [DEAD_LOOPBACK_URL]}
-    async with Service.build(settings, run_worker=False).running() as service:
-        transport = httpx.ASGITransport(app=create_app(service, manage_service=False))
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            assert_native_error(await client.post("/v1/tasks", json=body), 400, "image_unavailable", "images[0]")
+    async with Service.build(settings, run_worker=False).running() as service, asgi_client(service) as client:
+        assert_native_error(await client.post("/v1/tasks", json=body), 400, "image_unavailable", "images[0]")
 
 
 async def test_invalid_json_is_400(client: httpx.AsyncClient) -> None:

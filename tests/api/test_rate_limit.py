@@ -23,12 +23,11 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from qwen_image_server.api.app import create_app
 from qwen_image_server.api.rate_limit import MemoryRateLimiter, RedisRateLimiter, RequestRateLimiter, gcra
 from qwen_image_server.service import Service
 from qwen_image_server.settings import Settings
 from tests.api.conftest import FAST_SERVICE, TINY_TASK
-from tests.conftest import TINY_EVERYWHERE
+from tests.conftest import TINY_EVERYWHERE, asgi_client
 
 pytestmark = pytest.mark.anyio
 
@@ -172,10 +171,8 @@ async def serving(data_dir: Path, **settings: Any) -> AsyncIterator[tuple[Servic
     service = Service.build(
         Settings(**TINY_EVERYWHERE, **FAST_SERVICE, data_dir=data_dir, **settings), run_worker=False
     )
-    async with service.running():
-        transport = httpx.ASGITransport(app=create_app(service, manage_service=False))
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            yield service, client
+    async with service.running(), asgi_client(service) as client:
+        yield service, client
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -19,7 +19,6 @@ import httpx
 import pytest
 from PIL import Image
 
-from qwen_image_server.api.app import create_app
 from qwen_image_server.api.dashscope.errors import DashScopeError, status_and_code
 from qwen_image_server.api.dashscope.schemas import MultimodalBody
 from qwen_image_server.api.dashscope.translate import (
@@ -46,7 +45,7 @@ from qwen_image_server.settings import Settings
 from qwen_image_server.tasks.store import TaskConflict, TaskNotFound
 from qwen_image_server.worker.worker import GenerationEngine
 from tests.api.conftest import FAST_SERVICE
-from tests.conftest import TINY_EVERYWHERE, picture_bytes
+from tests.conftest import TINY_EVERYWHERE, asgi_client, picture_bytes
 
 pytestmark = pytest.mark.anyio
 
@@ -94,8 +93,7 @@ async def service(tmp_path: Path, engine: Engine) -> AsyncIterator[Service]:
 
 
 def http_client(service: Service) -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=create_app(service, manage_service=False))
-    return httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=120)
+    return asgi_client(service, timeout=120)
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ import httpx
 import pytest
 from PIL import Image
 
-from qwen_image_server.api.app import create_app
 from qwen_image_server.api.kie.schemas import CreateTaskBody
 from qwen_image_server.api.kie.translate import (
     callback_headers,
@@ -37,7 +36,7 @@ from qwen_image_server.service import Service
 from qwen_image_server.settings import Settings
 from qwen_image_server.tasks.model import Progress, StoredImage, Task, TaskError, TaskStatus
 from tests.api.conftest import FAST_SERVICE
-from tests.conftest import TINY_EVERYWHERE, LiveServer, picture_bytes
+from tests.conftest import TINY_EVERYWHERE, LiveServer, asgi_client, picture_bytes
 
 pytestmark = pytest.mark.anyio
 
@@ -155,8 +154,7 @@ async def service(tmp_path: Path, engine: Engine) -> AsyncIterator[Service]:
 
 @pytest.fixture
 async def client(service: Service) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(service, manage_service=False))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60, headers=AUTH) as client:
+    async with asgi_client(service, headers=AUTH) as client:
         yield client
 
 
@@ -265,11 +263,9 @@ async def test_unknown_tasks_and_paths(client: httpx.AsyncClient) -> None:
 async def test_a_model_this_server_does_not_serve_is_code_505(tmp_path: Path) -> None:
     settings = Settings(**TINY_EVERYWHERE, models=(ModelName.QWEN_IMAGE,), data_dir=tmp_path / "data")
     service = Service.build(settings, run_worker=False)
-    async with service.running():
-        transport = httpx.ASGITransport(app=create_app(service, manage_service=False))
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            edit = {"model": "qwen/image-edit", "input": {"prompt": "x", "image_url": png_data_uri()}}
-            assert_envelope(await client.post(CREATE, json=edit), 505)
+    async with service.running(), asgi_client(service) as client:
+        edit = {"model": "qwen/image-edit", "input": {"prompt": "x", "image_url": png_data_uri()}}
+        assert_envelope(await client.post(CREATE, json=edit), 505)
 
 
 def test_defaults_and_guidance_becomes_true_cfg() -> None:

@@ -19,7 +19,6 @@ import httpx
 import pytest
 from PIL import Image
 
-from qwen_image_server.api.app import create_app
 from qwen_image_server.api.novita.schemas import DEFAULT_SIZE, EditBody, Txt2ImgBody
 from qwen_image_server.api.novita.translate import (
     callback_payload,
@@ -35,7 +34,7 @@ from qwen_image_server.service import Service
 from qwen_image_server.settings import Settings
 from qwen_image_server.tasks.model import Progress, StoredImage, Task, TaskError, TaskStatus
 from qwen_image_server.tasks.store import TaskNotFound
-from tests.conftest import TINY_EVERYWHERE, LiveServer, picture_bytes
+from tests.conftest import TINY_EVERYWHERE, LiveServer, asgi_client, picture_bytes
 
 TXT2IMG = "/v3/async/qwen-image-txt2img"
 EDIT = "/v3/async/qwen-image-edit"
@@ -187,8 +186,7 @@ async def service(tmp_path: Path) -> AsyncIterator[Service]:
 
 @pytest.fixture
 async def client(service: Service) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(service, manage_service=False))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver", headers=AUTH) as client:
+    async with asgi_client(service, headers=AUTH) as client:
         yield client
 
 

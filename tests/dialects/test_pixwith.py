@@ -21,14 +21,13 @@ import httpx
 import pytest
 from PIL import Image
 
-from qwen_image_server.api.app import create_app
 from qwen_image_server.api.pixwith.schemas import CreateBody
 from qwen_image_server.api.pixwith.translate import estimated_time, task_data, to_generation_request
 from qwen_image_server.domain import GenerationRequest, ModelName, OutputFormat
 from qwen_image_server.service import Service
 from qwen_image_server.settings import Settings
 from qwen_image_server.tasks.model import Progress, StoredImage, Task, TaskError, TaskStatus
-from tests.conftest import TINY_EVERYWHERE, LiveServer, picture_bytes
+from tests.conftest import TINY_EVERYWHERE, LiveServer, asgi_client, picture_bytes
 
 CREATE = "/api/task/create"
 GET = "/api/task/get"
@@ -149,8 +148,7 @@ async def service(tmp_path: Path) -> AsyncIterator[Service]:
 
 @pytest.fixture
 async def client(service: Service) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(service, manage_service=False))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver", headers=AUTH) as client:
+    async with asgi_client(service, headers=AUTH) as client:
         yield client
 
 

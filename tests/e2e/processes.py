@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from bench.common import wait_until_ready
 
 # Short leases and polls, so that crashes are noticed and tasks picked up within a second or two.
 FAST_ENV = {
@@ -89,16 +90,7 @@ def start_worker(data_dir: Path, name: str, **env: str) -> Process:
 
 
 def wait_ready(server: Process, port: int, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert server.alive, server.output()
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"server never became ready:\n{server.output()}")
+    wait_until_ready(f"http://127.0.0.1:{port}", alive=lambda: server.alive, explain=server.output, timeout=timeout)
 
 
 def wait_until(

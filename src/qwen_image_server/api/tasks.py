@@ -23,6 +23,7 @@ from qwen_image_server.safe_fetch import IPNetwork, check_url
 from qwen_image_server.service import Service
 from qwen_image_server.sources import read_remote_image
 from qwen_image_server.tasks.model import Idempotency, NewTask, Task, TaskStatus, utcnow
+from qwen_image_server.tasks.outbox import Callback
 from qwen_image_server.tasks.store import TaskConflict, TaskNotFound
 
 MAX_INPUT_IMAGES = 3
@@ -148,13 +149,19 @@ def requested_wait(request: Request, service: Service) -> float:
     return min(seconds, service.settings.max_wait_seconds)
 
 
+async def next_state(service: Service, task: Task, within: float | None = None) -> Task:
+    """The task as it is after its next change in this process (the store wakes us), or after one
+    `progress_interval_seconds` (or `within`, if shorter): the poll that sees other processes' changes."""
+    interval = service.settings.progress_interval_seconds
+    await service.store.wait_for_change(task.id, interval if within is None else min(interval, within))
+    return await service.store.get(task.id)
+
+
 async def wait_for_end(service: Service, task: Task, seconds: float) -> Task:
-    """Poll until the task is terminal or `seconds` pass; return its latest state."""
+    """Follow the task until it is terminal or `seconds` pass; return its latest state."""
     deadline = time.monotonic() + seconds
     while not task.status.is_terminal and time.monotonic() < deadline:
-        wait = min(service.settings.progress_interval_seconds, max(deadline - time.monotonic(), 0))
-        await service.store.wait_for_change(task.id, wait)
-        task = await service.store.get(task.id)
+        task = await next_state(service, task, within=max(deadline - time.monotonic(), 0))
     return task
 
 
@@ -176,18 +183,25 @@ async def wait_attended(service: Service, task: Task, request: Request, limit: f
     while not task.status.is_terminal:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            await _give_up(service, task)
+            await abandon(service, task)
             raise WaitTimedOut(f"the images were not ready within {limit:g} seconds; the task was canceled")
         task = await wait_for_end(service, task, min(remaining, 1.0))
         if not task.status.is_terminal and await request.is_disconnected():
-            await _give_up(service, task)
+            await abandon(service, task)
             raise ClientGone("the client closed the connection; the task was canceled")
     return task
 
 
-async def _give_up(service: Service, task: Task) -> None:
+async def abandon(service: Service, task: Task) -> None:
+    """Cancel a task nobody will collect (its client left or gave up); no error if it has ended."""
     with contextlib.suppress(TaskNotFound, TaskConflict):
         await service.store.request_cancel(task.id)
+
+
+async def task_callbacks(service: Service, task_id: str, caller: Caller) -> list[Callback]:
+    """The callback of the caller's task, with every delivery attempt (none before the task ends)."""
+    task = await owned_task(service, task_id, caller)
+    return await service.callbacks.for_task(task.id)
 
 
 class ResultLinks(SignedLinks):

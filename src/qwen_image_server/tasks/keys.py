@@ -109,18 +109,21 @@ class SqlKeyStore:
         return _key(row)
 
     async def webhook_secret(self, key_id: str) -> str:
-        """The secret that signs the key's callbacks (made now for keys older than callbacks)."""
-        async with self._store.write() as conn:
-            await conn.execute(
-                update(api_keys)
-                .where(api_keys.c.id == key_id, api_keys.c.webhook_secret.is_(None))
-                .values(webhook_secret=new_webhook_secret())
-            )
-            query = select(api_keys.c.webhook_secret).where(api_keys.c.id == key_id)
-            secret = (await conn.execute(query)).scalar_one_or_none()
-        if secret is None:
+        """The secret that signs the key's callbacks (made on first use for keys older than callbacks)."""
+        query = select(api_keys.c.id, api_keys.c.webhook_secret).where(api_keys.c.id == key_id)
+        async with self._store.read_engine.connect() as conn:  # once made, only read: no write lock
+            row = (await conn.execute(query)).first()
+        if row is not None and row.webhook_secret is None:
+            async with self._store.write() as conn:
+                await conn.execute(
+                    update(api_keys)
+                    .where(api_keys.c.id == key_id, api_keys.c.webhook_secret.is_(None))
+                    .values(webhook_secret=new_webhook_secret())
+                )
+                row = (await conn.execute(query)).first()
+        if row is None:
             raise KeyNotFound(f"there is no key {key_id!r}; `qwen-image keys list` shows them")
-        return str(secret)
+        return str(row.webhook_secret)
 
     async def authenticate(self, token: str) -> ApiKey | None:
         """The active key `token` names, or None (malformed, unknown, wrong secret or revoked)."""

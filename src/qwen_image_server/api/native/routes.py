@@ -16,9 +16,11 @@ from qwen_image_server.api.tasks import (
     ResultLinks,
     fetch_input_images,
     idempotency_of,
+    next_state,
     owned_task,
     requested_wait,
     submit,
+    task_callbacks,
     wait_for_end,
 )
 from qwen_image_server.service import Service
@@ -88,11 +90,10 @@ def native_router(service: Service) -> APIRouter:
         return await render(await service.store.request_cancel(task_id), request)
 
     @router.get("/{task_id}/callbacks", response_model=CallbackListOut)
-    async def task_callbacks(task_id: str, request: Request) -> CallbackListOut:
+    async def list_task_callbacks(task_id: str, request: Request) -> CallbackListOut:
         """The task's callback and every delivery attempt (empty until the task ends, or when it has
         no callback URL)."""
-        task = await owned_task(service, task_id, await caller_of(request))
-        found = await service.callbacks.for_task(task.id)
+        found = await task_callbacks(service, task_id, await caller_of(request))
         return CallbackListOut(data=[to_callback_out(callback) for callback in found])
 
     @router.get("/{task_id}/events", response_class=EventSourceResponse, responses=EVENT_STREAM)
@@ -121,8 +122,7 @@ async def _events(service: Service, task: Task, request: Request) -> AsyncIterat
             yield _event(task, links, position)
         if task.status.is_terminal or await request.is_disconnected():
             return
-        await service.store.wait_for_change(task.id, service.settings.progress_interval_seconds)
-        task = await service.store.get(task.id)
+        task = await next_state(service, task)
 
 
 def _event(task: Task, links: ResultLinks, position: int | None) -> dict[str, str]:

@@ -22,7 +22,7 @@ from qwen_image_server.api.errors import invalid_request_from
 from qwen_image_server.api.openai import translate
 from qwen_image_server.api.openai.schemas import GenerationBody, ImageData, ImageOptions, ImagesResponse
 from qwen_image_server.api.spec import EVENT_STREAM
-from qwen_image_server.api.tasks import ResultLinks, idempotency_of, submit, wait_attended
+from qwen_image_server.api.tasks import ResultLinks, abandon, idempotency_of, next_state, submit, wait_attended
 from qwen_image_server.domain import GenerationRequest
 from qwen_image_server.errors import InvalidRequest, QwenImageError
 from qwen_image_server.service import Service
@@ -183,11 +183,10 @@ async def _stream(
         sent_previews = len(task.previews)
         if task.status.is_terminal or await request.is_disconnected():
             break
-        await service.store.wait_for_change(task.id, service.settings.progress_interval_seconds)
-        task = await service.store.get(task.id)
+        task = await next_state(service, task)
     if task.status is not TaskStatus.SUCCEEDED:
         if not task.status.is_terminal:  # the client left: nobody wants the images
-            await service.store.request_cancel(task.id)
+            await abandon(service, task)
             return
         error = TaskFailed(task)
         body = {"type": "error", "error": {"message": error.message, "type": "server_error", "code": error.code}}
