@@ -3,15 +3,18 @@ diffusers pipeline call, and what sits in the gap between one task's end and the
 
 The real service runs in this process (SQLite task store, local result folder, the worker with the
 tiny model on the CPU, default settings); the queue is filled before the worker starts. The pipeline
-call and the engine's `generate` are timed by thin wrappers, so each gap splits into:
-- encode: the pipeline returned -> `generate` returned (the engine encodes the images);
-- worker: `generate` returned -> the next `generate` started (storing, database writes, claiming);
-- prepare: the next `generate` started -> its pipeline call started (prompt checks, arguments).
+call, the engine's `render` and the encoding of each image are timed by thin wrappers, so each gap
+splits into:
+- after: the pipeline returned -> `render` returned (the engine's own work after its last call);
+- worker: `render` returned -> the next `render` started (in the pipelined worker only the lane's
+  hand-over; in the sequential one encoding, storing, database writes and the claim);
+- prepare: the next `render` started -> its pipeline call started (prompt checks, arguments).
+The encode row is the time each image takes to encode, wherever it runs.
 
 Two worker modes, run one after the other on the same engine: `pipelined` (the worker as it ships:
 the next task is claimed during the current one's last step and queued in the engine's lane, while
-the finished one is stored and completed) and `sequential` (`max_in_flight = 1`: claim, generate,
-store, complete, then claim the next, as the worker did before the lane).
+the finished one is encoded, stored and completed) and `sequential` (`max_in_flight = 1`: claim,
+render, encode, store, complete, then claim the next, as the worker did before the lane).
 
 Target (docs/performance.md): duty cycle >= 0.98 and median gap < 10 ms.
 
@@ -41,6 +44,7 @@ if __package__ in (None, ""):  # run as `python bench/duty_cycle.py`: make the `
 from bench.common import TINY_CHECKPOINTS, Summary, emit, machine, note, quiet_libraries, table
 from qwen_image_server.domain import GenerationRequest, ModelName
 from qwen_image_server.engine import Engine
+from qwen_image_server.engine.engine import RenderedPicture
 from qwen_image_server.service import Service
 from qwen_image_server.settings import Settings
 from qwen_image_server.tasks.model import TERMINAL_STATUSES, NewTask, TaskStatus
@@ -50,10 +54,11 @@ Span = tuple[float, float]  # (start, end), time.perf_counter() seconds
 
 @dataclass
 class Timeline:
-    """Start and end of every pipeline call and every `Engine.generate` call, in call order."""
+    """Start and end of every pipeline call, `Engine.render` call and image encoding."""
 
     pipeline: list[Span] = field(default_factory=list)
-    generate: list[Span] = field(default_factory=list)
+    render: list[Span] = field(default_factory=list)
+    encode: list[Span] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def timed(self, spans: list[Span], call: Callable[..., Any]) -> Callable[..., Any]:
@@ -70,18 +75,21 @@ class Timeline:
 
 @contextlib.contextmanager
 def instrumented(engine: Engine, timeline: Timeline) -> Iterator[None]:
-    """Time the engine's generate calls and the diffusers pipeline calls inside them."""
+    """Time the engine's render calls, the diffusers pipeline calls inside them and the encodings."""
     pipeline = engine.pipeline(ModelName.QWEN_IMAGE)
     base = type(pipeline)
     timed_call = timeline.timed(timeline.pipeline, base.__call__)
     # A subclass made for this one object: the call syntax looks `__call__` up on the class.
     pipeline.__class__ = type(f"Timed{base.__name__}", (base,), {"__call__": timed_call})
-    engine.generate = timeline.timed(timeline.generate, engine.generate)  # type: ignore[method-assign]
+    engine.render = timeline.timed(timeline.render, engine.render)  # type: ignore[method-assign]
+    encode = RenderedPicture.encode
+    RenderedPicture.encode = timeline.timed(timeline.encode, encode)  # type: ignore[method-assign]
     try:
         yield
     finally:
         pipeline.__class__ = base
-        del engine.generate  # the class's method again
+        del engine.render  # the class's method again
+        RenderedPicture.encode = encode  # type: ignore[method-assign]
 
 
 @dataclass(frozen=True)
@@ -89,37 +97,41 @@ class DutyCycle:
     duty: float  # time inside pipeline calls / wall time from the first call's start to the last's end
     tasks_per_s: float
     gaps_ms: Summary  # next pipeline start - previous pipeline end
-    encode_ms: Summary
+    after_ms: Summary
     worker_ms: Summary
     prepare_ms: Summary
+    encode_ms: Summary  # each image's encoding, in the gap or overlapped with the next pipeline
 
 
 def analyse(timelines: list[Timeline]) -> DutyCycle:
     """The duty cycle over several runs: the time inside pipeline calls over the runs' windows
     (first call's start to last call's end, each), and every gap between consecutive calls."""
     busy = wall = spacing = 0.0
-    gaps: dict[str, list[float]] = {"gap": [], "encode": [], "worker": [], "prepare": []}
+    gaps: dict[str, list[float]] = {"gap": [], "after": [], "worker": [], "prepare": []}
+    encodes: list[float] = []
     calls = 0
     for timeline in timelines:
-        pipeline, generate = sorted(timeline.pipeline), sorted(timeline.generate)
-        if len(pipeline) < 2 or len(generate) != len(pipeline):
-            raise RuntimeError(f"expected one pipeline call per generate, got {len(pipeline)} and {len(generate)}")
+        pipeline, render = sorted(timeline.pipeline), sorted(timeline.render)
+        if len(pipeline) < 2 or len(render) != len(pipeline):
+            raise RuntimeError(f"expected one pipeline call per render, got {len(pipeline)} and {len(render)}")
+        encodes += [end - start for start, end in timeline.encode]
         busy += sum(end - start for start, end in pipeline)
         wall += pipeline[-1][1] - pipeline[0][0]
         spacing += pipeline[-1][0] - pipeline[0][0]
         calls += len(pipeline) - 1
         for i in range(len(pipeline) - 1):
             gaps["gap"].append(pipeline[i + 1][0] - pipeline[i][1])
-            gaps["encode"].append(generate[i][1] - pipeline[i][1])
-            gaps["worker"].append(generate[i + 1][0] - generate[i][1])
-            gaps["prepare"].append(pipeline[i + 1][0] - generate[i + 1][0])
+            gaps["after"].append(render[i][1] - pipeline[i][1])
+            gaps["worker"].append(render[i + 1][0] - render[i][1])
+            gaps["prepare"].append(pipeline[i + 1][0] - render[i + 1][0])
     return DutyCycle(
         duty=busy / wall,
         tasks_per_s=calls / spacing,
         gaps_ms=_ms(gaps["gap"]),
-        encode_ms=_ms(gaps["encode"]),
+        after_ms=_ms(gaps["after"]),
         worker_ms=_ms(gaps["worker"]),
         prepare_ms=_ms(gaps["prepare"]),
+        encode_ms=_ms(encodes),
     )
 
 
@@ -206,9 +218,10 @@ def _report(results: dict[str, DutyCycle], args: argparse.Namespace, count: int)
         rows.append((f"{mode}: duty cycle {result.duty:.4f}, {result.tasks_per_s:.2f} tasks/s", "", "", ""))
         for name, summary in (
             ("  gap (pipeline end -> next start)", result.gaps_ms),
-            ("    encode (in the engine)", result.encode_ms),
-            ("    worker (store, complete, claim)", result.worker_ms),
-            ("    prepare (next generate -> pipeline)", result.prepare_ms),
+            ("    after (pipeline end -> render returns)", result.after_ms),
+            ("    worker (render returns -> next render)", result.worker_ms),
+            ("    prepare (next render -> pipeline)", result.prepare_ms),
+            ("  encode, per image (wherever it runs)", result.encode_ms),
         ):
             rows.append((name, summary.median, summary.p95, summary.max))
     print(table([f"{args.rounds} x {count} tasks, ms", "median", "p95", "max"], rows))
@@ -234,9 +247,10 @@ def _mode_record(result: DutyCycle) -> dict[str, object]:
         "duty_cycle": round(result.duty, 4),
         "tasks_per_s": round(result.tasks_per_s, 3),
         "gap_ms": result.gaps_ms.as_dict(2),
-        "encode_ms": result.encode_ms.as_dict(2),
+        "after_ms": result.after_ms.as_dict(2),
         "worker_ms": result.worker_ms.as_dict(2),
         "prepare_ms": result.prepare_ms.as_dict(2),
+        "encode_ms": result.encode_ms.as_dict(2),
     }
 
 

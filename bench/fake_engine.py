@@ -12,6 +12,7 @@ import io
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from PIL import Image
 
@@ -25,6 +26,16 @@ def _png() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (_SIDE, _SIDE), (120, 60, 30)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """An image that needs no encoding (the worker's `RenderedImage`)."""
+
+    result: ImageResult
+
+    def encode(self) -> ImageResult:
+        return self.result
 
 
 class InstantEngine:
@@ -43,14 +54,14 @@ class InstantEngine:
     def validate(self, request: GenerationRequest) -> None:
         """Nothing to check without a tokenizer."""
 
-    def generate(
+    def render(
         self,
         request: GenerationRequest,
         *,
         on_step: Callable[[StepProgress], None] | None = None,
         on_partial: Callable[[ImageResult], None] | None = None,
         cancel: threading.Event | None = None,
-    ) -> list[ImageResult]:
+    ) -> list[Encoded]:
         steps = request.num_inference_steps
         total = steps * request.num_images_per_prompt
         results = []
@@ -62,5 +73,5 @@ class InstantEngine:
                     on_step(StepProgress(step=index * steps + step + 1, total=total, image_index=index))
                 if cancel is not None and cancel.is_set():
                     raise GenerationCanceled("the generation was canceled")
-            results.append(ImageResult(self._png, OutputFormat.PNG, _SIDE, _SIDE, seed=seed, index=index))
+            results.append(Encoded(ImageResult(self._png, OutputFormat.PNG, _SIDE, _SIDE, seed=seed, index=index)))
         return results

@@ -13,7 +13,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 from pydantic import (
     BaseModel,
@@ -359,6 +359,13 @@ class ImageResult:
     @property
     def content_type(self) -> str:
         return self.output_format.content_type
+
+
+class RenderedImage(Protocol):
+    """An output image made but not yet encoded: the engine hands these back so that encoding runs
+    outside the engine, overlapped with the next generation."""
+
+    def encode(self) -> ImageResult: ...
 
 
 @dataclass(frozen=True)

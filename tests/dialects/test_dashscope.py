@@ -28,7 +28,7 @@ from qwen_image_server.api.dashscope.translate import (
     resolve_model,
     to_generation_request,
 )
-from qwen_image_server.domain import GenerationRequest, ImageResult, ModelName
+from qwen_image_server.domain import GenerationRequest, ModelName, RenderedImage
 from qwen_image_server.engine import Engine
 from qwen_image_server.errors import (
     CheckpointUnavailable,
@@ -436,7 +436,7 @@ class FailingEngine:
         if "long" in request.prompt:
             raise PromptTooLong("prompt is 2000 tokens long; the limit is 1024 tokens", param="prompt")
 
-    def generate(self, request: GenerationRequest, **_: object) -> list[ImageResult]:
+    def render(self, request: GenerationRequest, **_: object) -> list[RenderedImage]:
         self.validate(request)
         raise GenerationFailed("CUDA out of memory")
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qwen_image_server.domain import GenerationRequest, ModelName, OutputFormat, StepProgress
+from qwen_image_server.domain import GenerationRequest, ImageResult, ModelName, OutputFormat, StepProgress
 from qwen_image_server.engine import Engine
 from qwen_image_server.errors import GenerationCanceled, PromptTooLong
 
@@ -55,6 +55,29 @@ def test_each_image_of_a_batch_is_reproduced_alone_by_its_seed(engine: Engine) -
     for result in batch:
         [alone] = engine.generate(request(seed=result.seed))
         assert np.array_equal(pixels(alone.data), pixels(result.data))
+
+
+def test_rendered_pictures_are_encoded_later_on_another_thread_to_the_same_images(engine: Engine) -> None:
+    # The worker's path: the engine hands pictures back unencoded and runs the next request while
+    # they are encoded elsewhere; the encoded images are those `generate` makes.
+    asked = request(num_images_per_prompt=2, seed=40, output_format="webp", output_quality=90)
+    rendered = engine.render(asked)
+    assert [(picture.index, picture.seed, picture.picture.size) for picture in rendered] == [
+        (0, 40, (256, 256)),
+        (1, 41, (256, 256)),
+    ]
+    engine.generate(request(seed=3))  # the engine is free for the next request meanwhile
+    encoded: list[ImageResult] = []
+    encoder = threading.Thread(target=lambda: encoded.extend(picture.encode() for picture in rendered))
+    encoder.start()
+    encoder.join()
+    expected = engine.generate(asked)
+    assert [(result.output_format, result.seed, result.index) for result in encoded] == [
+        (OutputFormat.WEBP, 40, 0),
+        (OutputFormat.WEBP, 41, 1),
+    ]
+    for got, made in zip(encoded, expected, strict=True):
+        assert np.array_equal(pixels(got.data), pixels(made.data))
 
 
 def test_the_prompt_matters(engine: Engine) -> None:

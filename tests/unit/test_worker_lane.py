@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from bench.fake_engine import InstantEngine
+from bench.fake_engine import Encoded, InstantEngine
 
-from qwen_image_server.domain import GenerationRequest, ModelName
+from qwen_image_server.domain import GenerationRequest, ImageResult, ModelName, RenderedImage
 from qwen_image_server.service import Service
 from qwen_image_server.settings import Settings
 from qwen_image_server.tasks.model import NewTask, Task, TaskStatus
@@ -28,12 +30,13 @@ def _request(seed: int, steps: int) -> GenerationRequest:
     )
 
 
-def _service(tmp_path: Path) -> Service:
+def _service(tmp_path: Path, engine: InstantEngine | None = None) -> Service:
     settings = Settings(
         data_dir=tmp_path / "data", models=(ModelName.QWEN_IMAGE,), progress_interval_seconds=0.05,
         poll_interval_seconds=0.05, drain_seconds=10.0,
     )  # fmt: skip
-    return Service.build(settings, engine=InstantEngine(step_seconds=STEP_SECONDS), run_worker=True)
+    engine = engine or InstantEngine(step_seconds=STEP_SECONDS)
+    return Service.build(settings, engine=engine, run_worker=True)
 
 
 async def _wait_for(service: Service, task_id: str, *statuses: TaskStatus, timeout: float = 30) -> Task:
@@ -71,3 +74,48 @@ async def test_a_draining_worker_hands_back_a_task_that_has_not_started(tmp_path
         finished = await _wait_for(service, first.id, TaskStatus.SUCCEEDED, TaskStatus.FAILED)
     assert finished.status is TaskStatus.SUCCEEDED, "the running task had its drain time"
     assert released.attempts == 0, "a withdrawn claim is not counted as an attempt"
+
+
+class GatedEncodingEngine(InstantEngine):
+    """The first task's image finishes encoding only once the second task has started rendering:
+    if the worker encoded in the gap between the two (on the engine's thread, or before handing
+    over), the second would never start and the encoding would give up waiting."""
+
+    def __init__(self) -> None:
+        super().__init__(step_seconds=0.02)
+        self.second_started = threading.Event()
+        self.threads: dict[str, str] = {}  # what ran -> the thread it ran on
+        self.overlapped: bool | None = None
+
+    def render(self, request: GenerationRequest, **options: object) -> list[RenderedImage]:
+        self.threads[f"render {request.seed}"] = threading.current_thread().name
+        if request.seed == 2:
+            self.second_started.set()
+        rendered = super().render(request, **options)  # type: ignore[arg-type]
+        if request.seed != 1:
+            return list(rendered)
+        return [_Gated(self, image) for image in rendered]
+
+
+@dataclass
+class _Gated:
+    engine: GatedEncodingEngine
+    image: Encoded
+
+    def encode(self) -> ImageResult:
+        self.engine.threads["encode 1"] = threading.current_thread().name
+        self.engine.overlapped = self.engine.second_started.wait(timeout=10)
+        return self.image.encode()
+
+
+async def test_images_are_encoded_off_the_engine_while_the_next_task_renders(tmp_path: Path) -> None:
+    engine = GatedEncodingEngine()
+    service = _service(tmp_path, engine)
+    await service.store.start()
+    ids = [(await service.store.create(NewTask(_request(seed, steps=3)))).id for seed in (1, 2)]
+    async with service.running():
+        tasks = [await _wait_for(service, task_id, TaskStatus.SUCCEEDED, TaskStatus.FAILED) for task_id in ids]
+    assert [task.status for task in tasks] == [TaskStatus.SUCCEEDED] * 2
+    assert engine.overlapped is True, "the second task started only after the first one's images were encoded"
+    assert engine.threads["encode 1"] != engine.threads["render 1"] == engine.threads["render 2"]
+    assert [image.seed for image in tasks[0].results] == [1]

@@ -25,6 +25,7 @@ from qwen_image_server.settings import Settings
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
+    from PIL import Image
 
     from qwen_image_server.domain import GenerationRequest
     from qwen_image_server.engine.loading import Checkpoint, ComponentPool
@@ -155,19 +156,50 @@ class Engine:
         on_partial: PartialCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> list[ImageResult]:
-        """Run `request` to completion; raise `GenerationCanceled` if `cancel` is set meanwhile.
-        `on_partial` receives the previews of `request.partial_images` as they are decoded."""
-        from qwen_image_server.engine.run import Generation, encode_result
+        """Run `request` to completion and encode its images; raise `GenerationCanceled` if `cancel`
+        is set meanwhile. `on_partial` receives the previews of `request.partial_images` as they are
+        decoded."""
+        rendered = self.render(request, on_step=on_step, on_partial=on_partial, cancel=cancel)
+        return [picture.encode() for picture in rendered]
+
+    def render(
+        self,
+        request: GenerationRequest,
+        *,
+        on_step: StepCallback | None = None,
+        on_partial: PartialCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> list[RenderedPicture]:
+        """As `generate`, but the images come back not yet encoded: the engine is free again as soon
+        as the last pipeline call returns, and the caller encodes them on another thread while the
+        next request runs (the worker does; see docs/performance.md, duty cycle)."""
+        from qwen_image_server.engine.run import Generation
 
         with self._lock:
             self.validate(request)
             pipeline = self._pipeline(request.model, inpaint=request.is_inpaint)
             run = Generation(pipeline, request, on_step=on_step, on_partial=on_partial, cancel=cancel)
-            results = []
+            pictures = []
             for index, seed in enumerate(request.image_seeds):
                 run.raise_if_canceled()
-                results.append(encode_result(request, run.image(index, seed), index, seed))
-            return results
+                pictures.append(RenderedPicture(request, run.image(index, seed), index, seed))
+            return pictures
+
+
+@dataclass(frozen=True)
+class RenderedPicture:
+    """One output image as the pipeline made it, not yet encoded (`encode` releases the GIL while it
+    compresses, so it overlaps the next pipeline call)."""
+
+    request: GenerationRequest
+    picture: Image.Image
+    index: int
+    seed: int
+
+    def encode(self) -> ImageResult:
+        from qwen_image_server.engine.run import encode_result
+
+        return encode_result(self.request, self.picture, self.index, self.seed)
 
 
 def _quiet_libraries() -> None:

@@ -1,4 +1,4 @@
-"""The worker: claim a task -> run the engine -> store the images -> complete the task.
+"""The worker: claim a task -> run the engine -> encode and store the images -> complete the task.
 
 The engine call blocks, so it runs in a thread; the event loop meanwhile writes progress (throttled
 to `progress_interval_seconds`), extends the task's lease, and picks up cancel requests, which it
@@ -6,9 +6,10 @@ passes to the engine through a `threading.Event` that the engine checks after ev
 
 Between two tasks the engine does not wait for the worker: the next task is claimed while the
 current one runs its last step and is queued in the engine's lane (worker/lane.py), which starts it
-as soon as the current call returns. Storing the finished task's images and its completion write
-run meanwhile, overlapped with the next task's pipeline. So a worker holds at most one task beyond
-the one running, for about one step, and at most `MAX_IN_FLIGHT` tasks in all.
+as soon as the current call returns. Encoding the finished task's images (the engine hands them
+back unencoded; they are encoded on a thread of the loop's pool), storing them and the completion
+write run meanwhile, overlapped with the next task's pipeline. So a worker holds at most one task
+beyond the one running, for about one step, and at most `MAX_IN_FLIGHT` tasks in all.
 
 On stop (SIGTERM), the worker claims nothing more, hands a task that has not started back to the
 queue at once, and gives the running task `drain_seconds` to finish; after that it stops the task at
@@ -34,7 +35,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
-from qwen_image_server.domain import GenerationRequest, ImageResult, ModelName, StepProgress
+from qwen_image_server.domain import GenerationRequest, ImageResult, ModelName, RenderedImage, StepProgress
 from qwen_image_server.errors import GenerationCanceled, QwenImageError
 from qwen_image_server.results.store import ResultStore
 from qwen_image_server.settings import Settings
@@ -60,14 +61,15 @@ class GenerationEngine(Protocol):
     def validate(self, request: GenerationRequest) -> None:
         """The checks that need the model (prompt length in tokens)."""
 
-    def generate(
+    def render(
         self,
         request: GenerationRequest,
         *,
         on_step: Callable[[StepProgress], None] | None = None,
         on_partial: Callable[[ImageResult], None] | None = None,
         cancel: threading.Event | None = None,
-    ) -> list[ImageResult]: ...
+    ) -> Sequence[RenderedImage]:
+        """Run the request; the images come back unencoded (the worker encodes them off the engine)."""
 
 
 class StopReason(StrEnum):
@@ -244,14 +246,16 @@ class Worker:
             if not self._database_unreachable(exc, "announcing this worker"):
                 raise  # else the next announcement, a third of a lease later, tries again
 
-    async def _see_through(self, task: Task, run: _Run, job: Job[list[ImageResult]]) -> None:
+    async def _see_through(self, task: Task, run: _Run, job: Job[Sequence[RenderedImage]]) -> None:
         """Follow a claimed task in the lane to a final state (or back to the queue)."""
         await self._watch(task, run, job)
         if job.future.cancelled():  # withdrawn before it started: the worker is draining
             await self._after_stop(task, run)
             return
         try:
-            images = await job.result
+            rendered = await job.result
+            # Off the engine's thread: the lane starts the next task while these are encoded.
+            images = await asyncio.to_thread(_encode_all, rendered)
         except GenerationCanceled:
             await self._after_stop(task, run)
             return
@@ -264,15 +268,15 @@ class Worker:
             return
         await self._complete(task, images, run)
 
-    def _generate(self, task: Task, run: _Run, near_end: Callable[[], None]) -> list[ImageResult]:
+    def _generate(self, task: Task, run: _Run, near_end: Callable[[], None]) -> Sequence[RenderedImage]:
         def on_step(progress: StepProgress) -> None:
             run.latest = progress
             if progress.step == progress.total - 1:
                 near_end()  # the last step starts: claim the next task while it runs
 
-        return self.engine.generate(task.request, on_step=on_step, on_partial=run.partials.append, cancel=run.cancel)
+        return self.engine.render(task.request, on_step=on_step, on_partial=run.partials.append, cancel=run.cancel)
 
-    async def _watch(self, task: Task, run: _Run, job: Job[list[ImageResult]]) -> None:
+    async def _watch(self, task: Task, run: _Run, job: Job[Sequence[RenderedImage]]) -> None:
         """While the task waits in the lane and while it runs: write progress, keep the lease, relay
         cancel and drain (a task that has not started yet is withdrawn at once)."""
         generation = job.result
@@ -351,3 +355,7 @@ class Worker:
             await self._until_written(f"failing task {task.id}", lambda: self.store.fail(task.id, self.id, error))
         except TaskConflict:
             log.warning("task %s failed after its lease was lost", task.id)
+
+
+def _encode_all(rendered: Sequence[RenderedImage]) -> list[ImageResult]:
+    return [image.encode() for image in rendered]
