@@ -126,3 +126,12 @@ def test_encode_writes_the_asked_format(fmt: str) -> None:
 def test_quality_changes_lossy_output() -> None:
     noise = Image.effect_noise((128, 128), 80).convert("RGB")
     assert len(encode_image(noise, "jpeg", 95)) > len(encode_image(noise, "jpeg", 20))
+
+
+def test_png_keeps_every_pixel_and_compresses_smooth_pictures() -> None:
+    noise = Image.merge("RGB", [Image.effect_noise((96, 64), sigma) for sigma in (20, 60, 120)])
+    assert Image.open(io.BytesIO(encode_image(noise, "png", 90))).tobytes() == noise.tobytes()
+    gradient = Image.linear_gradient("L").resize((256, 256)).convert("RGB")
+    data = encode_image(gradient, "png", 90)
+    assert Image.open(io.BytesIO(data)).tobytes() == gradient.tobytes()
+    assert len(data) < len(gradient.tobytes()) / 20, "the run-length strategy still compresses"
