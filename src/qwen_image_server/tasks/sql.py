@@ -27,7 +27,21 @@ from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequen
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Column, ColumnElement, and_, case, delete, func, insert, literal, or_, select, update
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Select,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -216,17 +230,10 @@ class SqlTaskStore:
 
     async def queue_position(self, task_id: str) -> int | None:
         async with self._read_only.connect() as conn:
-            row = await _task_row(conn, task_id)
-            if row is None:
-                raise TaskNotFound(f"there is no task {task_id!r}")
-            if row["status"] != QUEUED:
-                return None
-            ahead = or_(
-                tasks.c.priority > row["priority"],
-                and_(tasks.c.priority == row["priority"], _before(row["created_at"], row["id"])),
-            )
-            query = select(func.count()).select_from(tasks).where(tasks.c.status == QUEUED, ahead)
-            return int((await conn.execute(query)).scalar_one())
+            row = (await conn.execute(_QUEUE_POSITION, {"task_id": task_id})).first()
+        if row is None:
+            raise TaskNotFound(f"there is no task {task_id!r}")
+        return None if row.ahead is None else int(row.ahead)
 
     async def request_cancel(self, task_id: str) -> Task:
         now = self._clock()
@@ -426,6 +433,29 @@ class SqlTaskStore:
 
 async def _task_row(conn: AsyncConnection, task_id: str) -> Row | None:
     return (await conn.execute(select(tasks).where(tasks.c.id == task_id))).mappings().first()
+
+
+def _queue_position_query() -> Select[tuple[str, int | None]]:
+    """One statement, built once: the task's status and, if it is queued, how many queued tasks come
+    before it (higher priority, or the same priority and created earlier). Called on every read of a
+    queued task by the native API, so it is one round trip with no SQL built per call."""
+    task, ahead = tasks.alias("task"), tasks.alias("ahead")
+    comes_before = or_(
+        ahead.c.priority > task.c.priority,
+        and_(
+            ahead.c.priority == task.c.priority,
+            or_(
+                ahead.c.created_at < task.c.created_at,
+                and_(ahead.c.created_at == task.c.created_at, ahead.c.id < task.c.id),
+            ),
+        ),
+    )
+    count = select(func.count()).select_from(ahead).where(ahead.c.status == QUEUED, comes_before).scalar_subquery()
+    position = case((task.c.status == QUEUED, count), else_=None).label("ahead")
+    return select(task.c.status, position).where(task.c.id == bindparam("task_id"))
+
+
+_QUEUE_POSITION = _queue_position_query()
 
 
 def _before(created_at: datetime, task_id: str) -> ColumnElement[bool]:
