@@ -56,6 +56,16 @@ async def test_a_revoked_key_fails_at_once(client: httpx.AsyncClient, service: S
     assert (await client.get("/v1/tasks", headers=bearer(token))).status_code == 401
 
 
+async def test_revoking_the_last_key_does_not_open_the_server(client: httpx.AsyncClient, service: Service) -> None:
+    key, token = await service.keys.create("only")
+    await service.keys.revoke(key.id)
+    for headers in ({}, bearer(token)):
+        refused = await client.post("/v1/tasks", json=TINY_TASK, headers=headers)
+        assert refused.status_code == 401, "a server that had keys stays closed when they are all revoked"
+    _, fresh = await service.keys.create("next")
+    assert (await client.post("/v1/tasks", json=TINY_TASK, headers=bearer(fresh))).status_code == 202
+
+
 async def test_scopes_are_enforced(client: httpx.AsyncClient, service: Service) -> None:
     _, reader = await service.keys.create("dashboard", (Scope.READ,))
     refused = await client.post("/v1/tasks", json=TINY_TASK, headers=bearer(reader))

@@ -83,7 +83,7 @@ async def _identify(service: Service, request: Request, header: str, scheme: str
     token = presented_key(request, header, scheme)
     key = await service.keys.authenticate(token) if token else None
     if key is None:
-        if not await service.keys.any_active():
+        if not await service.keys.keys_required():
             # Open server: clients of providers always send some key; any (or none) is accepted.
             return Caller(key_id=None, sees_all=True)
         raise Unauthorized(f"a valid API key is required in the {header} header" if token is None else

@@ -93,7 +93,7 @@ async def _refuse_open_exposure(settings: Settings) -> None:
     store = SqlTaskStore(settings.resolved_database_url)
     await store.start()
     try:
-        has_keys = await SqlKeyStore(store).any_active()
+        has_keys = await SqlKeyStore(store).keys_required()
     finally:
         await store.close()
     if not has_keys:

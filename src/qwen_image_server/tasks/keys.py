@@ -28,7 +28,7 @@ from qwen_image_server.tasks.model import utcnow
 from qwen_image_server.tasks.schema import api_keys
 from qwen_image_server.tasks.sql import SqlTaskStore
 
-ANY_ACTIVE_TTL_SECONDS = 1.0
+KEYS_REQUIRED_TTL_SECONDS = 1.0
 _TOKEN = re.compile(r"qik_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
 
 
@@ -71,7 +71,7 @@ class SqlKeyStore:
 
     def __init__(self, store: SqlTaskStore) -> None:
         self._store = store
-        self._any_active: tuple[bool, float] | None = None  # (answer, when) of `any_active`
+        self._keys_required: tuple[bool, float] | None = None  # (answer, when) of `keys_required`
 
     async def create(self, name: str, scopes: tuple[Scope, ...] = DEFAULT_SCOPES) -> tuple[ApiKey, str]:
         """A new key and its token; the token is shown once and never stored."""
@@ -87,7 +87,7 @@ class SqlKeyStore:
         }
         async with self._store.write() as conn:
             await conn.execute(insert(api_keys).values(row))
-        self._any_active = None
+        self._keys_required = None
         return _key(row), f"qik_{key_id}_{secret}"
 
     async def list_keys(self) -> list[ApiKey]:
@@ -103,7 +103,6 @@ class SqlKeyStore:
                 .values(revoked_at=utcnow())
             )
             row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).mappings().first()
-        self._any_active = None
         if row is None:
             raise KeyNotFound(f"there is no key {key_id!r}; `qwen-image keys list` shows them")
         return _key(row)
@@ -138,16 +137,17 @@ class SqlKeyStore:
         key = _key(row)
         return key if key.active else None
 
-    async def any_active(self) -> bool:
-        """Whether any key is active (then every call needs one). Asked on every call that brings no
-        valid key, so the answer is kept for `ANY_ACTIVE_TTL_SECONDS`: a key made by another process
-        (the CLI) is enforced within that time, one made or revoked through this store at once."""
+    async def keys_required(self) -> bool:
+        """Whether every call needs a valid key: once a key has been made, revoked or not. (Were it
+        "any key still active", revoking the last key would open the server to anyone.) Asked on
+        every call that brings no valid key, so the answer is kept for `KEYS_REQUIRED_TTL_SECONDS`:
+        a key made by another process (the CLI) is enforced within that time, one made here at once."""
         now = time.monotonic()
-        if self._any_active is None or now - self._any_active[1] > ANY_ACTIVE_TTL_SECONDS:
-            query = select(func.count()).select_from(api_keys).where(api_keys.c.revoked_at.is_(None))
+        if self._keys_required is None or now - self._keys_required[1] > KEYS_REQUIRED_TTL_SECONDS:
+            query = select(func.count()).select_from(api_keys)
             async with self._store.read_engine.connect() as conn:
-                self._any_active = (int((await conn.execute(query)).scalar_one()) > 0, now)
-        return self._any_active[0]
+                self._keys_required = (int((await conn.execute(query)).scalar_one()) > 0, now)
+        return self._keys_required[0]
 
 
 def _key(row: object) -> ApiKey:
