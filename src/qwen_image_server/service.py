@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -50,6 +50,10 @@ class Service:
     engine: GenerationEngine | None = None
     worker: Worker | None = None
     rate_limiter: RequestRateLimiter | None = None  # requests per minute per key (api/rate_limit.py)
+    # Called (on the loop) when the worker's loop ends on an error: the commands stop the process
+    # then, and exit non-zero, so that a supervisor restarts it instead of keeping a worker-less one.
+    on_worker_failure: Callable[[], None] | None = None
+    worker_failed: bool = False
     _background: list[asyncio.Task[None]] = field(default_factory=list)
     _started: bool = False
 
@@ -95,7 +99,7 @@ class Service:
         self._background.append(asyncio.create_task(self.sender.run(), name="callbacks"))
         if self.worker is not None:
             worker_task = asyncio.create_task(self.worker.run(), name="worker")
-            worker_task.add_done_callback(_report_worker_exit)
+            worker_task.add_done_callback(self._worker_ended)
             self._background.append(worker_task)
 
     async def stop(self) -> None:
@@ -116,6 +120,15 @@ class Service:
         if self.rate_limiter is not None:
             await self.rate_limiter.close()
         self._started = False
+
+    def _worker_ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return  # stopped on request
+        exc = task.exception()
+        log.error("the worker stopped: %s", getattr(exc, "message", None) or repr(exc))
+        self.worker_failed = True
+        if self.on_worker_failure is not None:
+            self.on_worker_failure()
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Service]:
@@ -162,11 +175,3 @@ def _callback_shapes() -> Mapping[str, CallbackShape]:
     from qwen_image_server.api.callbacks import CALLBACK_SHAPES
 
     return CALLBACK_SHAPES
-
-
-def _report_worker_exit(task: asyncio.Task[None]) -> None:
-    if task.cancelled():
-        return
-    exc = task.exception()
-    if exc is not None:
-        log.error("the worker stopped: %s", getattr(exc, "message", None) or repr(exc))

@@ -108,3 +108,20 @@ def test_an_api_only_server_and_a_separate_worker_share_the_queue(data_dir: Path
         if worker is not None:
             assert worker.stop(), worker.output()
         api.stop()
+
+
+@pytest.mark.parametrize("command", ["worker", "serve"])
+def test_a_process_whose_worker_dies_exits_non_zero(data_dir: Path, tmp_path: Path, command: str) -> None:
+    # A checkpoint folder that is not one: the worker's loop ends on loading the model. The process
+    # must end too (status 1), so that a supervisor restarts it, instead of serving no worker.
+    empty = tmp_path / "not-a-checkpoint"
+    empty.mkdir()
+    port = ["--port", str(free_port())] if command == "serve" else []
+    process = Process([command, *port, "--model", str(empty), "--data-dir", str(data_dir)], tmp_path / "died.log")
+    try:
+        code = process.popen.wait(timeout=120)
+    finally:
+        process.stop(signal.SIGKILL)
+    assert code == 1, process.output()
+    assert "no model_index.json" in process.output()
+    assert "exiting with status 1" in process.output()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
@@ -14,6 +14,9 @@ from qwen_image_server.cli.main import app, err, friendly_errors, invalid_settin
 from qwen_image_server.domain import ModelName
 from qwen_image_server.errors import InvalidParameter
 from qwen_image_server.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from qwen_image_server.service import Service
 
 DataDirOpt = Annotated[
     Path | None, typer.Option("--data-dir", help="Folder of the task database and result images [default: ./data].")
@@ -149,7 +152,10 @@ def serve(
             highlight=False,
         )
         config_ = uvicorn.Config(create_app(service), host=settings.host, port=settings.port, log_level="warning")
-        uvicorn.Server(config_).run()
+        server = uvicorn.Server(config_)
+        service.on_worker_failure = lambda: setattr(server, "should_exit", True)
+        server.run()
+    _exit_if_the_worker_failed(service)
 
 
 @app.command()
@@ -163,18 +169,30 @@ def worker(
     with friendly_errors():
         settings, notes = _service_settings(config, model, models, data_dir=data_dir)
         _describe(settings, notes)
-        asyncio.run(_run_worker(settings))
+        service = asyncio.run(_run_worker(settings))
+    _exit_if_the_worker_failed(service)
 
 
-async def _run_worker(settings: Settings) -> None:
+async def _run_worker(settings: Settings) -> Service:
     from qwen_image_server.service import Service
 
     service = Service.build(settings, run_worker=True)
     stop = asyncio.Event()
+    service.on_worker_failure = stop.set
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with service.running():
         out.print(f"worker {service.worker.id if service.worker else ''} running; Ctrl-C or SIGTERM drains it")
         await stop.wait()
-        err.print("draining: the running task gets up to drain_seconds to finish")
+        if not service.worker_failed:
+            err.print("draining: the running task gets up to drain_seconds to finish")
+    return service
+
+
+def _exit_if_the_worker_failed(service: Service) -> None:
+    """A process whose worker died exits non-zero (a supervisor restarts it), rather than staying up
+    with no worker: the queue would not move, and a `serve` would take tasks that never run."""
+    if service.worker_failed:
+        err.print("the worker stopped on the error above; exiting with status 1")
+        raise typer.Exit(1)
