@@ -163,3 +163,16 @@ def wait_until_ready(base_url: str, *, alive: Callable[[], bool], explain: Calla
             pass
         time.sleep(0.1)
     raise RuntimeError(f"the server did not become ready in {timeout:g} s:\n{explain()}")
+
+
+def list_all_tasks(base_url: str, *, timeout: float = 30) -> list[dict[str, Any]]:
+    """Every task the native API at `base_url` lists, page by page (newest first)."""
+    found: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        params: dict[str, str | int] = {"limit": 100, **({"cursor": cursor} if cursor else {})}
+        page = httpx.get(f"{base_url}/v1/tasks", params=params, timeout=timeout).json()
+        found.extend(page["data"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return found

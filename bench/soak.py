@@ -42,7 +42,7 @@ if __package__ in (None, ""):  # run as `python bench/soak.py`: make `bench` imp
 
 import httpx
 
-from bench.common import wait_until_ready
+from bench.common import list_all_tasks, wait_until_ready
 
 TASK = {"model": "qwen-image", "prompt": "a lighthouse in a storm", "size": "256x256", "num_inference_steps": 2}
 # Quick leases and polls: a killed worker's task is back in the queue within a few seconds. Many
@@ -311,23 +311,11 @@ def _wait_until_all_end(base_url: str, ids: set[str], timeout: float) -> list[di
     """Every task the API lists, once none of `ids` is queued or running (or at `timeout`)."""
     deadline = time.monotonic() + timeout
     while True:
-        listed = _list_all(base_url)
+        listed = list_all_tasks(base_url)
         unfinished = [task for task in listed if task["id"] in ids and task["status"] in ("queued", "running")]
         if not unfinished or time.monotonic() > deadline:
             return listed
         time.sleep(0.5)
-
-
-def _list_all(base_url: str) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = []
-    cursor: str | None = None
-    while True:
-        params: dict[str, str | int] = {"limit": 100, **({"cursor": cursor} if cursor else {})}
-        page = httpx.get(f"{base_url}/v1/tasks", params=params, timeout=30).json()
-        found.extend(page["data"])
-        cursor = page["next_cursor"]
-        if cursor is None:
-            return found
 
 
 def check_tasks(

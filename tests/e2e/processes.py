@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from bench.common import wait_until_ready
+from bench.common import list_all_tasks, wait_until_ready
 
 # Short leases and polls, so that crashes are noticed and tasks picked up within a second or two.
 FAST_ENV = {
@@ -113,12 +113,4 @@ def wait_for(port: int, task_id: str, *statuses: str, timeout: float = 90) -> di
 
 def all_tasks(port: int) -> list[dict[str, Any]]:
     """Every task the API lists, page by page."""
-    found: list[dict[str, Any]] = []
-    cursor: str | None = None
-    while True:
-        params: dict[str, str | int] = {"limit": 100, **({"cursor": cursor} if cursor else {})}
-        page = httpx.get(f"http://127.0.0.1:{port}/v1/tasks", params=params, timeout=10).json()
-        found.extend(page["data"])
-        cursor = page["next_cursor"]
-        if cursor is None:
-            return found
+    return list_all_tasks(f"http://127.0.0.1:{port}", timeout=10)

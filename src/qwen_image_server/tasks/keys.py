@@ -71,7 +71,8 @@ class SqlKeyStore:
 
     def __init__(self, store: SqlTaskStore) -> None:
         self._store = store
-        self._keys_required: tuple[bool, float] | None = None  # (answer, when) of `keys_required`
+        self._keys_required = False  # once True, for good (see `keys_required`)
+        self._no_keys_seen_at: float | None = None  # when the database last said there is no key
 
     async def create(self, name: str, scopes: tuple[Scope, ...] = DEFAULT_SCOPES) -> tuple[ApiKey, str]:
         """A new key and its token; the token is shown once and never stored."""
@@ -87,7 +88,7 @@ class SqlKeyStore:
         }
         async with self._store.write() as conn:
             await conn.execute(insert(api_keys).values(row))
-        self._keys_required = None
+        self._keys_required = True
         return _key(row), f"qik_{key_id}_{secret}"
 
     async def list_keys(self) -> list[ApiKey]:
@@ -139,15 +140,18 @@ class SqlKeyStore:
 
     async def keys_required(self) -> bool:
         """Whether every call needs a valid key: once a key has been made, revoked or not. (Were it
-        "any key still active", revoking the last key would open the server to anyone.) Asked on
-        every call that brings no valid key, so the answer is kept for `KEYS_REQUIRED_TTL_SECONDS`:
-        a key made by another process (the CLI) is enforced within that time, one made here at once."""
+        "any key still active", revoking the last key would open the server to anyone.) Keys are
+        never deleted, so a yes is final; a no is asked again after `KEYS_REQUIRED_TTL_SECONDS` (it
+        is asked on every call of an open server): a key made by another process (the CLI) is
+        enforced within that time, one made here at once."""
+        if self._keys_required:
+            return True
         now = time.monotonic()
-        if self._keys_required is None or now - self._keys_required[1] > KEYS_REQUIRED_TTL_SECONDS:
-            query = select(func.count()).select_from(api_keys)
+        if self._no_keys_seen_at is None or now - self._no_keys_seen_at > KEYS_REQUIRED_TTL_SECONDS:
             async with self._store.read_engine.connect() as conn:
-                self._keys_required = (int((await conn.execute(query)).scalar_one()) > 0, now)
-        return self._keys_required[0]
+                count = (await conn.execute(select(func.count()).select_from(api_keys))).scalar_one()
+            self._keys_required, self._no_keys_seen_at = int(count) > 0, now
+        return self._keys_required
 
 
 def _key(row: object) -> ApiKey:
