@@ -46,6 +46,18 @@ async def test_tasks_per_minute_are_limited_with_retry_after(tmp_path: Path, eng
         assert "retry-after" in dashscope.headers
 
 
+async def test_an_idempotent_replay_is_not_refused_by_the_limits(tmp_path: Path, engine: Engine) -> None:
+    """A replay creates nothing, so a key at its tasks_per_minute still gets its task back."""
+    async with serving(tmp_path, engine, tasks_per_minute=1, active_tasks_per_key=1) as (_, client):
+        once = {"Idempotency-Key": "order-17"}
+        first = await client.post("/v1/tasks", json=TINY_TASK, headers=once)
+        assert first.status_code == 202
+        assert (await client.post("/v1/tasks", json=TINY_TASK)).status_code == 429, "a new task is refused"
+        again = await client.post("/v1/tasks", json=TINY_TASK, headers=once)
+        assert again.status_code == 202, again.text
+        assert again.json()["id"] == first.json()["id"]
+
+
 async def test_unfinished_tasks_per_key(tmp_path: Path, engine: Engine) -> None:
     async with serving(tmp_path, engine, active_tasks_per_key=1) as (service, client):
         _, alice = await service.keys.create("alice")

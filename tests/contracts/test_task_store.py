@@ -688,3 +688,35 @@ async def test_concurrent_uses_of_one_key_make_one_task(store: SqlTaskStore) -> 
         *(store.create(NewTask(request, idempotency=Idempotency("same", "f"))) for _ in range(8))
     )
     assert len({task.id for task in made}) == 1
+
+
+async def test_concurrent_uses_of_one_key_from_two_processes_make_one_task(
+    store: SqlTaskStore, other_store: SqlTaskStore
+) -> None:
+    """The race seen on PostgreSQL: a transaction that read no key before a concurrent one committed
+    must not replace the winner's key with its own (several rounds: the race is timing-dependent)."""
+    from qwen_image_server.tasks.model import Idempotency, NewTask
+
+    request = make_request()
+    for round_number in range(6):
+        key = Idempotency(f"round-{round_number}", "f")
+        made = await asyncio.gather(
+            *(side.create(NewTask(request, idempotency=key)) for side in [store, other_store] * 6)
+        )
+        assert len({task.id for task in made}) == 1, f"round {round_number}: {len({t.id for t in made})} tasks"
+    assert len((await store.list_tasks(limit=100)).tasks) == 6
+
+
+async def test_replay_finds_the_task_of_a_used_key(store: SqlTaskStore, clock: FakeClock) -> None:
+    from qwen_image_server.errors import IdempotencyKeyReused
+    from qwen_image_server.tasks.model import Idempotency, NewTask
+
+    assert await store.replay("k1", Idempotency("abc", "f1")) is None
+    first = await store.create(NewTask(make_request(), owner="k1", idempotency=Idempotency("abc", "f1")))
+    found = await store.replay("k1", Idempotency("abc", "f1"))
+    assert found is not None and found.id == first.id
+    assert await store.replay("k2", Idempotency("abc", "f1")) is None, "keys are per owner"
+    with pytest.raises(IdempotencyKeyReused):
+        await store.replay("k1", Idempotency("abc", "f2"))
+    clock.advance(25 * 3600)
+    assert await store.replay("k1", Idempotency("abc", "f1")) is None, "expired"

@@ -61,6 +61,8 @@ async def submit(
         raise InvalidParameter(f"model {request.model} is not served here; this server serves {names}", param="model")
     if callback_url is not None:
         check_url(callback_url)  # a mistyped URL is refused now, not found out by a failed delivery
+    if idempotency is not None and (earlier := await service.store.replay(owner, idempotency)) is not None:
+        return earlier  # a replay creates nothing, so the limits on new tasks do not apply
     await check_limits(service, owner)
     engine = service.engine
     if engine is not None and engine.is_loaded(request.model):

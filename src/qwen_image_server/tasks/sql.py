@@ -42,6 +42,8 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -53,6 +55,7 @@ from qwen_image_server.tasks.migrations import upgrade_database
 from qwen_image_server.tasks.model import (
     IDEMPOTENCY_TTL_SECONDS,
     TERMINAL_STATUSES,
+    Idempotency,
     NewTask,
     Progress,
     StoredImage,
@@ -156,25 +159,33 @@ class SqlTaskStore:
 
     async def create(self, new: NewTask) -> Task:
         """A new queued task; with `new.idempotency`, the task created earlier (within 24 h) for
-        the same owner, key and request, or `IdempotencyKeyReused` for another request."""
+        the same owner, key and request, or `IdempotencyKeyReused` for another request.
+
+        The key is claimed before the task is inserted, in the same transaction, by an insert that
+        does nothing when the key exists: of concurrent requests with one key exactly one inserts it
+        (on PostgreSQL the others wait at that insert until its transaction ends), and the rest read
+        its task. A duplicate that arrives while the first is being created so gets the same task."""
         now = self._clock()
         values = new_task_row(new, now)
         try:
             async with self.write() as conn:
-                if new.idempotency is not None:
-                    earlier = await _earlier_task_id(conn, new, now)
-                    if earlier is not None:
-                        return task_from_row(await _required_row(conn, earlier))
-                    await _remember_idempotency(conn, new, now)
+                if new.idempotency is not None and not await _claim_idempotency_key(conn, new, now):
+                    return task_from_row(await _required_row(conn, await _earlier_task_id(conn, new)))
                 await conn.execute(insert(tasks).values(values))
         except IntegrityError as exc:
-            if new.idempotency is not None:  # a concurrent request with the same key won the race
-                async with self.write() as conn:
-                    earlier = await _earlier_task_id(conn, new, now)
-                    if earlier is not None:
-                        return task_from_row(await _required_row(conn, earlier))
             raise TaskConflict(f"a task with id {new.id!r} already exists") from exc
         return task_from_row(values, request=new.request)
+
+    async def replay(self, owner: str | None, idempotency: Idempotency) -> Task | None:
+        """The task an unexpired use of this key (with the same request) made, or None; raises
+        `IdempotencyKeyReused` when the key came with another request. Lets a replay skip the
+        limits that a new task has to pass."""
+        async with self._read_only.connect() as conn:
+            row = await _idempotency_row(conn, owner, idempotency.key, self._clock())
+            if row is None:
+                return None
+            _check_fingerprint(row, idempotency)
+            return task_from_row(await _required_row(conn, str(row["task_id"])))
 
     async def get(self, task_id: str) -> Task:
         async with self._read_only.connect() as conn:
@@ -546,39 +557,54 @@ def describe_connection_error(exc: BaseException) -> str:
 # -- idempotency -------------------------------------------------------------------------------------
 
 
-async def _earlier_task_id(conn: AsyncConnection, new: NewTask, now: datetime) -> str | None:
-    """The task an unexpired use of the same key made; raises if it came with another request."""
+async def _claim_idempotency_key(conn: AsyncConnection, new: NewTask, now: datetime) -> bool:
+    """Make `new`'s key point at `new`: True when it was free (never used, or expired), False when
+    another task holds it. Never deletes a key: an expired one is taken over by a conditional
+    UPDATE, so of two concurrent takers only one succeeds."""
     assert new.idempotency is not None
-    row = (
-        (
-            await conn.execute(
-                select(idempotency_keys).where(
-                    idempotency_keys.c.owner == (new.owner or ""),
-                    idempotency_keys.c.key == new.idempotency.key,
-                    idempotency_keys.c.created_at > now - timedelta(seconds=IDEMPOTENCY_TTL_SECONDS),
-                )
-            )
-        )
-        .mappings()
-        .first()
+    owner, key = new.owner or "", new.idempotency.key
+    claim = {"fingerprint": new.idempotency.fingerprint, "task_id": new.id, "created_at": now}
+    insert_if_absent = _dialect_insert(conn)(idempotency_keys).values(owner=owner, key=key, **claim)
+    if (await conn.execute(insert_if_absent.on_conflict_do_nothing())).rowcount == 1:
+        return True
+    expired = idempotency_keys.c.created_at <= now - timedelta(seconds=IDEMPOTENCY_TTL_SECONDS)
+    take_over = (
+        update(idempotency_keys)
+        .where(idempotency_keys.c.owner == owner, idempotency_keys.c.key == key, expired)
+        .values(**claim)
     )
-    if row is None:
-        return None
-    if row["fingerprint"] != new.idempotency.fingerprint:
+    return (await conn.execute(take_over)).rowcount == 1
+
+
+def _dialect_insert(conn: AsyncConnection) -> Callable[[Any], Any]:
+    """The INSERT of the connection's database, which has ON CONFLICT DO NOTHING (both do)."""
+    return postgresql_insert if conn.dialect.name == "postgresql" else sqlite_insert
+
+
+async def _earlier_task_id(conn: AsyncConnection, new: NewTask) -> str:
+    """The task that holds `new`'s key (just found taken); raises if it came with another request."""
+    assert new.idempotency is not None
+    row = await _idempotency_row(conn, new.owner, new.idempotency.key, now=None)
+    if row is None:  # cannot happen: the key was just found taken in this transaction
+        raise TaskConflict("the Idempotency-Key was released while it was being read; send the request again")
+    _check_fingerprint(row, new.idempotency)
+    return str(row["task_id"])
+
+
+async def _idempotency_row(conn: AsyncConnection, owner: str | None, key: str, now: datetime | None) -> Row | None:
+    """The key's row; with `now`, only while it has not expired."""
+    query = select(idempotency_keys).where(idempotency_keys.c.owner == (owner or ""), idempotency_keys.c.key == key)
+    if now is not None:
+        query = query.where(idempotency_keys.c.created_at > now - timedelta(seconds=IDEMPOTENCY_TTL_SECONDS))
+    return (await conn.execute(query)).mappings().first()
+
+
+def _check_fingerprint(row: Row, idempotency: Idempotency) -> None:
+    if row["fingerprint"] != idempotency.fingerprint:
         raise IdempotencyKeyReused(
             "this Idempotency-Key was used with a different request in the last 24 hours; use a new key",
             param="Idempotency-Key",
         )
-    return str(row["task_id"])
-
-
-async def _remember_idempotency(conn: AsyncConnection, new: NewTask, now: datetime) -> None:
-    assert new.idempotency is not None
-    owner, key = new.owner or "", new.idempotency.key
-    expired = and_(idempotency_keys.c.owner == owner, idempotency_keys.c.key == key)
-    await conn.execute(delete(idempotency_keys).where(expired))
-    row = {"owner": owner, "key": key, "fingerprint": new.idempotency.fingerprint, "task_id": new.id, "created_at": now}
-    await conn.execute(insert(idempotency_keys).values(row))
 
 
 async def _required_row(conn: AsyncConnection, task_id: str) -> Row:

@@ -18,6 +18,7 @@ from typing import Protocol
 from qwen_image_server.domain import ModelName
 from qwen_image_server.errors import QwenImageError
 from qwen_image_server.tasks.model import (
+    Idempotency,
     NewTask,
     Progress,
     StoredImage,
@@ -56,7 +57,12 @@ class TaskStore(Protocol):
 
     # -- API side --------------------------------------------------------------------------------
 
-    async def create(self, new: NewTask) -> Task: ...
+    async def create(self, new: NewTask) -> Task:
+        """A queued task; with `new.idempotency`, the task an earlier use of the key made (concurrent
+        uses of one key make one task), or `IdempotencyKeyReused` when it came with another request."""
+
+    async def replay(self, owner: str | None, idempotency: Idempotency) -> Task | None:
+        """The task an unexpired use of the key made for this owner and request, or None (read only)."""
 
     async def get(self, task_id: str) -> Task:
         """The task, or `TaskNotFound`."""
