@@ -11,8 +11,9 @@ from qwen_image_server import __version__
 from qwen_image_server.api.common import common_router
 from qwen_image_server.api.dialect import Dialect
 from qwen_image_server.api.errors import install_error_handlers, renderer_by_path
+from qwen_image_server.api.key_first import KeyBeforeBody, KeyRule
 from qwen_image_server.api.limits import BodySizeLimit
-from qwen_image_server.api.native.routes import native_router
+from qwen_image_server.api.native.routes import NATIVE_PREFIX, native_router
 from qwen_image_server.api.spec import document_errors
 from qwen_image_server.service import Service
 
@@ -41,12 +42,21 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
     renderers = {prefix: d.render_error for d in dialects for prefix in d.prefixes}
     install_error_handlers(app, renderers)
     document_errors(app, {prefix: d.error_model for d in dialects for prefix in d.prefixes})
-    app.add_middleware(BodySizeLimit, limit=service.settings.max_request_bytes, render=renderer_by_path(renderers))
+    by_path = renderer_by_path(renderers)
+    app.add_middleware(BodySizeLimit, limit=service.settings.max_request_bytes, render=by_path)
+    # Added after (so outside) the size limit: the key is checked before any of the body is read.
+    app.add_middleware(KeyBeforeBody, keys=service.keys, rules=key_rules(dialects), render=by_path)
     app.include_router(common_router(service))
     app.include_router(native_router(service))
     for dialect in dialects:
         app.include_router(dialect.router(service))
     return app
+
+
+def key_rules(dialects: list[Dialect]) -> list[KeyRule]:
+    """Where the callers of each path send their key: each dialect's header, and the native API's."""
+    native = KeyRule(NATIVE_PREFIX, "Authorization")
+    return [native, *(KeyRule(p, d.key_header, d.key_scheme) for d in dialects for p in d.prefixes)]
 
 
 def all_dialects() -> list[Dialect]:

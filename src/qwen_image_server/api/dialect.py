@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
@@ -17,7 +18,7 @@ from qwen_image_server.api.errors import ErrorRenderer
 from qwen_image_server.api.rate_limit import check_request_rate
 from qwen_image_server.errors import QwenImageError
 from qwen_image_server.service import Service
-from qwen_image_server.tasks.keys import Scope
+from qwen_image_server.tasks.keys import ApiKey, Scope
 from qwen_image_server.tasks.model import Task
 
 
@@ -28,6 +29,8 @@ class Dialect:
     router: Callable[[Service], APIRouter]
     render_error: ErrorRenderer
     error_model: type[BaseModel]  # the body `render_error` gives, declared in the OpenAPI spec
+    key_header: str = "Authorization"  # where its clients send the API key (api/key_first.py reads it)
+    key_scheme: str | None = "Bearer"  # the scheme before the key in that header; None for a bare key
 
 
 class Unauthorized(QwenImageError):
@@ -81,13 +84,29 @@ async def authenticate(
 
 async def _identify(service: Service, request: Request, header: str, scheme: str | None, scope: Scope) -> Caller:
     token = presented_key(request, header, scheme)
-    key = await service.keys.authenticate(token) if token else None
+    key = await _verified_key(service, request, header, token)
     if key is None:
         if not await service.keys.keys_required():
             # Open server: clients of providers always send some key; any (or none) is accepted.
             return Caller(key_id=None, sees_all=True)
-        raise Unauthorized(f"a valid API key is required in the {header} header" if token is None else
-                           "the API key is not valid (unknown, mistyped or revoked)")  # fmt: skip
+        raise Unauthorized(unauthorized_message(header, token))
     if not key.allows(scope):
         raise Forbidden(f"this API key lacks the {scope} scope")
     return Caller(key_id=key.id, sees_all=Scope.ADMIN in key.scopes)
+
+
+async def _verified_key(service: Service, request: Request, header: str, token: str | None) -> ApiKey | None:
+    """The key `token` names: as api/key_first.py found it before the body was read, or looked up."""
+    verified = getattr(request.state, VERIFIED_KEY, None)
+    if verified is not None and verified[:2] == (header, token):
+        return cast(ApiKey, verified[2])
+    return await service.keys.authenticate(token) if token else None
+
+
+def unauthorized_message(header: str, token: str | None) -> str:
+    if token is None:
+        return f"a valid API key is required in the {header} header"
+    return "the API key is not valid (unknown, mistyped or revoked)"
+
+
+VERIFIED_KEY = "verified_api_key"  # the request.state attribute api/key_first.py leaves for the route

@@ -22,4 +22,6 @@ PIXAZO = Dialect(
     router=lambda _service: APIRouter(),
     render_error=render_pixazo_error,
     error_model=PixazoErrorOut,
+    key_header="Ocp-Apim-Subscription-Key",
+    key_scheme=None,
 )

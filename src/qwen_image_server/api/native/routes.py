@@ -29,10 +29,11 @@ from qwen_image_server.tasks.model import Task, TaskStatus
 from qwen_image_server.tasks.store import TaskConflict
 
 DIALECT = "native"
+NATIVE_PREFIX = "/v1/tasks"
 
 
 def native_router(service: Service) -> APIRouter:
-    router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
+    router = APIRouter(prefix=NATIVE_PREFIX, tags=["tasks"])
 
     async def caller_of(request: Request, scope: Scope = Scope.READ) -> Caller:
         return await authenticate(service, request, "Authorization", scope=scope)
