@@ -204,6 +204,11 @@ class GenerationRequest(BaseModel):
     mask: bytes | None = None
     # Previews decoded from intermediate steps, per image, evenly spread over the denoising.
     partial_images: int = Field(default=0, ge=0, le=MAX_PARTIAL_IMAGES)
+    # How many input images, and whether a mask, the request has. Filled from `images` and `mask`, and
+    # kept when their bytes are held apart: the task store keeps them out of the task row
+    # (`without_inputs`), so a request read back for a poll or a list carries only these counts.
+    input_image_count: int = Field(default=0, ge=0)
+    has_mask: bool = False
 
     @classmethod
     def create(cls, **fields: Any) -> Self:
@@ -220,7 +225,23 @@ class GenerationRequest(BaseModel):
         return cls.model_validate_json(text, context={_TRUSTED: True})
 
     def to_stored_json(self) -> str:
-        return self.model_dump_json()
+        """The request without its input images (the task store keeps them apart)."""
+        return self.model_dump_json(exclude={"images", "mask"})
+
+    def without_inputs(self) -> Self:
+        """This request without the bytes of its input images and mask (their counts stay)."""
+        return self.model_copy(update={"images": (), "mask": None})
+
+    def with_inputs(self, images: tuple[bytes, ...], mask: bytes | None) -> Self:
+        """This request with the bytes of its input images and mask put back."""
+        if len(images) != self.input_image_count or (mask is not None) != self.has_mask:
+            raise ValueError(f"the request has {self.input_image_count} input images, got {len(images)}")
+        return self.model_copy(update={"images": images, "mask": mask})
+
+    @property
+    def has_inputs_attached(self) -> bool:
+        """False for a request read from the task store whose input images are held apart."""
+        return len(self.images) == self.input_image_count and (self.mask is not None) == self.has_mask
 
     @property
     def spec(self) -> ModelSpec:
@@ -233,7 +254,7 @@ class GenerationRequest(BaseModel):
 
     @property
     def is_inpaint(self) -> bool:
-        return self.mask is not None
+        return self.has_mask
 
     def partial_steps(self) -> list[int]:
         """The 1-based steps (of each image) after which a preview is decoded, evenly spread."""
@@ -255,6 +276,10 @@ class GenerationRequest(BaseModel):
             names = ", ".join(name.value for name in ModelName)
             raise InvalidParameter(f"unknown model {data['model']!r}; choose one of {names}", param="model") from None
         data = {key: value for key, value in data.items() if value is not None or key == "negative_prompt"}
+        if data.get("images"):
+            data["input_image_count"] = len(data["images"])
+        if data.get("mask") is not None:
+            data["has_mask"] = True
         data.setdefault("num_inference_steps", spec.default_steps)
         data.setdefault("true_cfg_scale", spec.default_true_cfg_scale)
         if "seed" not in data:
@@ -298,8 +323,8 @@ class GenerationRequest(BaseModel):
     @model_validator(mode="after")
     def _image_count_fits_model(self) -> Self:
         spec = self.spec
-        count = len(self.images)
-        if self.mask is not None:
+        count = self.input_image_count
+        if self.has_mask:
             if self.model.value not in MASKABLE_MODELS or count != 1:
                 raise InvalidParameter(
                     "a mask takes exactly one input image, with the qwen-image model (inpainting)", param="mask"

@@ -95,6 +95,13 @@ class QueueFull(RetryLater):
     code = "queue_full"
 
 
+class StorageUnavailable(RetryLater):
+    """The results storage cannot take or give images now (disk full, read-only, I/O error)."""
+
+    status = 503
+    code = "storage_unavailable"
+
+
 class UnknownModel(QwenImageError):
     status = 404
     code = "model_not_found"

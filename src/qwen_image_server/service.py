@@ -143,14 +143,20 @@ class Service:
             self.worker.wake()
 
     async def ready_models(self) -> dict[ModelName, list[WorkerInfo]]:
-        """Models with at least one live worker that has them loaded, in any process."""
+        """Models with at least one live worker that has them loaded and no problem, in any process."""
         since = utcnow() - timedelta(seconds=self.settings.lease_seconds)
         ready: dict[ModelName, list[WorkerInfo]] = {}
         for worker in await self.store.live_workers(since):
-            if worker.state == "ready":
+            if worker.state == "ready" and worker.problem is None:
                 for model in worker.models:
                     ready.setdefault(model, []).append(worker)
         return ready
+
+    async def worker_problems(self) -> list[str]:
+        """What keeps live workers from finishing tasks (results storage full...), one line each."""
+        since = utcnow() - timedelta(seconds=self.settings.lease_seconds)
+        workers = await self.store.live_workers(since)
+        return [f"worker {worker.id}: {worker.problem}" for worker in workers if worker.problem]
 
 
 def server_webhook_secret(settings: Settings) -> str:

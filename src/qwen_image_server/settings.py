@@ -106,6 +106,15 @@ class Settings(BaseSettings):
         description="How long a worker may go silent before its task is given to another worker.",
     )
     max_attempts: int = Field(default=3, ge=1, le=20, description="Runs of a task before it fails for good.")
+    retry_backoff_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="After a transient failure (results storage full or read-only, database busy), the wait "
+        "before the task runs again; it doubles with each attempt, up to retry_backoff_max_seconds.",
+    )
+    retry_backoff_max_seconds: float = Field(
+        default=300.0, gt=0, description="The longest wait before a task that failed for a transient reason runs again."
+    )
     drain_seconds: float = Field(
         default=30.0, ge=0, description="On SIGTERM, how long the running task may take before it is requeued."
     )

@@ -19,7 +19,7 @@ async def test_ready_once_the_worker_has_loaded_the_models(client: httpx.AsyncCl
             break
         assert response.status_code == 503 and response.json()["status"] == "loading"
         await asyncio.sleep(0.05)
-    assert response.json() == {"status": "ready", "waiting_for": []}
+    assert response.json() == {"status": "ready", "waiting_for": [], "problems": []}
     models = (await client.get("/v1/models")).json()["data"]
     assert {model["id"]: model["ready"] for model in models} == {
         "qwen-image": True,

@@ -78,11 +78,91 @@ async def test_request_with_input_image_bytes_round_trips(store: SqlTaskStore) -
     pictures = (picture_bytes((300, 200)), picture_bytes((64, 64), fmt="JPEG"))
     request = make_request(ModelName.QWEN_IMAGE_EDIT_PLUS, prompt="put them together ✓", images=pictures)
     new = new_task(request=request)
-    await store.create(new)
+    created = await store.create(new)
     loaded = await store.get(new.id)
-    assert loaded.request == request
-    assert loaded.request.images == pictures
+    assert loaded == created
+    assert loaded.request.images == (), "a read of the task leaves the input images out"
+    assert loaded.request.input_image_count == 2
+    assert loaded.request == request.without_inputs()
     assert loaded.model is ModelName.QWEN_IMAGE_EDIT_PLUS
+    claimed = await store.claim("w1", [ModelName.QWEN_IMAGE_EDIT_PLUS], 30)
+    assert claimed is not None
+    assert (await store.with_inputs(claimed)).request == request, "the worker gets them back"
+
+
+async def test_input_images_stay_out_of_the_task_row_and_go_with_its_end(store: SqlTaskStore) -> None:
+    from sqlalchemy import func, select
+
+    from qwen_image_server.tasks.schema import task_inputs, tasks
+
+    big = noise_png(300, 200)
+    request = make_request(ModelName.QWEN_IMAGE_EDIT_PLUS, images=(big, big, big))
+    await store.create(new_task(request=request))
+    async with store.read_engine.connect() as conn:
+        row_size = (await conn.execute(select(func.length(tasks.c.request_json)))).scalar_one()
+        held = (await conn.execute(select(func.count()).select_from(task_inputs))).scalar_one()
+    assert row_size < 2000 < len(big), f"the task row holds {row_size} characters"
+    assert held == 3
+    claimed = await store.claim("w1", [ModelName.QWEN_IMAGE_EDIT_PLUS], 30)
+    assert claimed is not None
+    await store.complete(claimed.id, "w1", [])
+    async with store.read_engine.connect() as conn:
+        assert (await conn.execute(select(func.count()).select_from(task_inputs))).scalar_one() == 0
+    with pytest.raises(LeaseLost):
+        await store.with_inputs(claimed)
+
+
+def noise_png(width: int, height: int) -> bytes:
+    """A PNG that does not compress: about 3 bytes a pixel."""
+    import io
+    import os
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.frombytes("RGB", (width, height), os.urandom(width * height * 3)).save(out, format="PNG")
+    return out.getvalue()
+
+
+async def test_a_task_stored_inline_by_an_older_version_keeps_its_images(store: SqlTaskStore) -> None:
+    from sqlalchemy import update
+
+    from qwen_image_server.tasks.schema import tasks
+
+    request = make_request(ModelName.QWEN_IMAGE_EDIT, images=(picture_bytes((64, 64)),))
+    created = await store.create(new_task(request=request))
+    legacy = request.model_dump_json(exclude={"input_image_count", "has_mask"})  # as version 0.1 stored it
+    async with store.write() as conn:
+        await conn.execute(update(tasks).where(tasks.c.id == created.id).values(request_json=legacy))
+    claimed = await store.claim("w1", [ModelName.QWEN_IMAGE_EDIT], 30)
+    assert claimed is not None
+    assert (await store.with_inputs(claimed)).request.images == request.images
+
+
+async def test_retry_later_requeues_with_a_not_before_time(store: SqlTaskStore, clock: FakeClock) -> None:
+    task = await store.create(new_task(max_attempts=2))
+    assert await store.claim("w1", [ModelName.QWEN_IMAGE], 30) is not None
+    error = TaskError("storage_unavailable", "cannot write results: No space left on device")
+    again = await store.retry_later(task.id, "w1", error, delay_seconds=60)
+    assert again.status is TaskStatus.QUEUED and again.worker_id is None and again.error is None
+    assert await store.claim("w1", [ModelName.QWEN_IMAGE], 30) is None, "not before its backoff has passed"
+    clock.advance(61)
+    second = await store.claim("w2", [ModelName.QWEN_IMAGE], 30)
+    assert second is not None and second.attempts == 2
+    failed = await store.retry_later(task.id, "w2", error, delay_seconds=60)
+    assert failed.status is TaskStatus.FAILED, "its attempts are used up"
+    assert failed.error is not None and failed.error.code == "storage_unavailable"
+    assert "after 2 attempts" in failed.error.message
+
+
+async def test_retry_later_of_a_task_asked_to_cancel_cancels_it(store: SqlTaskStore) -> None:
+    task = await store.create(new_task())
+    assert await store.claim("w1", [ModelName.QWEN_IMAGE], 30) is not None
+    await store.request_cancel(task.id)
+    error = TaskError("storage_unavailable", "disk full")
+    assert (await store.retry_later(task.id, "w1", error, 60)).status is TaskStatus.CANCELED
+    with pytest.raises(LeaseLost):
+        await store.retry_later(task.id, "w2", error, 60)
 
 
 async def test_get_unknown_task_raises_not_found(store: SqlTaskStore) -> None:

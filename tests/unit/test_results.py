@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from datetime import UTC, datetime, timedelta
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from qwen_image_server.domain import ImageResult, OutputFormat
+from qwen_image_server.errors import StorageUnavailable
 from qwen_image_server.results import LocalResultStore, ResultNotFound, ResultStore, is_valid_key
 from qwen_image_server.tasks.model import new_task_id
 from tests.conftest import picture_bytes
@@ -109,11 +111,12 @@ async def test_failed_write_leaves_nothing_behind(
     task_id = new_task_id()
 
     def broken_fsync(fd: int) -> None:
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "fsync", broken_fsync)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(StorageUnavailable, match="No space left on device") as caught:
         await store.put(task_id, image())
+    assert caught.value.status == 503 and "Retry-After" in (caught.value.headers or {})
     assert files_under(root) == []
     with pytest.raises(ResultNotFound):
         await store.read(f"{task_id}/0.png")

@@ -18,8 +18,9 @@ _CONTENT_TYPES = {fmt.extension: fmt.content_type for fmt in OutputFormat}
 
 
 class ReadinessOut(BaseModel):
-    status: Literal["ready", "loading"]
-    waiting_for: list[str]  # the served models no live worker has loaded yet
+    status: Literal["ready", "loading", "degraded"]
+    waiting_for: list[str]  # the served models with no live, healthy worker that has them loaded
+    problems: list[str] = []  # what keeps workers from finishing tasks (results storage full...)
 
 
 def common_router(service: Service) -> APIRouter:
@@ -37,10 +38,13 @@ def common_router(service: Service) -> APIRouter:
         responses={503: {"model": ReadinessOut, "description": "A served model has no live worker yet"}},
     )
     async def readyz() -> JSONResponse:
-        """200 once every served model is loaded by at least one live worker; else 503."""
+        """200 once every served model is loaded by at least one live worker without problems; else
+        503: `loading` while models load, `degraded` when a worker reports a problem (`problems`)."""
         ready = await service.ready_models()
+        problems = await service.worker_problems()
         missing = [model.value for model in service.settings.models if model not in ready]
-        body = {"status": "ready" if not missing else "loading", "waiting_for": missing}
+        status = "ready" if not missing else "degraded" if problems else "loading"
+        body = {"status": status, "waiting_for": missing, "problems": problems}
         return JSONResponse(body, status_code=200 if not missing else 503)
 
     @router.get("/v1/models", response_model=ModelListOut, tags=["models"])

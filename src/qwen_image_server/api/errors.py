@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 
 from qwen_image_server.errors import InvalidRequest, QwenImageError, RetryLater
-from qwen_image_server.tasks.sql import describe_connection_error, is_connection_error
+from qwen_image_server.tasks.sql import describe_connection_error, is_connection_error, is_transient_error
 
 log = logging.getLogger(__name__)
 
@@ -97,16 +97,18 @@ def install_error_handlers(app: FastAPI, renderers: dict[str, ErrorRenderer]) ->
         return render(request, QwenImageError("internal server error; the details are in the server log"))
 
     async def on_database_error(request: Request, exc: Exception) -> Response:
-        # Registered for the driver errors that can mean "unreachable"; any other one is a crash.
-        if not is_connection_error(exc):
+        # Registered for driver errors that can mean "unreachable", "busy" or "full"; others are crashes.
+        if not is_transient_error(exc):
             return await on_unexpected(request, exc)
+        trouble = "unreachable" if is_connection_error(exc) else "busy or out of space"
         log.warning(
-            "%s %s: the task database is unreachable: %s",
+            "%s %s: the task database is %s: %s",
             request.method,
             request.url.path,
+            trouble,
             describe_connection_error(exc),
         )
-        message = "the task database is unavailable right now; try again shortly"
+        message = f"the task database is {trouble} right now; try again shortly"
         return render(request, DatabaseUnavailable(message, retry_after=DATABASE_RETRY_AFTER_SECONDS))
 
     app.add_exception_handler(QwenImageError, on_ours)

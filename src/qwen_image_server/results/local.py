@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from qwen_image_server.domain import ImageResult
+from qwen_image_server.errors import StorageUnavailable
 from qwen_image_server.results.store import ResultNotFound, is_valid_key, is_valid_task_id, result_key
 from qwen_image_server.tasks.model import StoredImage
 
@@ -28,7 +29,10 @@ class LocalResultStore:
 
     async def put(self, task_id: str, result: ImageResult) -> StoredImage:
         key = result_key(task_id, result)
-        await asyncio.to_thread(self._write, key, result.data)
+        try:
+            await asyncio.to_thread(self._write, key, result.data)
+        except OSError as exc:  # full, read-only, gone: the disk's fault, not the task's
+            raise StorageUnavailable(f"cannot write results to {self.root}: {_reason(exc)}", retry_after=30) from exc
         return StoredImage(
             key=key,
             index=result.index,
@@ -44,7 +48,10 @@ class LocalResultStore:
     async def read(self, key: str) -> bytes:
         if not is_valid_key(key):
             raise ResultNotFound("no such result")
-        return await asyncio.to_thread(self._read, key)
+        try:
+            return await asyncio.to_thread(self._read, key)
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot read results from {self.root}: {_reason(exc)}", retry_after=30) from exc
 
     async def delete_task(self, task_id: str) -> None:
         if not is_valid_task_id(task_id):
@@ -109,6 +116,11 @@ class LocalResultStore:
             except FileNotFoundError:
                 continue  # deleted by someone else while we looked
         return removed
+
+
+def _reason(exc: OSError) -> str:
+    """`No space left on device`, `Read-only file system`...: the OS's words, without the path."""
+    return exc.strerror or str(exc) or type(exc).__name__
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

@@ -54,6 +54,8 @@ class ResultStore(Protocol):
     - `read` raises `ResultNotFound` for any key it does not hold, malformed keys included, and
       never reads anything outside the store.
     - Times are timezone-aware; a naive datetime is refused with ValueError.
+    - A failure of the storage itself (disk full, read-only, unreachable) is `StorageUnavailable`,
+      never the library's own error: the worker retries the task later, the API answers 503.
     """
 
     async def put(self, task_id: str, result: ImageResult) -> StoredImage:

@@ -144,3 +144,4 @@ class WorkerInfo:
     models: tuple[ModelName, ...]
     state: str  # "loading" | "ready" | "draining"
     last_seen: datetime
+    problem: str | None = None  # what keeps it from finishing tasks now (results storage failing...)

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Dialect,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -77,6 +78,8 @@ tasks = Table(
     Column("started_at", UtcDateTime, nullable=True),
     Column("finished_at", UtcDateTime, nullable=True),
     Column("updated_at", UtcDateTime, nullable=False),
+    # A queued task is not claimed before this time (set when a transient failure retries it later).
+    Column("not_before", UtcDateTime, nullable=True),
     # The claim: WHERE status = 'queued' ORDER BY priority DESC, created_at, id (also the queue position
     # count and the expired-lease sweep, which filter on status first).
     Index("ix_tasks_status_priority_created", "status", "priority", "created_at"),
@@ -85,6 +88,17 @@ tasks = Table(
     Index("ix_tasks_owner_created", "owner", "created_at"),
     # Retention: terminal tasks that finished before a cutoff.
     Index("ix_tasks_finished_at", "finished_at"),
+)
+
+# The input images (kind "image", position 0..) and mask (kind "mask") of a task, kept out of its row:
+# read only by the worker that runs it, deleted when it ends. Task reads and lists never touch them.
+task_inputs = Table(
+    "task_inputs",
+    metadata,
+    Column("task_id", String(ID_LENGTH), primary_key=True),
+    Column("kind", String(8), primary_key=True),
+    Column("position", Integer, primary_key=True),
+    Column("data", LargeBinary, nullable=False),
 )
 
 idempotency_keys = Table(
@@ -151,5 +165,6 @@ workers = Table(
     Column("models_json", Text, nullable=False),
     Column("state", String(16), nullable=False),
     Column("last_seen", UtcDateTime, nullable=False),
+    Column("problem", Text, nullable=True),  # what keeps it from finishing tasks, for /readyz
     Index("ix_workers_last_seen", "last_seen"),
 )

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -51,6 +52,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from qwen_image_server.domain import ModelName
 from qwen_image_server.errors import IdempotencyKeyReused, InvalidParameter
 from qwen_image_server.tasks.changes import TaskChanges
+from qwen_image_server.tasks.inputs import attach_inputs, delete_inputs_of, store_inputs
 from qwen_image_server.tasks.migrations import upgrade_database
 from qwen_image_server.tasks.model import (
     IDEMPOTENCY_TTL_SECONDS,
@@ -172,9 +174,10 @@ class SqlTaskStore:
                 if new.idempotency is not None and not await _claim_idempotency_key(conn, new, now):
                     return task_from_row(await _required_row(conn, await _earlier_task_id(conn, new)))
                 await conn.execute(insert(tasks).values(values))
+                await store_inputs(conn, new.id, new.request)
         except IntegrityError as exc:
             raise TaskConflict(f"a task with id {new.id!r} already exists") from exc
-        return task_from_row(values, request=new.request)
+        return task_from_row(values, request=new.request.without_inputs())
 
     async def replay(self, owner: str | None, idempotency: Idempotency) -> Task | None:
         """The task an unexpired use of this key (with the same request) made, or None; raises
@@ -257,7 +260,7 @@ class SqlTaskStore:
             )
             row: Row | None = canceled.mappings().first()
             if row is not None:
-                await enqueue_final_callback(conn, row, now)
+                await _ended(conn, row, now)
             else:
                 await conn.execute(
                     update(tasks)
@@ -279,7 +282,7 @@ class SqlTaskStore:
         now = self._clock()
         next_task = (
             select(tasks.c.id)
-            .where(tasks.c.status == QUEUED, tasks.c.model.in_(names))
+            .where(tasks.c.status == QUEUED, tasks.c.model.in_(names), _due(now))
             .order_by(tasks.c.priority.desc(), tasks.c.created_at.asc(), tasks.c.id.asc())
             .limit(1)
             .with_for_update(skip_locked=True)
@@ -299,6 +302,7 @@ class SqlTaskStore:
                     started_at=func.coalesce(tasks.c.started_at, now),
                     progress_step=0,
                     updated_at=now,
+                    not_before=None,
                 )
                 .returning(*tasks.c)
             )
@@ -307,6 +311,13 @@ class SqlTaskStore:
             return None
         self._changes.changed(task_id)
         return task_from_row(row)
+
+    async def with_inputs(self, task: Task) -> Task:
+        """The claimed task with the bytes of its input images, which task reads leave out."""
+        if task.request.has_inputs_attached:
+            return task
+        async with self._read_only.connect() as conn:
+            return replace(task, request=await attach_inputs(conn, task.id, task.request))
 
     async def heartbeat(
         self,
@@ -349,6 +360,19 @@ class SqlTaskStore:
     async def finish_canceled(self, task_id: str, worker_id: str) -> Task:
         return await self._finish_held(task_id, worker_id, status=TaskStatus.CANCELED.value)
 
+    async def retry_later(self, task_id: str, worker_id: str, error: TaskError, delay_seconds: float) -> Task:
+        """A run that failed for a transient reason (storage full, database busy): back to the queue,
+        not to be claimed for `delay_seconds`, while the task has attempts left (the claim counted
+        this one); else it fails with `error`. A task whose cancel was requested is canceled."""
+        now = self._clock()
+        async with self.write() as conn:
+            held = await _held_row(conn, task_id, worker_id)
+            values = _after_transient_failure(held, error, now, delay_seconds)
+            row = await _update_held(conn, task_id, worker_id, {**values, "updated_at": now, **_NO_LEASE})
+            await _ended(conn, row, now)
+        self._changes.changed(task_id)
+        return task_from_row(row)
+
     async def release(self, task_id: str, worker_id: str) -> Task:
         """Back to the queue, the attempt not counted; a task whose cancel was requested is canceled
         instead (nobody wants it run again)."""
@@ -367,7 +391,7 @@ class SqlTaskStore:
                     **_NO_LEASE,
                 },
             )
-            await enqueue_final_callback(conn, row, now)  # when it was canceled
+            await _ended(conn, row, now)  # when it was canceled
         self._changes.changed(task_id)
         return task_from_row(row)
 
@@ -389,7 +413,7 @@ class SqlTaskStore:
                 )
                 row = (await conn.execute(statement)).mappings().first()
                 if row is not None:
-                    await enqueue_final_callback(conn, row, now)  # when it was canceled or failed for good
+                    await _ended(conn, row, now)  # when it was canceled or failed for good
                     changed.append(row)
         for changed_row in changed:
             self._changes.changed(changed_row["id"])
@@ -401,6 +425,7 @@ class SqlTaskStore:
         async with self.write() as conn:
             rows = (await conn.execute(statement)).mappings().all()
             await delete_callbacks_of(conn, [row["id"] for row in rows])
+            await delete_inputs_of(conn, [row["id"] for row in rows])
             await conn.execute(delete(idempotency_keys).where(stale_keys))  # expired keys go too
         return [task_from_row(row) for row in rows]
 
@@ -410,7 +435,7 @@ class SqlTaskStore:
             row = await _update_held(
                 conn, task_id, worker_id, {**values, "finished_at": now, "updated_at": now, "lease_expires_at": None}
             )
-            await enqueue_final_callback(conn, row, now)
+            await _ended(conn, row, now)
         self._changes.changed(task_id)
         return task_from_row(row)
 
@@ -440,6 +465,41 @@ class SqlTaskStore:
         async with self._read_only.connect() as conn:
             rows = (await conn.execute(query)).mappings().all()
         return [worker_from_row(row) for row in rows]
+
+
+async def _ended(conn: AsyncConnection, row: Row, now: datetime) -> None:
+    """What goes with a change of state that may have ended the task, in its transaction: its
+    callback is recorded and its input images are deleted (nothing, if it is not terminal)."""
+    if TaskStatus(row["status"]).is_terminal:
+        await enqueue_final_callback(conn, row, now)
+        await delete_inputs_of(conn, [row["id"]])
+
+
+def _due(now: datetime) -> ColumnElement[bool]:
+    """Queued tasks that may be claimed now (not waiting out a retry's backoff)."""
+    return or_(tasks.c.not_before.is_(None), tasks.c.not_before <= now)
+
+
+async def _held_row(conn: AsyncConnection, task_id: str, worker_id: str) -> Row:
+    """The row of a task `worker_id` holds; else raises why it does not."""
+    row = (await conn.execute(select(tasks).where(*_held(task_id, worker_id)))).mappings().first()
+    if row is None:
+        raise await _not_held(conn, task_id, worker_id)
+    return row
+
+
+def _after_transient_failure(task: Row, error: TaskError, now: datetime, delay_seconds: float) -> dict[str, Any]:
+    """What a running task that failed for a transient reason becomes (see `retry_later`)."""
+    if task["cancel_requested"]:
+        return {"status": TaskStatus.CANCELED.value, "finished_at": now}
+    if task["attempts"] < task["max_attempts"]:
+        return {"status": QUEUED, "not_before": now + timedelta(seconds=delay_seconds), "progress_step": 0}
+    return {
+        "status": TaskStatus.FAILED.value,
+        "finished_at": now,
+        "error_code": error.code,
+        "error_message": f"{error.message} (after {task['attempts']} attempts)",
+    }
 
 
 async def _task_row(conn: AsyncConnection, task_id: str) -> Row | None:
@@ -545,6 +605,28 @@ def is_connection_error(exc: BaseException) -> bool:
         return False
     sqlstate = getattr(exc.orig, "sqlstate", None)
     return exc.connection_invalidated or (isinstance(sqlstate, str) and sqlstate.startswith(_UNREACHABLE_SQLSTATES))
+
+
+# Errors of a database that is there but cannot take the call now; the same call may succeed later.
+# SQLite: another writer held the lock past the busy timeout, or the disk is full or failing.
+_TRANSIENT_SQLITE_ERRORS = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_IOERR")
+# PostgreSQL: class 53 (insufficient resources: disk full, out of memory, too many connections),
+# serialization failure, deadlock, lock not available.
+_TRANSIENT_SQLSTATES = ("53", "40001", "40P01", "55P03")
+
+
+def is_transient_error(exc: BaseException) -> bool:
+    """True when the same call may succeed later: the database is unreachable (`is_connection_error`),
+    busy past its lock timeout, or out of space."""
+    if is_connection_error(exc):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    sqlite_name = getattr(exc.orig, "sqlite_errorname", None)
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    return (isinstance(sqlite_name, str) and sqlite_name.startswith(_TRANSIENT_SQLITE_ERRORS)) or (
+        isinstance(sqlstate, str) and sqlstate.startswith(_TRANSIENT_SQLSTATES)
+    )
 
 
 def describe_connection_error(exc: BaseException) -> str:

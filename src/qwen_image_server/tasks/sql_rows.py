@@ -126,6 +126,7 @@ def worker_row(worker: WorkerInfo) -> dict[str, Any]:
         "models_json": json.dumps([model.value for model in worker.models]),
         "state": worker.state,
         "last_seen": worker.last_seen,
+        "problem": worker.problem,
     }
 
 
@@ -140,6 +141,7 @@ def worker_from_row(row: Row) -> WorkerInfo:
         models=models,
         state=row["state"],
         last_seen=row["last_seen"],
+        problem=row["problem"],
     )
 
 

@@ -53,7 +53,7 @@ def sqlite_url(database_url: str | URL) -> URL:
     return url
 
 
-def create_sqlite_engine(database_url: str | URL, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> AsyncEngine:
+def create_sqlite_engine(database_url: str | URL, *, busy_timeout_ms: int | None = None) -> AsyncEngine:
     """An async engine on an SQLite file (created with its folder if missing), set up as above."""
     url = sqlite_url(database_url)
     if url.database and not url.database.startswith("file:"):
@@ -61,7 +61,7 @@ def create_sqlite_engine(database_url: str | URL, *, busy_timeout_ms: int = BUSY
         path.parent.mkdir(parents=True, exist_ok=True)
         url = url.set(database=str(path))
     engine = create_async_engine(url)
-    install_hooks(engine, busy_timeout_ms=busy_timeout_ms)
+    install_hooks(engine, busy_timeout_ms=BUSY_TIMEOUT_MS if busy_timeout_ms is None else busy_timeout_ms)
     return engine
 
 

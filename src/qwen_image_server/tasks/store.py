@@ -116,11 +116,19 @@ class TaskStore(Protocol):
         Returns whether a cancel was requested. Raises `LeaseLost` if `worker_id` no longer holds
         the task."""
 
+    async def with_inputs(self, task: Task) -> Task:
+        """The claimed task with the bytes of its input images (task reads and lists leave them out).
+        Raises `LeaseLost` when the task has ended since (its inputs are deleted with its end)."""
+
     async def complete(self, task_id: str, worker_id: str, results: Sequence[StoredImage]) -> Task: ...
 
     async def fail(self, task_id: str, worker_id: str, error: TaskError) -> Task: ...
 
     async def finish_canceled(self, task_id: str, worker_id: str) -> Task: ...
+
+    async def retry_later(self, task_id: str, worker_id: str, error: TaskError, delay_seconds: float) -> Task:
+        """After a transient failure (storage full, database busy): queued again but not claimed for
+        `delay_seconds` while attempts are left, else failed with `error`; canceled if that was asked."""
 
     async def release(self, task_id: str, worker_id: str) -> Task:
         """Give a running task back to the queue (graceful drain); the attempt is not counted."""

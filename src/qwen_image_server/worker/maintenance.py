@@ -13,7 +13,7 @@ from datetime import timedelta
 from qwen_image_server.results.store import ResultStore
 from qwen_image_server.settings import Settings
 from qwen_image_server.tasks.model import utcnow
-from qwen_image_server.tasks.sql import describe_connection_error, is_connection_error
+from qwen_image_server.tasks.sql import describe_connection_error, is_transient_error
 from qwen_image_server.tasks.store import TaskStore
 
 log = logging.getLogger(__name__)
@@ -55,9 +55,10 @@ class Maintenance:
                     await self.clean_up()
                     since_cleanup = 0.0
             except Exception as exc:  # a failing job must not kill the loop; it will run again
-                if is_connection_error(exc):
+                if is_transient_error(exc):
                     log.warning(
-                        "maintenance waits: the task database is unreachable (%s)", describe_connection_error(exc)
+                        "maintenance waits: the task database is unreachable or busy (%s)",
+                        describe_connection_error(exc),
                     )
                 else:
                     log.exception("maintenance failed")

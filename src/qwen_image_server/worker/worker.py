@@ -36,12 +36,12 @@ from enum import StrEnum
 from typing import Protocol
 
 from qwen_image_server.domain import GenerationRequest, ImageResult, ModelName, RenderedImage, StepProgress
-from qwen_image_server.errors import GenerationCanceled, QwenImageError
+from qwen_image_server.errors import GenerationCanceled, QwenImageError, RetryLater, StorageUnavailable
 from qwen_image_server.results.store import ResultStore
 from qwen_image_server.settings import Settings
 from qwen_image_server.tasks.model import Progress, StoredImage, Task, TaskError, WorkerInfo, utcnow
-from qwen_image_server.tasks.sql import describe_connection_error, is_connection_error
-from qwen_image_server.tasks.store import TaskConflict, TaskStore
+from qwen_image_server.tasks.sql import describe_connection_error, is_transient_error
+from qwen_image_server.tasks.store import LeaseLost, TaskConflict, TaskStore
 from qwen_image_server.worker.lane import EngineLane, Job
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,8 @@ class Worker:
         self._in_flight: set[asyncio.Task[None]] = set()
         self.max_in_flight = MAX_IN_FLIGHT  # 1 runs tasks strictly one after another (bench/duty_cycle.py)
         self._crash: BaseException | None = None  # an unexpected error of a task's run stops the worker
+        self._problem: str | None = None  # what keeps us from finishing tasks now, announced for /readyz
+        self._claims_held_until = 0.0  # monotonic time: after a transient failure, claim nothing before
 
     def wake(self) -> None:
         """A task was queued in this process: look for it now instead of at the next poll."""
@@ -138,6 +140,8 @@ class Worker:
                 await asyncio.to_thread(self.engine.load, model)
             await self._announce("ready")
             while await self._until_engine_wants_work():
+                if await self._holding_claims():
+                    continue
                 task = await self._claim()
                 if task is None:
                     await self._idle()
@@ -185,9 +189,15 @@ class Worker:
         self._changed.set()
 
     async def _claim(self) -> Task | None:
-        """The next task; None when there is none, or when the database cannot be reached."""
+        """The next task, with its input images; None when there is none, or when the database
+        cannot be reached or is busy (a task claimed whose inputs could not be read then comes back
+        to the queue when its lease lapses)."""
         try:
             task = await self.store.claim(self.id, self.settings.models, self.settings.lease_seconds)
+            task = await self.store.with_inputs(task) if task is not None else None
+        except LeaseLost as exc:  # it ended between the claim and the read of its inputs
+            log.info("%s", exc.message)
+            return None
         except Exception as exc:
             if not self._database_unreachable(exc, "claiming a task"):
                 raise
@@ -195,14 +205,25 @@ class Worker:
         self._database_reached()
         return task
 
+    async def _holding_claims(self) -> bool:
+        """After a transient failure, wait out its backoff before claiming (interrupted by stop);
+        True when it waited."""
+        remaining = self._claims_held_until - time.monotonic()
+        if remaining <= 0:
+            return False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=remaining)
+        return True
+
     def _database_unreachable(self, exc: Exception, doing: str) -> bool:
-        """True when `exc` says the task database cannot be reached (logged once per outage): the
-        caller carries on and tries again later. False for any other error."""
-        if not is_connection_error(exc):
+        """True when `exc` says the task database cannot be reached or cannot take the call now
+        (locked past the busy timeout, full; logged once per outage): the caller carries on and
+        tries again later. False for any other error."""
+        if not is_transient_error(exc):
             return False
         if not self._database_lost:
             reason = describe_connection_error(exc)
-            log.warning("the task database is unreachable (%s, while %s); waiting for it", reason, doing)
+            log.warning("the task database is unreachable or busy (%s, while %s); waiting for it", reason, doing)
         self._database_lost = True
         return True
 
@@ -239,7 +260,9 @@ class Worker:
 
     async def _announce(self, state: str) -> None:
         self._state = state
-        info = WorkerInfo(self.id, socket.gethostname(), os.getpid(), self.settings.models, state, utcnow())
+        info = WorkerInfo(
+            self.id, socket.gethostname(), os.getpid(), self.settings.models, state, utcnow(), self._problem
+        )
         try:
             await self.store.announce_worker(info)
         except Exception as exc:
@@ -258,6 +281,9 @@ class Worker:
             images = await asyncio.to_thread(_encode_all, rendered)
         except GenerationCanceled:
             await self._after_stop(task, run)
+            return
+        except RetryLater as exc:  # transient: the task runs again later (invalid input fails at once)
+            await self._retry_later(task, TaskError(exc.code, exc.message))
             return
         except QwenImageError as exc:
             await self._fail(task, TaskError(exc.code, exc.message))
@@ -306,7 +332,12 @@ class Worker:
         fresh = run.partials[len(run.previews) :]
         if not fresh:
             return None
-        run.previews.extend([await self.results.put(task.id, partial) for partial in fresh])
+        try:
+            run.previews.extend([await self.results.put(task.id, partial) for partial in fresh])
+        except StorageUnavailable as exc:  # previews are a courtesy: skip them; the results will tell
+            log.warning("task %s: previews not stored: %s", task.id, exc.message)
+            del run.partials[len(run.previews) :]
+            return None
         return list(run.previews)
 
     async def _heartbeat(self, task: Task, run: _Run, latest: StepProgress | None) -> None:
@@ -341,7 +372,12 @@ class Worker:
     async def _complete(self, task: Task, images: Sequence[ImageResult], run: _Run) -> None:
         if len(run.partials) > len(run.previews):  # made after the last heartbeat
             await self._heartbeat(task, run, run.latest)
-        stored: list[StoredImage] = [await self.results.put(task.id, image) for image in images]
+        try:
+            stored: list[StoredImage] = [await self.results.put(task.id, image) for image in images]
+        except StorageUnavailable as exc:
+            await self._retry_later(task, TaskError(exc.code, exc.message))
+            return
+        await self._set_problem(None)
         try:
             await self._until_written(
                 f"completing task {task.id}", lambda: self.store.complete(task.id, self.id, stored)
@@ -349,6 +385,27 @@ class Worker:
         except TaskConflict:
             # Another run owns the task now and writes the same keys; its images are the ones kept.
             log.warning("task %s finished after its lease was lost; another run owns it", task.id)
+
+    async def _retry_later(self, task: Task, error: TaskError) -> None:
+        """A transient failure (results storage full or read-only, ...): the task goes back to the
+        queue to run again after a backoff that doubles with each attempt (or fails once its attempts
+        are used up), this worker claims nothing meanwhile, and /readyz reports the problem."""
+        settings = self.settings
+        delay = min(settings.retry_backoff_seconds * 2 ** max(task.attempts - 1, 0), settings.retry_backoff_max_seconds)
+        log.warning("task %s, attempt %d of %d: %s; retrying in %.0f s", task.id, task.attempts,
+                    task.max_attempts, error.message, delay)  # fmt: skip
+        self._claims_held_until = time.monotonic() + delay
+        await self._set_problem(error.message)
+        with contextlib.suppress(TaskConflict):  # the task is someone else's now, or already final
+            await self._until_written(
+                f"retrying task {task.id} later", lambda: self.store.retry_later(task.id, self.id, error, delay)
+            )
+
+    async def _set_problem(self, problem: str | None) -> None:
+        """Announce at once what keeps this worker from finishing tasks (None: nothing any more)."""
+        if problem != self._problem:
+            self._problem = problem
+            await self._announce(self._state)
 
     async def _fail(self, task: Task, error: TaskError) -> None:
         try:

@@ -85,7 +85,7 @@ def to_task_out(task: Task, link: ResultLinker, queue_position: int | None = Non
             seed=request.seed,
             n=request.num_images_per_prompt,
             output_format=request.output_format.value,
-            input_images=len(request.images),
+            input_images=request.input_image_count,
         ),
         results=[_result_out(image, task, link) for image in task.results],
         previews=[_result_out(image, task, link) for image in task.previews],

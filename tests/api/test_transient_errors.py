@@ -1,0 +1,46 @@
+"""A database that is busy past its lock timeout is a transient fault: the API answers 503 with
+Retry-After in the caller's dialect, the worker waits and goes on, nothing is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from qwen_image_server.engine import Engine
+from qwen_image_server.service import Service
+from qwen_image_server.settings import Settings
+from qwen_image_server.tasks import sqlite as sqlite_store
+from tests.api.conftest import FAST_SERVICE, TINY_TASK, wait_until
+from tests.conftest import TINY_EVERYWHERE, asgi_client
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_locked_database_is_503_and_the_worker_waits_it_out(
+    tmp_path: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_MS", 200)  # SQLite gives up on the lock after 0.2 s
+    settings = Settings(**TINY_EVERYWHERE, **FAST_SERVICE, data_dir=tmp_path / "data")
+    service = Service.build(settings, engine=engine, run_worker=True)
+    async with service.running(), asgi_client(service) as client:
+        first = (await client.post("/v1/tasks", json=TINY_TASK)).json()
+        await wait_until(client, first["id"], "succeeded")
+        # Another program takes SQLite's write lock and keeps it, as an external writer would.
+        with closing(sqlite3.connect(settings.data_dir / "tasks.db", isolation_level=None)) as holder:
+            holder.execute("BEGIN IMMEDIATE")
+            native = await client.post("/v1/tasks", json=TINY_TASK)
+            assert native.status_code == 503, native.text
+            assert native.json()["error"]["code"] == "database_unavailable"
+            assert "busy" in native.json()["error"]["message"] and int(native.headers["retry-after"]) > 0
+            openai = await client.post("/v1/images/generations", json={"prompt": "a fox", "size": "256x256"})
+            assert openai.status_code == 503 and openai.json()["error"]["type"], openai.text
+            await asyncio.sleep(1.0)  # the worker's claims and announcements meet the lock meanwhile
+            holder.execute("ROLLBACK")
+        assert not service.worker_failed
+        second = (await client.post("/v1/tasks", json=TINY_TASK)).json()
+        assert (await wait_until(client, second["id"], "succeeded"))["status"] == "succeeded"
+        assert not service.worker_failed
