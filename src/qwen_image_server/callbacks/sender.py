@@ -174,9 +174,8 @@ class CallbackSender:
         self._in_flight[where] -= 1
         if not self._in_flight[where]:
             del self._in_flight[where]
-        if (
-            not done.cancelled() and done.exception() is not None
-        ):  # e.g. the record: the claim runs out, it is sent again
+        # e.g. the record failed: the callback is sent again when its claim runs out
+        if not done.cancelled() and done.exception() is not None:
             self._log_failure(done.exception())
         self._wake.set()  # a slot is free
 
