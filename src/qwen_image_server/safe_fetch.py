@@ -413,6 +413,7 @@ MAX_ANSWER_BYTES = 64 * 2**10
 class PostAnswer:
     status_code: int
     location: str | None  # of a redirect, which `post` does not follow
+    retry_after: str | None = None  # the Retry-After header as sent (seconds or an HTTP date)
 
 
 def post(url: str, body: bytes, headers: dict[str, str], policy: FetchPolicy) -> PostAnswer:
@@ -434,4 +435,4 @@ def post(url: str, body: bytes, headers: dict[str, str], policy: FetchPolicy) ->
             received += len(chunk)
             if received > MAX_ANSWER_BYTES:
                 break
-        return PostAnswer(response.status_code, response.headers.get("location"))
+        return PostAnswer(response.status_code, response.headers.get("location"), response.headers.get("retry-after"))

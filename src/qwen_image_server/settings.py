@@ -185,6 +185,18 @@ class Settings(BaseSettings):
     callback_timeout_seconds: float = Field(
         default=15.0, gt=0, le=300, description="How long one callback attempt may take (connect, send, answer)."
     )
+    callback_concurrency: int = Field(
+        default=32, ge=1, le=1024, description="How many callback attempts one process runs at the same time."
+    )
+    callback_destination_concurrency: int = Field(
+        default=4,
+        ge=1,
+        le=1024,
+        description=(
+            "How many of them may go to one destination (scheme, host and port) at the same time, so that a slow "
+            "receiver delays only its own callbacks."
+        ),
+    )
     webhook_secret: str | None = Field(
         default=None,
         description=(

@@ -4,10 +4,13 @@ signatures checked with the `standardwebhooks` package, retries, refusals and th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -19,8 +22,10 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from qwen_image_server.engine import Engine
 from qwen_image_server.service import Service, server_webhook_secret
 from qwen_image_server.settings import Settings
+from qwen_image_server.tasks.model import TaskError
 from tests.api.conftest import FAST_SERVICE, TINY_TASK
 from tests.conftest import TINY_EVERYWHERE, asgi_client
+from tests.contracts.conftest import new_task
 from tests.unit.local_http import read_body, send_body, serving
 
 pytestmark = pytest.mark.anyio
@@ -28,29 +33,55 @@ pytestmark = pytest.mark.anyio
 FAST_RETRIES = {"callback_retry_seconds": (0.05, 0.05, 0.05), "callback_timeout_seconds": 5.0}
 
 
+Answer = int | tuple[int, dict[str, str]]  # a status, or a status and headers to send with it
+
+
 @dataclass
 class Receiver:
-    """Answers POSTs with the scripted statuses (then 200) and keeps what it got."""
+    """Answers POSTs with the scripted answers (then 200), each after `delay` seconds, and keeps
+    what it got and when (`time.monotonic()` when each request came and when its answer went)."""
 
     url: str
-    statuses: list[int] = field(default_factory=list)
+    statuses: list[Answer] = field(default_factory=list)
+    delay: float = 0.0
     received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    arrived: list[float] = field(default_factory=list)
+    answered: list[float] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def handle(self, handler: BaseHTTPRequestHandler) -> None:
+        came = time.monotonic()
         body = read_body(handler)
         with self.lock:
+            self.arrived.append(came)
             self.received.append(({k.lower(): v for k, v in handler.headers.items()}, body))
-            status = self.statuses.pop(0) if self.statuses else 200
-        send_body(handler, b"{}", status=status, content_type="application/json")
+            answer = self.statuses.pop(0) if self.statuses else 200
+        time.sleep(self.delay)
+        status, headers = answer if isinstance(answer, tuple) else (answer, {})
+        if headers:
+            handler.send_response(status)
+            for name, value in {**headers, "Content-Length": "2", "Connection": "close"}.items():
+                handler.send_header(name, value)
+            handler.end_headers()
+            handler.wfile.write(b"{}")
+        else:
+            send_body(handler, b"{}", status=status, content_type="application/json")
+        with self.lock:
+            self.answered.append(time.monotonic())
+
+
+@contextlib.contextmanager
+def receiving(delay: float = 0.0) -> Iterator[Receiver]:
+    box: list[Receiver] = []
+    with serving({"/hook": lambda handler: box[0].handle(handler)}) as base:
+        box.append(Receiver(f"{base}/hook", delay=delay))
+        yield box[0]
 
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    box: list[Receiver] = []
-    with serving({"/hook": lambda handler: box[0].handle(handler)}) as base:
-        box.append(Receiver(f"{base}/hook"))
-        yield box[0]
+    with receiving() as found:
+        yield found
 
 
 async def make_service(tmp_path: Path, engine: Engine, **settings: Any) -> Service:
@@ -243,3 +274,99 @@ async def test_novita_and_kie_callbacks_have_their_providers_shapes(
         assert headers["webhook-signature"].startswith("v1,")
     for headers, body in receiver.received:
         verified(secret, headers, body)
+
+
+# -- fairness, 410 Gone, Retry-After, the schedule's gaps ------------------------------------------
+# These make tasks end through the store (no worker, no engine): many callbacks at once, cheaply.
+
+
+@contextlib.asynccontextmanager
+async def bare_service(tmp_path: Path, **settings: Any) -> AsyncIterator[tuple[Service, httpx.AsyncClient]]:
+    merged = {**FAST_SERVICE, **FAST_RETRIES, "allowed_fetch_networks": "127.0.0.0/8", **settings}
+    service = Service.build(Settings(**TINY_EVERYWHERE, **merged, data_dir=tmp_path / "data"), run_worker=False)
+    async with service.running(), asgi_client(service) as client:
+        yield service, client
+
+
+async def ended_task(service: Service, callback_url: str) -> str:
+    """A task that has just failed, with `callback_url`: its callback is due now."""
+    new = replace(new_task(), callback_url=callback_url)
+    await service.store.create(new)
+    claimed = await service.store.claim("test-worker", [new.request.model], lease_seconds=60)
+    assert claimed is not None and claimed.id == new.id
+    await service.store.fail(new.id, "test-worker", TaskError("generation_failed", "made to fail by the test"))
+    return new.id
+
+
+async def test_a_slow_receiver_with_many_callbacks_does_not_delay_another_receiver(tmp_path: Path) -> None:
+    settings = {"callback_concurrency": 8, "callback_destination_concurrency": 2, "callback_timeout_seconds": 10.0}
+    with receiving(delay=3.0) as slow, receiving() as fast:
+        async with bare_service(tmp_path, **settings) as (service, client):
+            for _ in range(20):
+                await ended_task(service, slow.url)
+            await asyncio.sleep(0.3)  # the slow receiver's callbacks are under way
+            ended = time.monotonic()
+            task_id = await ended_task(service, fast.url)
+            assert (await settled_callback(client, task_id))["status"] == "delivered"
+            assert fast.arrived[0] - ended < 1.0, "the fast receiver waited for the slow one"
+            assert len(slow.received) == 2  # at most 2 at a time to one destination: the first 2 only, so far
+
+
+async def test_a_410_gone_disables_the_url_for_this_and_later_callbacks(tmp_path: Path, receiver: Receiver) -> None:
+    receiver.statuses = [410]
+    async with bare_service(tmp_path) as (service, client):
+        gone = await settled_callback(client, await ended_task(service, receiver.url))
+        later = await settled_callback(client, await ended_task(service, receiver.url))
+        other_url = await settled_callback(client, await ended_task(service, receiver.url + "?v=2"))
+    assert gone["status"] == "failed"
+    [attempt] = gone["attempts"]  # not retried
+    assert attempt["status_code"] == 410 and "disabled" in attempt["error"]
+    assert later["status"] == "refused"
+    [refusal] = later["attempts"]
+    assert refusal["status_code"] is None
+    assert "disabled" in refusal["error"] and "410 Gone" in refusal["error"] and gone["id"] in refusal["error"]
+    assert other_url["status"] == "delivered"  # per exact URL: a new one is called
+    assert len(receiver.received) == 2
+
+
+def _in_seconds(seconds: float) -> str:
+    return formatdate(time.time() + seconds, usegmt=True)
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "at_least"),
+    [(429, lambda: "2", 1.9), (503, lambda: _in_seconds(3), 1.9)],  # a date has whole seconds: 2 to 3 s
+    ids=["429-seconds", "503-http-date"],
+)
+async def test_retry_after_on_429_and_503_is_honoured(
+    tmp_path: Path, receiver: Receiver, status: int, retry_after: Any, at_least: float
+) -> None:
+    async with bare_service(tmp_path) as (service, client):
+        task_id = await ended_task(service, receiver.url)
+        receiver.statuses = [(status, {"Retry-After": retry_after()})]
+        callback = await settled_callback(client, task_id)
+    assert callback["status"] == "delivered"
+    assert [a["status_code"] for a in callback["attempts"]] == [status, 200]
+    assert "Retry-After" in callback["attempts"][0]["error"]
+    gap = receiver.arrived[1] - receiver.answered[0]
+    assert at_least <= gap < at_least + 1.6  # the schedule alone says 0.05 s
+
+
+async def test_a_503_without_retry_after_keeps_the_schedule(tmp_path: Path, receiver: Receiver) -> None:
+    receiver.statuses = [503]
+    async with bare_service(tmp_path) as (service, client):
+        await settled_callback(client, await ended_task(service, receiver.url))
+    assert receiver.arrived[1] - receiver.answered[0] < 0.5
+
+
+async def test_retries_keep_the_schedules_gaps_after_each_attempt_ends_whatever_else_is_slow(tmp_path: Path) -> None:
+    settings = {"callback_retry_seconds": (1.0, 1.0), "callback_timeout_seconds": 10.0}
+    with receiving(delay=4.0) as slow, receiving(delay=0.5) as flaky:
+        flaky.statuses = [500, 500]
+        async with bare_service(tmp_path, **settings) as (service, client):
+            for _ in range(3):
+                await ended_task(service, slow.url)  # in flight during the flaky receiver's retries
+            callback = await settled_callback(client, await ended_task(service, flaky.url))
+    assert [a["status_code"] for a in callback["attempts"]] == [500, 500, 200]
+    gaps = [flaky.arrived[n + 1] - flaky.answered[n] for n in range(2)]
+    assert all(0.95 <= gap < 1.3 for gap in gaps), gaps

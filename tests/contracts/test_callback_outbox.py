@@ -20,8 +20,8 @@ HOOK = "https://hooks.example/receive"
 IMAGE = StoredImage("t/0.png", 0, 1, 256, 256, OutputFormat.PNG, 10, "ab")
 
 
-def with_hook(new: NewTask, *, owner: str | None = None) -> NewTask:
-    return replace(new, callback_url=HOOK, owner=owner)
+def with_hook(new: NewTask, *, owner: str | None = None, url: str = HOOK) -> NewTask:
+    return replace(new, callback_url=url, owner=owner)
 
 
 async def running(store: SqlTaskStore, new: NewTask, worker: str = "w1") -> str:
@@ -139,3 +139,69 @@ async def test_retention_deletes_callbacks_with_their_tasks(store: SqlTaskStore,
     deleted = await store.delete_finished_before(clock.advance(3600))
     assert [task.id for task in deleted] == [task_id]
     assert await callbacks.for_task(task_id) == []
+
+
+async def ended_with_hook(store: SqlTaskStore, url: str) -> str:
+    task_id = await running(store, with_hook(new_task(), url=url))
+    await store.complete(task_id, "w1", [IMAGE])
+    return task_id
+
+
+async def test_claims_take_at_most_the_room_each_destination_has(store: SqlTaskStore, clock: FakeClock) -> None:
+    callbacks = SqlCallbackStore(store)
+    for _ in range(4):
+        await ended_with_hook(store, "https://slow.example/a")
+    await ended_with_hook(store, "https://fast.example/b")
+    now = clock.advance(1)
+    busy = {"https://slow.example:443": 1}  # the caller has one attempt there in flight already
+    claimed = await callbacks.claim_due(now, limit=10, hold_seconds=60, per_destination=2, busy=busy)
+    destinations = sorted(callback.destination for callback in claimed)
+    assert destinations == ["https://fast.example:443", "https://slow.example:443"]  # one more to slow, not four
+    # the rows it left are due and unheld: the next claim with room takes them at once
+    rest = await callbacks.claim_due(now, limit=10, hold_seconds=60, per_destination=2)
+    assert [callback.destination for callback in rest] == ["https://slow.example:443"] * 2
+    full = {"https://slow.example:443": 2}
+    assert await callbacks.claim_due(now, limit=10, hold_seconds=60, per_destination=2, busy=full) == []
+    [last] = await callbacks.claim_due(now, limit=10, hold_seconds=60, per_destination=2, busy={})
+    assert last.destination == "https://slow.example:443"
+
+
+async def test_a_claim_takes_no_more_than_its_limit_soonest_first(store: SqlTaskStore, clock: FakeClock) -> None:
+    callbacks = SqlCallbackStore(store)
+    first = await ended_with_hook(store, "https://a.example/")
+    await ended_with_hook(store, "https://b.example/")
+    [claimed] = await callbacks.claim_due(clock.advance(1), limit=1, hold_seconds=60, per_destination=4)
+    assert claimed.task_id == first
+
+
+async def test_next_due_at_is_the_soonest_pending_callback_of_the_destinations_not_excluded(
+    store: SqlTaskStore, clock: FakeClock
+) -> None:
+    callbacks = SqlCallbackStore(store)
+    assert await callbacks.next_due_at() is None
+    await ended_with_hook(store, "https://a.example/")
+    [held] = await callbacks.claim_due(clock.advance(1), limit=10, hold_seconds=60)
+    assert await callbacks.next_due_at() == held.next_attempt_at  # held: due when the hold ends
+    retry_at = clock.advance(1) + timedelta(seconds=7)
+    attempt = CallbackAttempt(1, clock(), 5, 500, CallbackStatus.FAILED)
+    await callbacks.record_attempt(held, attempt, status=CallbackStatus.PENDING, next_attempt_at=retry_at)
+    assert await callbacks.next_due_at() == retry_at
+    await ended_with_hook(store, "http://b.example:8080/x")
+    b_due = await callbacks.next_due_at()
+    assert b_due is not None and b_due < retry_at
+    assert await callbacks.next_due_at(exclude=["http://b.example:8080"]) == retry_at
+    assert await callbacks.next_due_at(exclude=["http://b.example:8080", "https://a.example:443"]) is None
+
+
+async def test_disabled_urls_are_kept_with_their_first_reason_until_enabled(
+    store: SqlTaskStore, other_store: SqlTaskStore, clock: FakeClock
+) -> None:
+    callbacks, elsewhere = SqlCallbackStore(store), SqlCallbackStore(other_store)
+    assert await callbacks.disabled_reason(HOOK) is None
+    await callbacks.disable_url(HOOK, "it answered HTTP 410 Gone", clock())
+    await elsewhere.disable_url(HOOK, "a second 410", clock())  # another sender, later: no error
+    assert await elsewhere.disabled_reason(HOOK) == "it answered HTTP 410 Gone"
+    assert await callbacks.disabled_reason(HOOK + "?v=2") is None  # the exact URL only
+    assert await callbacks.enable_url(HOOK) is True
+    assert await callbacks.disabled_reason(HOOK) is None
+    assert await callbacks.enable_url(HOOK) is False

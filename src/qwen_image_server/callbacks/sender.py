@@ -1,12 +1,24 @@
 """The sender: delivers the callback outbox (tasks/outbox.py), in every process that runs maintenance.
 
-Each round claims the callbacks that are due, renders each one's body from its task as it is now
-(in the shape of the dialect that made the task), signs it with Standard Webhooks headers and POSTs
-it once through `safe_fetch.post`: the address is checked at connect time, no redirect is followed,
-one deadline bounds the attempt. Every attempt is recorded. A non-2xx answer or no answer is tried
-again after the next wait of `callback_retry_seconds`; when the schedule runs out the callback is
-`failed`. A URL that leads to a non-public address, or answers with a redirect, is `refused` at once
-and never retried.
+It runs continuously: whenever one of its `callback_concurrency` slots is free it claims a due
+callback and starts it at once, so no attempt waits for another to end. At most
+`callback_destination_concurrency` attempts go to one destination (scheme, host and port) at a
+time, and only what can start now is claimed (a claim holds the row, pushing its next attempt
+ahead): a slow or dead receiver fills its own slots and delays only its own callbacks. Between
+claims the sender sleeps until the soonest pending callback is due (woken early when an attempt
+ends), and at most `poll_interval_seconds`, to see callbacks that other processes recorded.
+
+Each attempt renders the body from its task as it is now (in the shape of the dialect that made
+the task), signs it with Standard Webhooks headers and POSTs it once through `safe_fetch.post`
+(in the sender's own threads: a slow receiver never holds the threads the rest of the server
+uses): the address is checked at connect time, no redirect is followed, one deadline bounds the
+attempt. Every attempt is recorded. A non-2xx answer or no answer is tried again the next wait of
+`callback_retry_seconds` after the attempt ENDED (after a 429 or 503 with Retry-After, not before
+the time it asks for, up to an hour); when the schedule runs out the callback is `failed`.
+
+A URL that leads to a non-public address, or answers with a redirect, is `refused` at once and
+never retried. A URL that answers 410 Gone is disabled (Standard Webhooks): that callback stops,
+and later callbacks to the same exact URL are `refused` without being sent.
 
 Delivery is at least once: a sender that dies between the receiver's answer and the record sends
 that callback again after the claim runs out, with the same `webhook-id` for the receiver to spot.
@@ -15,15 +27,19 @@ that callback again after the claim runs out, with the same `webhook-id` for the
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import logging
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from qwen_image_server import safe_fetch
+from qwen_image_server.callbacks.retry_after import retry_after_seconds
 from qwen_image_server.callbacks.signing import secret_key, signature_headers
 from qwen_image_server.errors import FetchFailed, UrlNotAllowed
 from qwen_image_server.results.links import ResultLinker
@@ -36,7 +52,8 @@ from qwen_image_server.tasks.store import TaskNotFound, TaskStore
 
 log = logging.getLogger(__name__)
 
-CLAIM_BATCH = 16  # callbacks one round sends concurrently (each in a thread: the POST is blocking)
+RETRY_AFTER_STATUSES = frozenset({429, 503})  # answers whose Retry-After header sets the next wait
+MIN_SLEEP_SECONDS = 0.01  # between claims when something is due but was not claimed (taken elsewhere)
 
 
 @dataclass(frozen=True)
@@ -57,6 +74,8 @@ class _Result:
     status_code: int | None = None
     error: str | None = None
     final: bool = False
+    retry_after: float | None = None  # seconds the receiver asked us to wait (429/503 Retry-After)
+    gone: bool = False  # the receiver answered 410 Gone: disable the URL
 
 
 @dataclass(frozen=True)
@@ -87,27 +106,84 @@ class CallbackSender:
         self._policy = safe_fetch.FetchPolicy(
             allowed_networks=settings.allowed_fetch_networks, deadline_s=settings.callback_timeout_seconds
         )
+        self._running: set[asyncio.Task[None]] = set()  # the attempts in flight
+        self._in_flight: dict[str, int] = {}  # how many of them go to each destination
+        self._wake = asyncio.Event()  # set when a slot frees
+        self._pool: ThreadPoolExecutor | None = None  # the POSTs block: they run here, while `run` runs
 
     async def run(self) -> None:
-        """Loop forever (cancel the asyncio task to stop)."""
-        while True:
-            try:
-                sent = await self.deliver_due()
-            except Exception as exc:  # a failing round must not end the loop; the rows wait for the next
-                if is_connection_error(exc):  # an outage is expected now and then: one line, no traceback
-                    log.warning("callbacks wait: the task database is unreachable: %s", describe_connection_error(exc))
-                else:
-                    log.exception("callback delivery failed")
-                sent = 0
-            if sent < CLAIM_BATCH:
-                await asyncio.sleep(self._settings.poll_interval_seconds)
+        """Deliver until canceled (cancel the asyncio task to stop; attempts in flight stop too and
+        are sent again once their claim runs out)."""
+        pool = ThreadPoolExecutor(self._settings.callback_concurrency, thread_name_prefix="callbacks")
+        self._pool, self._wake = pool, asyncio.Event()
+        try:
+            while True:
+                self._wake.clear()
+                try:
+                    await self.start_due()
+                    wait = await self._until_next_due()
+                except Exception as exc:  # a failing round must not end the loop; the rows wait for the next
+                    self._log_failure(exc)
+                    wait = self._settings.poll_interval_seconds
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
+        finally:
+            for running in self._running:
+                running.cancel()
+            await asyncio.gather(*self._running, return_exceptions=True)
+            pool.shutdown(wait=False, cancel_futures=True)
 
-    async def deliver_due(self) -> int:
-        """One round: claim what is due and attempt each once. Returns how many were attempted."""
+    async def start_due(self) -> int:
+        """Claim what is due and can start now, and start it. Returns how many were started."""
+        free = self._settings.callback_concurrency - len(self._running)
+        if free <= 0:
+            return 0
         hold = self._settings.callback_timeout_seconds + 30  # outlives the attempt and its record
-        due = await self._callbacks.claim_due(utcnow(), limit=CLAIM_BATCH, hold_seconds=hold)
-        await asyncio.gather(*(self._attempt(callback) for callback in due))
+        due = await self._callbacks.claim_due(
+            utcnow(),
+            limit=free,
+            hold_seconds=hold,
+            per_destination=self._settings.callback_destination_concurrency,
+            busy=self._in_flight,
+        )
+        for callback in due:
+            self._start(callback)
         return len(due)
+
+    async def _until_next_due(self) -> float:
+        """Seconds to sleep: until the soonest callback this sender could start is due, at most
+        `poll_interval_seconds` (callbacks recorded meanwhile, here or by other processes)."""
+        poll = self._settings.poll_interval_seconds
+        if len(self._running) >= self._settings.callback_concurrency:
+            return poll  # an attempt that ends wakes the loop
+        cap = self._settings.callback_destination_concurrency
+        soonest = await self._callbacks.next_due_at(exclude=[where for where, n in self._in_flight.items() if n >= cap])
+        if soonest is None:
+            return poll
+        return min(poll, max((soonest - utcnow()).total_seconds(), MIN_SLEEP_SECONDS))
+
+    def _start(self, callback: Callback) -> None:
+        where = callback.destination
+        self._in_flight[where] = self._in_flight.get(where, 0) + 1
+        running = asyncio.create_task(self._attempt(callback), name=f"callback {callback.id}")
+        self._running.add(running)
+        running.add_done_callback(lambda done: self._finished(where, done))
+
+    def _finished(self, where: str, done: asyncio.Task[None]) -> None:
+        self._running.discard(done)
+        self._in_flight[where] -= 1
+        if not self._in_flight[where]:
+            del self._in_flight[where]
+        # e.g. the record failed: the callback is sent again when its claim runs out
+        if not done.cancelled() and done.exception() is not None:
+            self._log_failure(done.exception())
+        self._wake.set()  # a slot is free
+
+    def _log_failure(self, exc: BaseException | None) -> None:
+        if exc is not None and is_connection_error(exc):  # an outage is expected now and then: one line
+            log.warning("callbacks wait: the task database is unreachable: %s", describe_connection_error(exc))
+        else:
+            log.error("callback delivery failed", exc_info=exc)
 
     async def _attempt(self, callback: Callback) -> None:
         started, clock = utcnow(), time.monotonic()
@@ -117,35 +193,46 @@ class CallbackSender:
         except Exception as exc:  # e.g. a payload that cannot be rendered: a fault of ours, not retried
             log.exception("callback %s of task %s could not be made", callback.id, callback.task_id)
             result = _Result(CallbackStatus.FAILED, error=f"the callback could not be made: {exc!r}", final=True)
+        duration = time.monotonic() - clock
+        ended = started + timedelta(seconds=duration)
         attempt = CallbackAttempt(
             number=number,
             started_at=started,
-            duration_ms=round((time.monotonic() - clock) * 1000),
+            duration_ms=round(duration * 1000),
             status_code=result.status_code,
             outcome=result.outcome,
             error=result.error,
         )
-        status, next_at = self._after(result, number, started)
+        if result.gone:  # first, so that no other attempt to this URL starts meanwhile
+            reason = f"it answered HTTP 410 Gone to callback {callback.id} at {ended.isoformat(timespec='seconds')}"
+            await self._callbacks.disable_url(callback.url, reason, ended)
+        status, next_at = self._after(result, number, ended)
         await self._callbacks.record_attempt(callback, attempt, status=status, next_attempt_at=next_at)
         log.info("callback %s of task %s, attempt %d: %s", callback.id, callback.task_id, number, result.error or "ok")
 
-    def _after(self, result: _Result, number: int, now: datetime) -> tuple[CallbackStatus, datetime | None]:
-        """The callback's status after attempt `number`, and when to try next."""
+    def _after(self, result: _Result, number: int, ended: datetime) -> tuple[CallbackStatus, datetime | None]:
+        """The callback's status after attempt `number`, which ended at `ended`, and when to try
+        next: the schedule's wait after the attempt's end, or longer if the receiver asked so."""
         schedule = self._settings.callback_retry_seconds
         if result.outcome is not CallbackStatus.FAILED:
             return result.outcome, None
         if result.final or number > len(schedule):
             return CallbackStatus.FAILED, None
-        return CallbackStatus.PENDING, now + timedelta(seconds=schedule[number - 1])
+        wait = max(schedule[number - 1], result.retry_after or 0.0)
+        return CallbackStatus.PENDING, ended + timedelta(seconds=wait)
 
     async def _send(self, callback: Callback) -> _Result:
+        disabled = await self._callbacks.disabled_reason(callback.url)
+        if disabled is not None:
+            return _Result(CallbackStatus.REFUSED, error=f"not sent: this URL is disabled ({disabled})")
         try:
             task = await self._store.get(callback.task_id)
         except TaskNotFound:
             return _Result(CallbackStatus.FAILED, error="the task no longer exists", final=True)
         message = await self._message(callback, task)
+        post = functools.partial(safe_fetch.post, callback.url, message.body, message.headers, self._policy)
         try:
-            answer = await asyncio.to_thread(safe_fetch.post, callback.url, message.body, message.headers, self._policy)
+            answer = await asyncio.get_running_loop().run_in_executor(self._pool, post)
         except UrlNotAllowed as exc:
             return _Result(CallbackStatus.REFUSED, error=exc.message)
         except FetchFailed as exc:
@@ -157,7 +244,13 @@ class CallbackSender:
             where = f" to {answer.location}" if answer.location else ""
             error = f"the receiver redirected{where} (HTTP {code}); callbacks do not follow redirects"
             return _Result(CallbackStatus.REFUSED, status_code=code, error=error)
-        return _Result(CallbackStatus.FAILED, status_code=code, error=f"the receiver answered HTTP {code}")
+        if code == 410:  # Standard Webhooks: the endpoint is gone for good
+            error = "the receiver answered HTTP 410 Gone: this URL is disabled, no more callbacks are sent to it"
+            return _Result(CallbackStatus.FAILED, status_code=code, error=error, final=True, gone=True)
+        wait = retry_after_seconds(answer.retry_after, utcnow()) if code in RETRY_AFTER_STATUSES else None
+        asked = f", Retry-After {wait:g} s" if wait is not None else ""
+        error = f"the receiver answered HTTP {code}{asked}"
+        return _Result(CallbackStatus.FAILED, status_code=code, error=error, retry_after=wait)
 
     async def _message(self, callback: Callback, task: Task) -> _Message:
         shape = self._shapes.get(callback.dialect)

@@ -7,23 +7,31 @@ neither. Only the task id, URL and dialect are stored; the payload is rendered w
 the task as it is then (its result links are signed at that moment).
 
 `SqlCallbackStore` is the sender's side: claim due rows (a claim pushes `next_attempt_at` ahead,
-so a sender that dies mid-delivery only delays the callback), record each attempt, list them.
+so a sender that dies mid-delivery only delays the callback), record each attempt, list them, and
+keep the URLs that an HTTP 410 Gone answer disabled.
+
+A sender claims only what it starts at once: at most its free slots, and per destination (scheme,
+host and port of the URL) at most what that destination has room for. Rows it leaves stay due and
+unheld, for the next free slot of this sender or of any other.
 """
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Select, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from qwen_image_server.tasks.model import TaskStatus
-from qwen_image_server.tasks.schema import callback_attempts, callbacks
+from qwen_image_server.tasks.schema import callback_attempts, callbacks, disabled_callback_urls
 from qwen_image_server.tasks.sql_rows import Row
 
 if TYPE_CHECKING:
@@ -52,6 +60,7 @@ class Callback:
     id: str  # the Standard Webhooks `webhook-id`: the same on every attempt
     task_id: str
     url: str
+    destination: str  # scheme://host:port of `url` (`destination_of`)
     dialect: str
     owner: str | None
     status: CallbackStatus
@@ -60,6 +69,20 @@ class Callback:
     updated_at: datetime
     attempts_made: int
     attempts: tuple[CallbackAttempt, ...] = ()  # the history; empty in what `claim_due` returns
+
+
+def destination_of(url: str) -> str:
+    """Where a callback goes, as one receiver: `scheme://host:port`, lower case, with the scheme's
+    default port filled in (`https://Hooks.example/a` and `https://hooks.example:443/b` are one)."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:  # not a URL the sender can call (refused at creation); it is its own destination
+        return url[:320]
+    scheme = parts.scheme.lower()
+    port = port or {"http": 80, "https": 443}.get(scheme)
+    host = f"[{host}]" if host and ":" in host else host
+    return f"{scheme}://{host}:{port}"[:320]
 
 
 async def enqueue_final_callback(conn: AsyncConnection, task_row: Row, now: datetime) -> None:
@@ -71,6 +94,7 @@ async def enqueue_final_callback(conn: AsyncConnection, task_row: Row, now: date
         "id": f"msg_{uuid.uuid4().hex}",
         "task_id": task_row["id"],
         "url": task_row["callback_url"],
+        "destination": destination_of(task_row["callback_url"]),
         "dialect": task_row["dialect"],
         "owner": task_row["owner"],
         "status": CallbackStatus.PENDING.value,
@@ -97,31 +121,81 @@ class SqlCallbackStore:
     def __init__(self, store: SqlTaskStore) -> None:
         self._store = store
 
-    async def claim_due(self, now: datetime, *, limit: int, hold_seconds: float) -> list[Callback]:
+    async def claim_due(
+        self,
+        now: datetime,
+        *,
+        limit: int,
+        hold_seconds: float,
+        per_destination: int | None = None,
+        busy: Mapping[str, int] | None = None,
+    ) -> list[Callback]:
         """Pending callbacks whose time has come, held for `hold_seconds` (their next attempt is
-        pushed that far ahead, so no other sender takes them meanwhile)."""
-        due = (
-            select(callbacks.c.id)
-            .where(callbacks.c.status == CallbackStatus.PENDING.value, callbacks.c.next_attempt_at <= now)
-            .order_by(callbacks.c.next_attempt_at, callbacks.c.id)
-        )
-        held_until = now + timedelta(seconds=hold_seconds)
+        pushed that far ahead, so no other sender takes them meanwhile): at most `limit`, and with
+        `per_destination`, at most that many per destination less what is `busy` there already
+        (the caller's attempts in flight). Soonest due first."""
+        in_flight = dict(busy or {})
+        cap = per_destination
+
+        def full() -> list[str]:
+            return [] if cap is None else [where for where, count in in_flight.items() if count >= cap]
+
         claimed: list[Callback] = []
-        async with self._store.read_engine.connect() as conn:  # mostly nothing is due: then take no write lock
-            if (await conn.execute(due.limit(1))).first() is None:
-                return claimed
+        soonest = await self.next_due_at(exclude=full()) if limit > 0 else None
+        if soonest is None or soonest > now:  # mostly nothing is due: then take no write lock
+            return claimed
+        held_until = now + timedelta(seconds=hold_seconds)
         async with self._store.write() as conn:
-            for callback_id in (await conn.execute(due.limit(limit).with_for_update(skip_locked=True))).scalars():
-                statement = (
-                    update(callbacks)
-                    .where(callbacks.c.id == callback_id, callbacks.c.next_attempt_at <= now)
-                    .values(next_attempt_at=held_until, updated_at=now)
-                    .returning(*callbacks.c)
-                )
-                row = (await conn.execute(statement)).mappings().first()
-                if row is not None:
-                    claimed.append(_callback(row, ()))
+            while len(claimed) < limit:
+                wanted = limit - len(claimed)
+                due = _due(now, exclude=full()).limit(wanted).with_for_update(skip_locked=True)
+                candidates = (await conn.execute(due)).all()
+                taken = 0
+                for callback_id, destination in candidates:
+                    if cap is not None and in_flight.get(destination, 0) >= cap:
+                        continue  # that destination filled up in this round: the row stays due, unheld
+                    row = await _hold(conn, callback_id, now, held_until)
+                    if row is not None:
+                        claimed.append(_callback(row, ()))
+                        in_flight[destination] = in_flight.get(destination, 0) + 1
+                        taken += 1
+                if len(candidates) < wanted or taken == 0:
+                    break  # nothing more is due here (skipped rows are looked at again without their destination)
         return claimed
+
+    async def next_due_at(self, *, exclude: Collection[str] = ()) -> datetime | None:
+        """When the soonest pending callback is due (possibly already), leaving out those to the
+        destinations in `exclude`; None when none is pending. A held callback counts as due when
+        its hold ends."""
+        query = select(func.min(callbacks.c.next_attempt_at)).where(
+            callbacks.c.status == CallbackStatus.PENDING.value, callbacks.c.destination.not_in(list(exclude))
+        )
+        async with self._store.read_engine.connect() as conn:
+            soonest: datetime | None = (await conn.execute(query)).scalar()
+        return soonest
+
+    async def disable_url(self, url: str, reason: str, now: datetime) -> None:
+        """Send nothing more to `url` (it answered 410 Gone); `reason` is what its later callbacks
+        record. Disabling a URL that is disabled already keeps the first reason."""
+        row = {"url": url, "reason": reason, "disabled_at": now}
+        with contextlib.suppress(IntegrityError):  # disabled already (by another sender, at the same time)
+            async with self._store.write() as conn:
+                found = select(disabled_callback_urls.c.url).where(disabled_callback_urls.c.url == url)
+                if (await conn.execute(found)).first() is None:
+                    await conn.execute(insert(disabled_callback_urls).values(row))
+
+    async def disabled_reason(self, url: str) -> str | None:
+        """Why `url` is disabled, or None when it is not."""
+        query = select(disabled_callback_urls.c.reason).where(disabled_callback_urls.c.url == url)
+        async with self._store.read_engine.connect() as conn:
+            reason: str | None = (await conn.execute(query)).scalar()
+        return reason
+
+    async def enable_url(self, url: str) -> bool:
+        """Call `url` again (an operator's decision); False when it was not disabled."""
+        async with self._store.write() as conn:
+            result = await conn.execute(delete(disabled_callback_urls).where(disabled_callback_urls.c.url == url))
+        return bool(result.rowcount)
 
     async def record_attempt(
         self, callback: Callback, attempt: CallbackAttempt, *, status: CallbackStatus, next_attempt_at: datetime | None
@@ -147,6 +221,30 @@ class SqlCallbackStore:
             return await _callbacks_where(conn, callbacks.c.task_id == task_id)
 
 
+def _due(now: datetime, *, exclude: Collection[str]) -> Select[str, str]:
+    return (
+        select(callbacks.c.id, callbacks.c.destination)
+        .where(
+            callbacks.c.status == CallbackStatus.PENDING.value,
+            callbacks.c.next_attempt_at <= now,
+            callbacks.c.destination.not_in(list(exclude)),
+        )
+        .order_by(callbacks.c.next_attempt_at, callbacks.c.id)
+    )
+
+
+async def _hold(conn: AsyncConnection, callback_id: str, now: datetime, held_until: datetime) -> Row | None:
+    """Hold one due callback until `held_until`; None if another sender took it meanwhile."""
+    statement = (
+        update(callbacks)
+        .where(callbacks.c.id == callback_id, callbacks.c.next_attempt_at <= now)
+        .values(next_attempt_at=held_until, updated_at=now)
+        .returning(*callbacks.c)
+    )
+    row: Row | None = (await conn.execute(statement)).mappings().first()
+    return row
+
+
 async def _callbacks_where(conn: AsyncConnection, condition: Any) -> list[Callback]:
     rows = (await conn.execute(select(callbacks).where(condition).order_by(callbacks.c.created_at))).mappings().all()
     if not rows:
@@ -167,6 +265,7 @@ def _callback(row: Row, attempts: tuple[CallbackAttempt, ...]) -> Callback:
         id=row["id"],
         task_id=row["task_id"],
         url=row["url"],
+        destination=row["destination"],
         dialect=row["dialect"],
         owner=row["owner"],
         status=CallbackStatus(row["status"]),

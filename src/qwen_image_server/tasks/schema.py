@@ -133,6 +133,9 @@ callbacks = Table(
     Column("id", String(ID_LENGTH), primary_key=True),  # the `webhook-id`, the same on every retry
     Column("task_id", String(ID_LENGTH), nullable=False, unique=True),  # one final callback per task
     Column("url", Text, nullable=False),
+    # scheme://host:port of the URL: a sender runs at most `callback_destination_concurrency`
+    # attempts per destination, so a slow receiver delays only its own callbacks.
+    Column("destination", String(320), nullable=False),
     Column("dialect", String(32), nullable=False),
     Column("owner", String(NAME_LENGTH), nullable=True),
     Column("status", String(16), nullable=False),
@@ -154,6 +157,16 @@ callback_attempts = Table(
     Column("status_code", Integer, nullable=True),  # the receiver's HTTP status; None when none came
     Column("outcome", String(16), nullable=False),  # delivered | failed | refused
     Column("error", Text, nullable=True),
+)
+
+# Callback URLs that answered HTTP 410 Gone (Standard Webhooks: the endpoint is gone): nothing more
+# is sent to the exact URL; its later callbacks are recorded as refused with `reason`.
+disabled_callback_urls = Table(
+    "disabled_callback_urls",
+    metadata,
+    Column("url", Text, primary_key=True),
+    Column("reason", Text, nullable=False),
+    Column("disabled_at", UtcDateTime, nullable=False),
 )
 
 workers = Table(
