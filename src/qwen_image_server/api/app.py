@@ -11,7 +11,7 @@ from qwen_image_server import __version__
 from qwen_image_server.api.common import common_router
 from qwen_image_server.api.dialect import Dialect
 from qwen_image_server.api.errors import install_error_handlers, renderer_by_path
-from qwen_image_server.api.limits import BodySizeLimit
+from qwen_image_server.api.limits import BodySizeLimit, JsonDepthLimit
 from qwen_image_server.api.native.routes import native_router
 from qwen_image_server.api.spec import document_errors
 from qwen_image_server.service import Service
@@ -41,6 +41,7 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
     renderers = {prefix: d.render_error for d in dialects for prefix in d.prefixes}
     install_error_handlers(app, renderers)
     document_errors(app, {prefix: d.error_model for d in dialects for prefix in d.prefixes})
+    app.add_middleware(JsonDepthLimit, render=renderer_by_path(renderers))  # inside the size limit
     app.add_middleware(BodySizeLimit, limit=service.settings.max_request_bytes, render=renderer_by_path(renderers))
     app.include_router(common_router(service))
     app.include_router(native_router(service))
