@@ -40,7 +40,7 @@ async def api(tmp_path: Path, engine: Engine) -> AsyncIterator[httpx.AsyncClient
         ("GET", "/v3/async/qwen-image-txt2img", "POST"),
         ("POST", "/v3/async/task-result", "GET"),
         ("GET", "/api/task/create", "POST"),
-        ("PATCH", "/v1/results/task-123/0.png", "GET"),
+        ("PATCH", "/v1/results/task-123/0.png", "GET, HEAD"),
     ],
 )
 async def test_405_names_the_allowed_methods(api: httpx.AsyncClient, method: str, path: str, allowed: str) -> None:
