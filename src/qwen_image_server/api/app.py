@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from qwen_image_server import __version__
 from qwen_image_server.api.common import common_router
+from qwen_image_server.api.cors import allow_cross_origin
 from qwen_image_server.api.dialect import Dialect
 from qwen_image_server.api.errors import install_error_handlers, renderer_by_path
 from qwen_image_server.api.limits import BodySizeLimit, JsonDepthLimit
@@ -43,6 +44,7 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
     document_errors(app, {prefix: d.error_model for d in dialects for prefix in d.prefixes})
     app.add_middleware(JsonDepthLimit, render=renderer_by_path(renderers))  # inside the size limit
     app.add_middleware(BodySizeLimit, limit=service.settings.max_request_bytes, render=renderer_by_path(renderers))
+    allow_cross_origin(app, service.settings.cors_allowed_origins)  # outermost: preflights carry no body
     app.include_router(common_router(service))
     app.include_router(native_router(service))
     for dialect in dialects:
