@@ -15,6 +15,7 @@ from qwen_image_server.results.store import ResultNotFound, is_valid_key
 from qwen_image_server.service import Service
 from qwen_image_server.tasks.model import utcnow
 
+RESULT_PATH = "/v1/results/{task_id}/{name}"
 _CONTENT_TYPES = {fmt.extension: fmt.content_type for fmt in OutputFormat}
 
 
@@ -60,9 +61,9 @@ def common_router(service: Service) -> APIRouter:
             ]
         )
 
-    @router.api_route(
-        "/v1/results/{task_id}/{name}", methods=["GET", "HEAD"], tags=["results"], response_class=Response
-    )
+    # Two decorators, not one api_route with both methods: each operation needs its own id.
+    @router.head(RESULT_PATH, tags=["results"], response_class=Response, operation_id="result_image_headers")
+    @router.get(RESULT_PATH, tags=["results"], response_class=Response)
     async def result_image(task_id: str, name: str, request: Request) -> Response:
         """A result image at its signed URL: 403 for a bad signature, 410 once expired. HEAD gives
         the headers alone; a single byte `Range` gives 206 (416 past the end)."""
