@@ -175,6 +175,13 @@ class Settings(BaseSettings):
             "they are private, loopback or otherwise not public; for tests and private deployments. Default: none."
         ),
     )
+    cors_allowed_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description=(
+            "Origins (comma-separated, e.g. `https://app.example.com`, or `*`) whose browser pages may call "
+            "the API (CORS). Default: none, and no CORS headers are sent."
+        ),
+    )
     callback_retry_seconds: Annotated[tuple[float, ...], NoDecode] = Field(
         default=(5, 300, 1800, 7200, 18000, 36000, 36000),
         description=(
@@ -216,7 +223,9 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
 
-    @field_validator("models", "allowed_fetch_networks", "callback_retry_seconds", mode="before")
+    @field_validator(
+        "models", "allowed_fetch_networks", "cors_allowed_origins", "callback_retry_seconds", mode="before"
+    )
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -74,12 +74,20 @@ def fetch_url(url: str, *, index: int = 0, allowed_networks: Sequence[IPNetwork]
 
 
 def decode_data_uri(uri: str, *, index: int = 0) -> bytes:
-    """`data:image/png;base64,....` -> bytes."""
+    """`data:image/png;base64,....` -> bytes. The declared type must be an image type or absent
+    (`data:;base64,...`); which image it is comes from the content (`images`), not the label."""
     header, _, payload = uri.partition(",")
+    param = f"images[{index}]"
     if not header.endswith(";base64") or not payload:
         raise InvalidImage(
-            f"input image {index + 1}: a data URI must look like data:image/png;base64,<data>",
-            param=f"images[{index}]",
+            f"input image {index + 1}: a data URI must look like data:image/png;base64,<data>", param=param
+        )
+    media_type = header.removeprefix("data:").split(";", 1)[0].strip().lower()
+    if media_type and not media_type.startswith("image/"):
+        raise InvalidImage(
+            f"input image {index + 1}: the data URI declares {media_type}, not an image type "
+            "(send data:image/png;base64,<data>, or another image/* type)",
+            param=param,
         )
     return decode_base64(payload, index=index)
 

@@ -50,6 +50,11 @@ BAD_BODIES: dict[str, tuple[dict[str, Any], str, str | None]] = {
         "invalid_image",
         "images[0]",
     ),
+    "text data url": (  # a picture labelled text/plain: the label is a mistake worth saying so
+        {**TINY_TASK, "model": "qwen-image-edit", "images": [f"data:text/plain;base64,{PNG}"]},
+        "invalid_image",
+        "images[0]",
+    ),
     "loopback url": (  # refused before any connection: not a public address (not allow-listed here)
         {**TINY_TASK, "model": "qwen-image-edit", "images": [DEAD_LOOPBACK_URL]},
         "url_not_allowed",

@@ -40,6 +40,20 @@ def test_bad_data_uris_are_refused(uri: str) -> None:
         read_image_source(uri)
 
 
+@pytest.mark.parametrize("media_type", ["text/plain", "application/octet-stream", "TEXT/HTML;charset=utf-8"])
+def test_a_data_uri_declaring_a_non_image_type_is_refused(media_type: str) -> None:
+    uri = f"data:{media_type};base64," + base64.b64encode(picture_bytes()).decode()
+    with pytest.raises(InvalidImage, match=f"declares {media_type.split(';')[0].lower()}, not an image") as caught:
+        read_remote_image(uri, index=1)
+    assert caught.value.param == "images[1]"
+
+
+@pytest.mark.parametrize("header", ["data:image/jpeg;base64", "data:IMAGE/WEBP;base64", "data:;base64"])
+def test_a_data_uri_with_an_image_type_or_none_is_read(header: str) -> None:
+    data = picture_bytes()  # the label need not match the content: the content decides
+    assert read_remote_image(f"{header}," + base64.b64encode(data).decode()) == data
+
+
 def test_base64_tolerates_line_breaks() -> None:
     encoded = base64.encodebytes(b"x" * 200).decode()
     assert "\n" in encoded

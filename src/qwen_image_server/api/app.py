@@ -9,10 +9,11 @@ from fastapi import FastAPI
 
 from qwen_image_server import __version__
 from qwen_image_server.api.common import common_router
+from qwen_image_server.api.cors import allow_cross_origin
 from qwen_image_server.api.dialect import Dialect
 from qwen_image_server.api.errors import install_error_handlers, renderer_by_path
 from qwen_image_server.api.key_first import KeyBeforeBody, KeyRule
-from qwen_image_server.api.limits import BodySizeLimit
+from qwen_image_server.api.limits import BodySizeLimit, JsonDepthLimit
 from qwen_image_server.api.native.routes import NATIVE_PREFIX, native_router
 from qwen_image_server.api.spec import document_errors
 from qwen_image_server.service import Service
@@ -42,10 +43,14 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
     renderers = {prefix: d.render_error for d in dialects for prefix in d.prefixes}
     install_error_handlers(app, renderers)
     document_errors(app, {prefix: d.error_model for d in dialects for prefix in d.prefixes})
+    # Each middleware added wraps the ones before it. From the outside in: CORS (preflights carry no
+    # key, and refusals need its headers too), the key (checked before any of the body is read), the
+    # size limit (reads the body), the JSON depth limit (scans what was read).
     by_path = renderer_by_path(renderers)
+    app.add_middleware(JsonDepthLimit, render=by_path)
     app.add_middleware(BodySizeLimit, limit=service.settings.max_request_bytes, render=by_path)
-    # Added after (so outside) the size limit: the key is checked before any of the body is read.
     app.add_middleware(KeyBeforeBody, keys=service.keys, rules=key_rules(dialects), render=by_path)
+    allow_cross_origin(app, service.settings.cors_allowed_origins)
     app.include_router(common_router(service))
     app.include_router(native_router(service))
     for dialect in dialects:

@@ -8,12 +8,14 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from qwen_image_server.api.byte_ranges import content_range, requested_range
 from qwen_image_server.api.native.schemas import ModelListOut, ModelOut
 from qwen_image_server.domain import MODEL_SPECS, OutputFormat
 from qwen_image_server.results.store import ResultNotFound, is_valid_key
 from qwen_image_server.service import Service
 from qwen_image_server.tasks.model import utcnow
 
+RESULT_PATH = "/v1/results/{task_id}/{name}"
 _CONTENT_TYPES = {fmt.extension: fmt.content_type for fmt in OutputFormat}
 
 
@@ -63,9 +65,12 @@ def common_router(service: Service) -> APIRouter:
             ]
         )
 
-    @router.get("/v1/results/{task_id}/{name}", tags=["results"], response_class=Response)
+    # Two decorators, not one api_route with both methods: each operation needs its own id.
+    @router.head(RESULT_PATH, tags=["results"], response_class=Response, operation_id="result_image_headers")
+    @router.get(RESULT_PATH, tags=["results"], response_class=Response)
     async def result_image(task_id: str, name: str, request: Request) -> Response:
-        """A result image at its signed URL: 403 for a bad signature, 410 once expired."""
+        """A result image at its signed URL: 403 for a bad signature, 410 once expired. HEAD gives
+        the headers alone; a single byte `Range` gives 206 (416 past the end)."""
         key = f"{task_id}/{name}"
         if not is_valid_key(key):
             raise ResultNotFound("no such result")
@@ -73,11 +78,19 @@ def common_router(service: Service) -> APIRouter:
         # The bytes under a key never change, so the key itself is a strong validator.
         etag = f'"{key.replace("/", "-")}"'
         max_age = max(int(expiry - utcnow().timestamp()), 0)
-        headers = {"ETag": etag, "Cache-Control": f"private, max-age={max_age}, immutable"}
+        headers = {"ETag": etag, "Cache-Control": f"private, max-age={max_age}, immutable", "Accept-Ranges": "bytes"}
         if request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers=headers)
         data = await service.results.read(key)
         media_type = _CONTENT_TYPES[name.rsplit(".", 1)[1]]
-        return Response(data, media_type=media_type, headers=headers)
+        status, start, end = 200, 0, len(data)
+        if request.headers.get("if-range", etag) == etag:  # a range of another version is no use
+            wanted = requested_range(request.headers.get("range"), len(data))
+            if wanted is not None:
+                (start, end), status = wanted, 206
+                headers["Content-Range"] = content_range(start, end, len(data))
+        headers["Content-Length"] = str(end - start)
+        body = b"" if request.method == "HEAD" else data[start:end]
+        return Response(body, status_code=status, media_type=media_type, headers=headers)
 
     return router

@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match, Route
+from starlette.routing import BaseRoute, Match
 
 from qwen_image_server.errors import InvalidRequest, QwenImageError, RetryLater
 from qwen_image_server.tasks.sql import describe_connection_error, is_connection_error, is_transient_error
@@ -119,14 +119,21 @@ def install_error_handlers(app: FastAPI, renderers: dict[str, ErrorRenderer]) ->
     app.add_exception_handler(Exception, on_unexpected)
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 def allowed_methods(request: Request) -> str:
     """Every method served at the request's path. Starlette's 405 names only the methods of the
-    first route that matched the path, and GET and POST /v1/tasks are two routes."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        if isinstance(route, Route) and route.methods and route.matches(request.scope)[0] is not Match.NONE:
-            methods |= route.methods
-    return ", ".join(sorted(methods))
+    first route that matched the path (GET and POST /v1/tasks are two routes), and FastAPI nests
+    the routes of included routers, so each method is tried against the whole routing table
+    through its public `matches` rather than by reading the routes' own method sets."""
+    routes = request.app.router.routes
+    served = (method for method in _METHODS if _served(routes, {**request.scope, "method": method}))
+    return ", ".join(served)
+
+
+def _served(routes: list[BaseRoute], scope: dict[str, Any]) -> bool:
+    return any(route.matches(scope)[0] is Match.FULL for route in routes)
 
 
 def invalid_request_from(errors: Any) -> InvalidRequest:

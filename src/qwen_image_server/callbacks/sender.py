@@ -47,7 +47,7 @@ from qwen_image_server.settings import Settings
 from qwen_image_server.tasks.keys import SqlKeyStore
 from qwen_image_server.tasks.model import Task, utcnow
 from qwen_image_server.tasks.outbox import Callback, CallbackAttempt, CallbackStatus, SqlCallbackStore
-from qwen_image_server.tasks.sql import describe_connection_error, is_connection_error
+from qwen_image_server.tasks.sql import describe_connection_error, is_transient_error
 from qwen_image_server.tasks.store import TaskNotFound, TaskStore
 
 log = logging.getLogger(__name__)
@@ -180,8 +180,8 @@ class CallbackSender:
         self._wake.set()  # a slot is free
 
     def _log_failure(self, exc: BaseException | None) -> None:
-        if exc is not None and is_connection_error(exc):  # an outage is expected now and then: one line
-            log.warning("callbacks wait: the task database is unreachable: %s", describe_connection_error(exc))
+        if exc is not None and is_transient_error(exc):  # an outage is expected now and then: one line
+            log.warning("callbacks wait: the task database is unreachable or busy: %s", describe_connection_error(exc))
         else:
             log.error("callback delivery failed", exc_info=exc)
 

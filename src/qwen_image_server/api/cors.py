@@ -1,0 +1,54 @@
+"""Cross-origin requests from browsers (CORS), off unless `cors_allowed_origins` names origins.
+
+Starlette's CORSMiddleware answers preflights (OPTIONS with Access-Control-Request-Method) and
+adds the CORS headers to answers for allowed origins. The request headers let through are those
+the dialects read (their key headers, idempotency, DashScope's async switch); the response headers
+exposed are those a browser client needs beyond the safelisted ones.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+
+# What the routes read: keys (Authorization for most dialects, Api-Key for Pixwith,
+# Ocp-Apim-Subscription-Key for Pixazo), Idempotency-Key, Prefer (the native wait),
+# X-DashScope-Async, Range and If-Range for result downloads; and what the providers' own browser
+# examples and SDKs send besides (Pixazo's Cache-Control, DashScope's other switches, X-Api-Key),
+# which a preflight would otherwise refuse.
+REQUEST_HEADERS = (
+    "Authorization",
+    "Api-Key",
+    "X-Api-Key",
+    "Ocp-Apim-Subscription-Key",
+    "Content-Type",
+    "Cache-Control",
+    "Idempotency-Key",
+    "Prefer",
+    "X-DashScope-Async",
+    "X-DashScope-SSE",
+    "X-DashScope-WorkSpace",
+    "Range",
+    "If-Range",
+    "If-None-Match",
+    "Last-Event-ID",
+)
+# Beyond the CORS-safelisted response headers: where a task is, when to retry, which methods a
+# path serves, and the download headers of result images.
+EXPOSED_HEADERS = ("Location", "Retry-After", "Allow", "ETag", "Content-Range", "Accept-Ranges", "Content-Length")
+METHODS = ("GET", "HEAD", "POST")
+PREFLIGHT_CACHE_SECONDS = 600
+
+
+def allow_cross_origin(app: FastAPI, origins: tuple[str, ...]) -> None:
+    """Let browsers on `origins` (e.g. `https://app.example.com`, or `*` for any) call the API."""
+    if not origins:
+        return
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=list(origins),
+        allow_methods=list(METHODS),
+        allow_headers=list(REQUEST_HEADERS),
+        expose_headers=list(EXPOSED_HEADERS),
+        max_age=PREFLIGHT_CACHE_SECONDS,
+    )
