@@ -31,6 +31,8 @@ from qwen_image_server.errors import InvalidParameter
 REQUEST_SCHEMA_VERSION = 1
 
 SEED_MAX = 2**31 - 1
+# The Qwen-Image models generate sides in multiples of 16 (the VAE's 8x down-sampling times the
+# transformer's 2x2 patches); other sizes are made at the next multiple up and cropped.
 SIZE_MULTIPLE = 16
 MIN_SIDE = 256
 MAX_SIDE = 2048
@@ -139,14 +141,21 @@ def parse_size(text: str) -> Size:
 
 
 def check_side(name: str, value: int) -> None:
+    """Any side in the model's range: the engine generates at the next multiple of the model's grid
+    and crops the centre back to this size (`generation_size`)."""
     if not MIN_SIDE <= value <= MAX_SIDE:
         raise InvalidParameter(f"{name} must be between {MIN_SIDE} and {MAX_SIDE} pixels, got {value}", param=name)
-    if value % SIZE_MULTIPLE:
-        low = value - value % SIZE_MULTIPLE
-        raise InvalidParameter(
-            f"{name} must be a multiple of {SIZE_MULTIPLE}, got {value} (try {low} or {low + SIZE_MULTIPLE})",
-            param=name,
-        )
+
+
+def generation_size(width: int, height: int, multiple: int = SIZE_MULTIPLE) -> Size:
+    """The size a model whose sides must be multiples of `multiple` generates at to deliver
+    `width` x `height`: each side rounded up, so that the asked size is a centre crop of it (a few
+    pixels lost at the edges, none stretched). MAX_SIDE is on the grid, so this stays in range."""
+
+    def round_up(side: int) -> int:
+        return -(-side // multiple) * multiple
+
+    return Size(round_up(width), round_up(height))
 
 
 def size_for_aspect(width: int, height: int, area: int = EDIT_TARGET_AREA) -> Size:

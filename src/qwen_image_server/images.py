@@ -189,6 +189,17 @@ def _flatten_alpha(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def crop_centre(picture: Image.Image, width: int, height: int) -> Image.Image:
+    """The centre `width` x `height` of `picture` (no resampling); when the margin is odd, the extra
+    pixel goes from the right or bottom edge. A picture of exactly that size comes back as is."""
+    if picture.size == (width, height):
+        return picture
+    if width > picture.width or height > picture.height:
+        raise ValueError(f"cannot crop {width}x{height} out of {picture.width}x{picture.height}")
+    left, top = (picture.width - width) // 2, (picture.height - height) // 2
+    return picture.crop((left, top, left + width, top + height))
+
+
 def encode_image(image: Image.Image, output_format: str, quality: int) -> bytes:
     """Encode an RGB picture as png, jpeg or webp (`quality` 1-100 applies to the lossy two)."""
     buffer = io.BytesIO()

@@ -51,6 +51,15 @@ async def test_a_task_succeeds_with_image_urls_of_the_asked_size(client: httpx.A
     assert picture(image.content).size == (320, 256) == (result["width"], result["height"])
 
 
+async def test_width_and_height_off_the_16_pixel_grid_come_back_exactly(client: httpx.AsyncClient) -> None:
+    task = await run_task(client, size=None, width=261, height=259, partial_images=1)
+    assert task["status"] == "succeeded", task["error"]
+    [result], [preview] = task["results"], task["previews"]
+    for made in (result, preview):
+        assert (made["width"], made["height"]) == (261, 259)
+        assert picture((await download(client, made["url"])).content).size == (261, 259)
+
+
 async def test_the_same_seed_gives_the_same_pixels(client: httpx.AsyncClient) -> None:
     first, second = await asyncio.gather(run_task(client), run_task(client))
     other = await run_task(client, seed=8)

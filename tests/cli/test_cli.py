@@ -56,6 +56,13 @@ def test_generate_writes_a_png_of_the_asked_size_and_reports_its_seed(tmp_path: 
     assert "random weights" in stderr
 
 
+def test_generate_makes_a_size_off_the_16_pixel_grid_exactly(tmp_path: Path) -> None:
+    path = tmp_path / "odd.png"
+    code, _, stderr = qwen_image("generate", "fox", "--model", "tiny", "--size", "257*300", "--steps", "2", "-o", path)
+    assert code == 0, stderr
+    assert format_and_size(path) == ("PNG", (257, 300))
+
+
 def test_the_same_command_gives_identical_pixels_and_another_seed_others(fox: Path, tmp_path: Path) -> None:
     again, other = tmp_path / "again.png", tmp_path / "other.png"
     assert qwen_image("generate", "a red fox in snow", *FAST, "--seed", "7", "-o", again)[0] == 0

@@ -147,6 +147,18 @@ def test_an_edit_of_base64_as_png_with_a_seed(live_server: LiveServer) -> None:
     assert download(image["image_url"], "image/png").size == (256, 256)
 
 
+def test_any_size_in_novitas_range_comes_back_at_exactly_that_size(live_server: LiveServer) -> None:
+    # Novita documents 256-1536 per side, with no grid: sizes such as 1000*1000 are the caller's to pick
+    # (this one is small and odd on both sides, for speed).
+    asked = {"prompt": "a red fox in snow", "size": "257*300"}
+    created = httpx.post(live_server.url + TXT2IMG, json=asked, headers=AUTH, timeout=30)
+    assert created.status_code == 200, created.text
+    body, seen = poll(live_server.url, created.json()["task_id"])
+    assert seen[-1] == "TASK_STATUS_SUCCEED", body["task"]["reason"]
+    [image] = body["images"]
+    assert download(image["image_url"], "image/jpeg").size == (257, 300)
+
+
 def test_a_canceled_task_reads_as_failed_with_a_reason(live_server: LiveServer) -> None:
     big = {"prompt": "a slow painting", "size": "1536*1536"}
     task_id = httpx.post(live_server.url + TXT2IMG, json=big, headers=AUTH, timeout=30).json()["task_id"]
@@ -212,6 +224,14 @@ async def test_nulls_and_unknown_fields_are_defaults(client: httpx.AsyncClient, 
 
 
 @pytest.mark.anyio
+async def test_sizes_off_the_16_pixel_grid_are_accepted(client: httpx.AsyncClient, service: Service) -> None:
+    answer = await client.post(TXT2IMG, json={"prompt": "fox", "size": "1000*1000"})
+    assert answer.status_code == 200, answer.text
+    task = await service.store.get(answer.json()["task_id"])
+    assert (task.request.width, task.request.height) == (1000, 1000), "the size asked, made exactly"
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize(
     ("body", "param"),
     [
@@ -219,7 +239,7 @@ async def test_nulls_and_unknown_fields_are_defaults(client: httpx.AsyncClient, 
         ({"prompt": "   "}, "prompt"),
         ({"prompt": "fox", "size": "128*128"}, "size"),
         ({"prompt": "fox", "size": "2048*1024"}, "size"),
-        ({"prompt": "fox", "size": "1000*1000"}, "width"),  # not on the 16-pixel grid
+        ({"prompt": "fox", "size": "1537*1000"}, "size"),
         ({"prompt": "fox", "size": "big"}, "size"),
         ({"prompt": "fox", "extra": {"webhook": {"url": "ftp://example.com"}}}, "extra.webhook.url"),
     ],
@@ -321,6 +341,7 @@ def test_request_translation() -> None:
     assert DEFAULT_SIZE == "1024*1024" and (request.width, request.height) == (1024, 1024)
     assert request.output_format is OutputFormat.JPEG and request.num_inference_steps == 50
     assert novita_size("1536*256") == Size(1536, 256)
+    assert novita_size("1000*1000") == Size(1000, 1000)
     image = picture_bytes((640, 480))
     edit = edit_request(EditBody(prompt="x", image="-", seed=-1), image)
     assert (edit.width, edit.height) == (640, 480) and edit.output_format is OutputFormat.JPEG

@@ -160,3 +160,28 @@ def test_the_models_share_one_text_encoder_and_vae(engine: Engine) -> None:
     assert len({id(p.text_encoder) for p in pipelines}) == 1
     assert len({id(p.vae) for p in pipelines}) == 1
     assert {m.name for m in engine.loaded()} == set(ModelName)
+
+
+def centre(picture: np.ndarray, width: int, height: int) -> np.ndarray:
+    top, left = (picture.shape[0] - height) // 2, (picture.shape[1] - width) // 2
+    return picture[top : top + height, left : left + width]
+
+
+def test_a_size_off_the_16_pixel_grid_is_the_centre_of_the_next_size_up(engine: Engine) -> None:
+    # 270x257 is made at 272x272 (each side rounded up to the model's multiple of 16) and cropped:
+    # exactly the asked size, the pixels of the larger picture with the same seed, nothing resampled.
+    [asked] = engine.generate(request(width=270, height=257, seed=11))
+    [made] = engine.generate(request(width=272, height=272, seed=11))
+    assert Image.open(io.BytesIO(asked.data)).size == (270, 257) == (asked.width, asked.height)
+    assert np.array_equal(pixels(asked.data), centre(pixels(made.data), 270, 257))
+
+
+def test_previews_of_a_size_off_the_grid_are_the_asked_size_too(engine: Engine) -> None:
+    previews: list[ImageResult] = []
+    asked = request(width=263, height=300, num_inference_steps=3, partial_images=1, seed=12)
+    [result] = engine.generate(asked, on_partial=previews.append)
+    [made] = engine.generate(request(width=272, height=304, num_inference_steps=3, partial_images=1, seed=12))
+    [preview] = previews
+    assert Image.open(io.BytesIO(preview.data)).size == (263, 300) == (preview.width, preview.height)
+    assert (result.width, result.height) == (263, 300)
+    assert np.array_equal(pixels(result.data), centre(pixels(made.data), 263, 300))

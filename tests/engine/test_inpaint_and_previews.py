@@ -98,3 +98,9 @@ def test_no_previews_unless_asked(engine: Engine) -> None:
                                        num_inference_steps=2, seed=2)  # fmt: skip
     engine.generate(request, on_partial=previews.append)
     assert previews == []
+
+
+def test_inpainting_at_a_size_off_the_grid_comes_out_at_that_size(engine: Engine) -> None:
+    request = inpaint("qwen-image", "make it blue", half_mask("right")).model_copy(update={"width": 301})
+    [result] = engine.generate(request)
+    assert Image.open(io.BytesIO(result.data)).size == (301, 256) == (result.width, result.height)

@@ -11,6 +11,7 @@ from qwen_image_server.domain import (
     ModelName,
     OutputFormat,
     Size,
+    generation_size,
     parse_size,
     size_for_aspect,
 )
@@ -73,7 +74,8 @@ def test_each_image_gets_its_own_seed_wrapping_at_the_maximum() -> None:
     ("fields", "param", "words"),
     [
         ({"width": 100, "height": 100}, "width", "between 256 and 2048"),
-        ({"width": 520, "height": 512}, "width", "multiple of 16"),
+        ({"width": 255, "height": 512}, "width", "between 256 and 2048"),
+        ({"width": 512, "height": 2049}, "height", "between 256 and 2048"),
         ({"width": 512}, "size", "both width and height"),
         ({"num_inference_steps": 0}, "num_inference_steps", "at least 2"),
         ({"num_inference_steps": 1}, "num_inference_steps", "at least 2"),
@@ -125,6 +127,46 @@ def test_edit_without_size_keeps_the_last_inputs_aspect_at_about_one_megapixel()
 def test_size_for_aspect_stays_in_bounds_for_extreme_ratios() -> None:
     size = size_for_aspect(8000, 40)
     assert size.width == 2048 and size.height == 256
+
+
+@pytest.mark.parametrize(("width", "height"), [(1000, 1000), (257, 2047), (256, 2048), (1337, 999)])
+def test_any_size_in_the_models_range_is_kept_as_asked(width: int, height: int) -> None:
+    # Providers such as Novita accept any side in their range; the engine makes such sizes exactly.
+    request = make(width=width, height=height)
+    assert (request.width, request.height) == (width, height)
+    assert GenerationRequest.from_stored_json(request.to_stored_json()) == request
+
+
+@pytest.mark.parametrize(
+    ("asked", "multiple", "made"),
+    [
+        (Size(1000, 1000), 16, Size(1008, 1008)),
+        (Size(1024, 768), 16, Size(1024, 768)),  # on the grid: generated as asked, nothing cropped
+        (Size(257, 2047), 16, Size(272, 2048)),
+        (Size(2048, 256), 16, Size(2048, 256)),
+        (Size(1001, 999), 8, Size(1008, 1000)),
+    ],
+)
+def test_generation_size_rounds_each_side_up_to_the_models_multiple(asked: Size, multiple: int, made: Size) -> None:
+    assert generation_size(asked.width, asked.height, multiple) == made
+
+
+def test_the_generation_size_of_any_valid_side_stays_in_range() -> None:
+    for side in range(256, 2049):
+        generated = generation_size(side, side).width
+        assert side <= generated <= 2048 and generated % 16 == 0 and generated - side < 16
+
+
+def test_a_request_stored_before_free_sizes_still_loads() -> None:
+    # A task row written by an earlier release (schema version 1, sides on the 16-pixel grid).
+    stored = (
+        '{"schema_version":1,"model":"qwen-image","prompt":"a fox","negative_prompt":null,"width":1024,'
+        '"height":768,"num_inference_steps":50,"true_cfg_scale":4.0,"guidance_scale":null,"seed":5,'
+        '"num_images_per_prompt":1,"output_format":"png","output_quality":90,"max_sequence_length":512,'
+        '"images":[],"mask":null,"partial_images":0}'
+    )
+    request = GenerationRequest.from_stored_json(stored)
+    assert (request.width, request.height, request.seed) == (1024, 768, 5)
 
 
 def test_requests_round_trip_through_json_with_their_schema_version() -> None:

@@ -41,7 +41,9 @@ CheckpointOpt = Annotated[
 ]
 SizeOpt = Annotated[
     str | None,
-    typer.Option("--size", "-s", help=f"WIDTHxHEIGHT, multiples of 16, or a preset: {', '.join(SIZE_PRESETS)}."),
+    typer.Option(
+        "--size", "-s", help=f"WIDTHxHEIGHT, 256-2048 per side (any value), or a preset: {', '.join(SIZE_PRESETS)}."
+    ),
 ]
 StepsOpt = Annotated[int | None, typer.Option("--steps", help="Denoising steps (default: the model's).")]
 CfgOpt = Annotated[

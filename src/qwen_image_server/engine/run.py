@@ -1,4 +1,8 @@
-"""One generation: the diffusers call per image, its step callback, previews and encoding."""
+"""One generation: the diffusers call per image, its step callback, previews and encoding.
+
+The pipelines make sides in multiples of their grid (16 for Qwen-Image) and would silently round
+any other size down; a request of another size is generated at the next multiple up and its centre
+cropped back to the asked size, results and previews alike (`domain.generation_size`)."""
 
 from __future__ import annotations
 
@@ -10,9 +14,9 @@ import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
-from qwen_image_server.domain import GenerationRequest, ImageResult, ModelName, StepProgress
+from qwen_image_server.domain import GenerationRequest, ImageResult, ModelName, Size, StepProgress, generation_size
 from qwen_image_server.errors import GenerationCanceled, GenerationFailed, QwenImageError
-from qwen_image_server.images import decode_input_image, decode_mask, encode_image
+from qwen_image_server.images import crop_centre, decode_input_image, decode_mask, encode_image
 
 
 class Generation:
@@ -32,7 +36,8 @@ class Generation:
         self.on_step = on_step
         self.on_partial = on_partial
         self.cancel = cancel
-        self.arguments = pipeline_arguments(pipeline, request)
+        self.generated = generation_size(request.width, request.height, grid_multiple(pipeline))
+        self.arguments = pipeline_arguments(pipeline, request, self.generated)
         self.partial_steps = request.partial_steps() if on_partial is not None else []
 
     def raise_if_canceled(self) -> None:
@@ -58,7 +63,7 @@ class Generation:
         except Exception as exc:
             raise GenerationFailed(f"the pipeline failed: {type(exc).__name__}: {exc}") from exc
         picture: Image.Image = output.images[0]
-        return picture
+        return crop_centre(picture, self.request.width, self.request.height)
 
     def _step_callback(self, index: int, seed: int) -> Callable[..., dict[str, Any]]:
         steps = self.request.num_inference_steps
@@ -70,18 +75,26 @@ class Generation:
             self.raise_if_canceled()
             if self.on_partial is not None and step + 1 in self.partial_steps:
                 partial_index = self.partial_steps.index(step + 1)
-                preview = decode_preview(self.pipeline, tensors["latents"], self.request)
+                preview = decode_preview(self.pipeline, tensors["latents"], self.generated)
+                preview = crop_centre(preview, self.request.width, self.request.height)
                 self.on_partial(encode_result(self.request, preview, index, seed, partial_index=partial_index))
             return {}
 
         return step_end
 
 
-def pipeline_arguments(pipeline: Any, request: GenerationRequest) -> dict[str, Any]:
+def grid_multiple(pipeline: Any) -> int:
+    """The multiple every side the pipeline makes must be: its VAE's down-sampling times the
+    transformer's 2x2 latent patches."""
+    return int(pipeline.vae_scale_factor) * 2
+
+
+def pipeline_arguments(pipeline: Any, request: GenerationRequest, generated: Size) -> dict[str, Any]:
+    """The pipeline call for `request`, made at `generated` (the asked size on the model's grid)."""
     arguments: dict[str, Any] = {
         "prompt": request.prompt,
-        "width": request.width,
-        "height": request.height,
+        "width": generated.width,
+        "height": generated.height,
         "num_inference_steps": request.num_inference_steps,
         "true_cfg_scale": request.true_cfg_scale,
         "num_images_per_prompt": 1,
@@ -103,10 +116,11 @@ def pipeline_arguments(pipeline: Any, request: GenerationRequest) -> dict[str, A
     return arguments
 
 
-def decode_preview(pipeline: Any, latents: torch.Tensor, request: GenerationRequest) -> Image.Image:
-    """Decode the current (still noisy) latents the way the pipeline decodes its final ones."""
+def decode_preview(pipeline: Any, latents: torch.Tensor, generated: Size) -> Image.Image:
+    """Decode the current (still noisy) latents, made at `generated`, the way the pipeline decodes
+    its final ones."""
     with torch.inference_mode():
-        unpacked = pipeline._unpack_latents(latents, request.height, request.width, pipeline.vae_scale_factor)
+        unpacked = pipeline._unpack_latents(latents, generated.height, generated.width, pipeline.vae_scale_factor)
         unpacked = unpacked.to(pipeline.vae.dtype)
         config = pipeline.vae.config
         shape = (1, config.z_dim, 1, 1, 1)

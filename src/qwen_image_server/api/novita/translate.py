@@ -81,7 +81,7 @@ def webhook_url(extra: ExtraIn | None) -> str | None:
 
 
 def novita_size(text: str) -> Size:
-    """`W*H` within Novita's range (256-1536 per side); the domain checks the multiple of 16."""
+    """`W*H` within Novita's range (256-1536 per side), any size in it (the engine makes it exactly)."""
     size = parse_size(text)
     for name, value in (("width", size.width), ("height", size.height)):
         if not NOVITA_MIN_SIDE <= value <= NOVITA_MAX_SIDE:
