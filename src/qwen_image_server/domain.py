@@ -42,6 +42,7 @@ MIN_STEPS = 2
 MAX_STEPS = 250
 MAX_CFG = 20.0
 MAX_IMAGES_PER_REQUEST = 10
+MAX_INPUT_IMAGES = 3  # the most any model takes (qwen-image-edit-plus)
 MAX_SEQUENCE_LENGTH_CAP = 1024  # the pipelines refuse more
 MAX_PARTIAL_IMAGES = 3
 # diffusers' edit-inpaint pipeline ignores the asked size (it always works at ~1 MP), so masks go
@@ -123,7 +124,9 @@ SIZE_PRESETS: dict[str, Size] = {
 }
 DEFAULT_SIZE = SIZE_PRESETS["1:1"]
 
-_SIZE_PATTERN = re.compile(r"^\s*(\d+)\s*[x*×]\s*(\d+)\s*$", re.IGNORECASE)
+_SIZE_PATTERN = re.compile(r"^\s*(\d+)\s*[xX*×]\s*(\d+)\s*$")
+# What `parse_size` reads, for wire schemas (so the OpenAPI spec says it): WxH, W*H or a preset.
+SIZE_TEXT_PATTERN = r"^\s*(\d+\s*[xX*×]\s*\d+|" + "|".join(SIZE_PRESETS) + r")\s*$"
 
 
 def parse_size(text: str) -> Size:

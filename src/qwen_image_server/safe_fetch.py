@@ -350,6 +350,10 @@ def fetch(url: str, policy: FetchPolicy) -> bytes:
     raise FetchFailed(f"{url} redirected more than {policy.max_redirects} times")
 
 
+# The shape `check_url` accepts, for wire schemas (so the OpenAPI spec says it): http(s), a host.
+HTTP_URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#]+([/?#]\S*)?$"
+
+
 def check_url(url: str) -> None:
     """Refuse (`UrlNotAllowed`) what is not an absolute http(s) URL with a host; the address is
     checked later, when a connection is opened."""

@@ -100,8 +100,11 @@ async def test_unknown_task_and_route_are_404(client: httpx.AsyncClient) -> None
 
 
 async def test_bad_list_parameters_are_400(client: httpx.AsyncClient) -> None:
-    assert_native_error(await client.get("/v1/tasks", params={"status": "sleeping"}), 400, "invalid_request")
-    assert_native_error(await client.get("/v1/tasks", params={"limit": 0}), 400, "invalid_request")
+    # Values outside what a parameter allows are `invalid_parameter`, as the domain's own checks say.
+    sleeping = await client.get("/v1/tasks", params={"status": "sleeping"})
+    assert_native_error(sleeping, 400, "invalid_parameter", "status")
+    assert_native_error(await client.get("/v1/tasks", params={"limit": 0}), 400, "invalid_parameter", "limit")
+    assert_native_error(await client.get("/v1/tasks", params={"limit": "ten"}), 400, "invalid_request", "limit")
 
 
 async def _finished_result_url(client: httpx.AsyncClient) -> str:

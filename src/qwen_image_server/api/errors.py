@@ -21,7 +21,7 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match
 
-from qwen_image_server.errors import InvalidRequest, QwenImageError, RetryLater
+from qwen_image_server.errors import InvalidParameter, InvalidRequest, QwenImageError, RetryLater
 from qwen_image_server.tasks.sql import describe_connection_error, is_connection_error, is_transient_error
 
 log = logging.getLogger(__name__)
@@ -152,4 +152,27 @@ def invalid_request_from(errors: Any) -> InvalidRequest:
     if first.get("type") == "extra_forbidden":
         return InvalidRequest(f"{param} is not a known parameter", param=param)
     message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
-    return InvalidRequest(f"{param}: {message}" if param else message, param=param)
+    if param is None:
+        return InvalidRequest(message)
+    if first.get("type") in _OUT_OF_BOUNDS:  # the same error the domain's own checks give for it
+        return InvalidParameter(f"{param}: {message}", param=param)
+    return InvalidRequest(f"{param}: {message}", param=param)
+
+
+# Validation errors of a value of the right type outside what the field allows (its bounds are the
+# domain's, declared on the wire model so that the OpenAPI spec shows them).
+_OUT_OF_BOUNDS = frozenset(
+    {
+        "greater_than",
+        "greater_than_equal",
+        "less_than",
+        "less_than_equal",
+        "too_long",
+        "too_short",
+        "string_too_long",
+        "string_too_short",
+        "string_pattern_mismatch",
+        "enum",
+        "literal_error",
+    }
+)

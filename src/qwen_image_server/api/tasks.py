@@ -16,7 +16,7 @@ from datetime import timedelta
 from fastapi import Request
 
 from qwen_image_server.api.dialect import Caller
-from qwen_image_server.domain import GenerationRequest
+from qwen_image_server.domain import MAX_INPUT_IMAGES, GenerationRequest
 from qwen_image_server.errors import InvalidParameter, QueueFull, QwenImageError, RateLimited
 from qwen_image_server.results.links import SignedLinks
 from qwen_image_server.safe_fetch import IPNetwork, check_url
@@ -25,8 +25,6 @@ from qwen_image_server.sources import read_remote_image
 from qwen_image_server.tasks.model import Idempotency, NewTask, Task, TaskStatus, utcnow
 from qwen_image_server.tasks.outbox import Callback
 from qwen_image_server.tasks.store import TaskConflict, TaskNotFound
-
-MAX_INPUT_IMAGES = 3
 
 
 async def fetch_input_images(refs: Sequence[str], *, allowed_networks: Sequence[IPNetwork]) -> tuple[bytes, ...]:

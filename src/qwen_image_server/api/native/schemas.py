@@ -4,35 +4,68 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from qwen_image_server.domain import (
+    MAX_CFG,
+    MAX_IMAGES_PER_REQUEST,
+    MAX_INPUT_IMAGES,
+    MAX_PARTIAL_IMAGES,
+    MAX_PROMPT_CHARS,
+    MAX_SEQUENCE_LENGTH_CAP,
+    MAX_SIDE,
+    MAX_STEPS,
+    MIN_SIDE,
+    MIN_STEPS,
+    SEED_MAX,
+    SIZE_PRESETS,
+    SIZE_TEXT_PATTERN,
+    ModelName,
+    OutputFormat,
+)
+from qwen_image_server.safe_fetch import HTTP_URL_PATTERN
+
 
 class CreateTaskBody(BaseModel):
-    """POST /v1/tasks. Parameter names follow diffusers; `size` is WxH or a preset name."""
+    """POST /v1/tasks. Parameter names follow diffusers; `size` is WxH or a preset name.
+
+    The bounds are the domain's own (domain.py), so the OpenAPI spec says what validation does; what
+    it cannot say (the models this server serves, input images per model, a prompt of only spaces,
+    the prompt's length in tokens) is checked when the request is translated."""
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(description="qwen-image, qwen-image-edit or qwen-image-edit-plus.")
-    prompt: str
-    negative_prompt: str | None = None
-    size: str | None = Field(default=None, description="`1024x1024`, `1024*1024` or a preset such as `16:9`.")
-    width: int | None = None
-    height: int | None = None
-    num_inference_steps: int | None = None
-    true_cfg_scale: float | None = None
-    guidance_scale: float | None = None
-    seed: int | None = None
-    n: int = Field(default=1, description="Number of images (1-10).")
-    output_format: str = "png"
-    output_quality: int = 90
-    max_sequence_length: int | None = None
+    model: ModelName = Field(description="qwen-image, qwen-image-edit or qwen-image-edit-plus.")
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+    size: str | None = Field(
+        default=None,
+        pattern=SIZE_TEXT_PATTERN,
+        description=f"`1024x1024`, `1024*1024` or a preset ({', '.join(SIZE_PRESETS)}); sides {MIN_SIDE}-{MAX_SIDE}.",
+    )
+    width: int | None = Field(default=None, ge=MIN_SIDE, le=MAX_SIDE)
+    height: int | None = Field(default=None, ge=MIN_SIDE, le=MAX_SIDE)
+    num_inference_steps: int | None = Field(default=None, ge=MIN_STEPS, le=MAX_STEPS)
+    true_cfg_scale: float | None = Field(default=None, ge=0.0, le=MAX_CFG)
+    guidance_scale: float | None = Field(default=None, ge=0.0, le=MAX_CFG)
+    seed: int | None = Field(default=None, ge=0, le=SEED_MAX)
+    n: int = Field(default=1, ge=1, le=MAX_IMAGES_PER_REQUEST, description="Number of images.")
+    output_format: OutputFormat = OutputFormat.PNG
+    output_quality: int = Field(default=90, ge=1, le=100)
+    max_sequence_length: int | None = Field(default=None, ge=1, le=MAX_SEQUENCE_LENGTH_CAP)
     partial_images: int = Field(
-        default=0, ge=0, le=3, description="Previews per image, decoded from intermediate steps (see `previews`)."
+        default=0,
+        ge=0,
+        le=MAX_PARTIAL_IMAGES,
+        description="Previews per image, decoded from intermediate steps (see `previews`).",
     )
     images: list[str] = Field(
-        default_factory=list, max_length=16, description="Input images: http(s) URLs, data URIs or bare base64."
+        default_factory=list,
+        max_length=MAX_INPUT_IMAGES,
+        description="Input images: http(s) URLs, data URIs or bare base64.",
     )
     callback_url: str | None = Field(
         default=None,
         max_length=2048,
+        pattern=HTTP_URL_PATTERN,
         description="Receives the final task when it ends, signed with Standard Webhooks headers (docs/callbacks.md).",
     )
     priority: int = Field(default=0, ge=-100, le=100, description="Higher runs first; equal priorities run in order.")
