@@ -377,7 +377,7 @@ BAD: dict[str, tuple[str, Any, int, str]] = {
 
 @pytest.mark.parametrize(
     ("body", "status"),
-    [(multimodal("qwen-image-max"), 404), (multimodal(text=" "), 400), ({"model": "qwen-image"}, 400)],
+    [(multimodal("qwen-image-ultra"), 404), (multimodal(text=" "), 400), ({"model": "qwen-image"}, 400)],
 )
 async def test_pixazo_errors_have_pixazos_shape(client: httpx.AsyncClient, body: dict[str, Any], status: int) -> None:
     response = await client.post(PIXAZO, json=body, headers={"Ocp-Apim-Subscription-Key": "k"})

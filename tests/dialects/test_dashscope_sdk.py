@@ -137,3 +137,17 @@ def test_a_sync_call_whose_client_hangs_up_is_canceled(live_server: LiveServer) 
         assert task["status"] in ("queued", "running") and time.monotonic() < deadline, task
         time.sleep(0.1)
     assert task["progress"]["step"] < 250
+
+
+def test_image_synthesis_list(sdk: Any) -> None:
+    created = sdk.ImageSynthesis.async_call(model="qwen-image-plus-2026-01-09", prompt="a listed fox", api_key=KEY,
+                                            **FAST)  # fmt: skip
+    assert created.status_code == 200, created
+    sdk.ImageSynthesis.wait(created, api_key=KEY)
+    listed = sdk.ImageSynthesis.list(status="SUCCEEDED", model_name="qwen-image-plus", page_size=100, api_key=KEY)
+    assert listed.status_code == 200 and listed.request_id, listed
+    ids = [item["task_id"] for item in listed.output["data"]]
+    assert created.output.task_id in ids
+    assert listed.output["total"] == len(ids) and listed.output["page_no"] == 1
+    refused = sdk.ImageSynthesis.list(page_size=1000, api_key=KEY)
+    assert (refused.status_code, refused.code) == (400, "InvalidParameter") and "page_size" in refused.message

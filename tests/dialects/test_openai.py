@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import base64
 import io
+import typing
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import openai
 import pytest
+from openai.types import ImageModel, ImagesResponse, image_generate_params
+from openai.types.image_generate_params import ImageGenerateParamsBase
 from PIL import Image
 
+from qwen_image_server.api.openai import translate
+from qwen_image_server.api.openai.schemas import ImageOptions
+from qwen_image_server.api.openai.translate import QUALITY_STEPS
+from qwen_image_server.domain import ModelName
 from tests.conftest import LiveServer, picture_bytes
 
 FAST = {"size": "256x256", "quality": "low"}
@@ -149,3 +157,107 @@ def test_missing_prompt_and_wrong_content_type(live_server: LiveServer) -> None:
     assert edit_json.status_code == 400 and edit_json.json()["error"]["param"] == "image"
     unknown = httpx.get(f"{live_server.url}/v1/images/nothing", timeout=10)
     assert unknown.status_code == 404 and "error" in unknown.json()
+
+
+# -- client compatibility: what the current SDK sends -------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["gpt-image-2", "chatgpt-image-latest"])
+def test_current_openai_model_names_are_accepted(client: openai.OpenAI, model: str) -> None:
+    response = client.images.generate(model=model, prompt="a fox", **FAST)  # type: ignore[arg-type]
+    assert len(response.data or []) == 1
+
+
+def test_every_model_name_of_the_sdk_maps_to_ours() -> None:
+    served = tuple(ModelName)
+    for model in typing.get_args(ImageModel):
+        assert translate.generation_model(model) is ModelName.QWEN_IMAGE
+        assert translate.edit_model(model, 1, False, served) is ModelName.QWEN_IMAGE_EDIT
+        assert translate.edit_model(model, 2, False, served) is ModelName.QWEN_IMAGE_EDIT_PLUS
+
+
+def test_openai_model_names_map_to_ours_for_edits(client: openai.OpenAI) -> None:
+    response = client.images.edit(
+        model="gpt-image-2",
+        image=("in.png", picture_bytes((96, 96)), "image/png"),
+        prompt="blue",
+        **FAST,  # type: ignore[arg-type]
+    )
+    assert len(response.data or []) == 1
+
+
+@pytest.mark.parametrize(("quality", "answered"), [("xhigh", "xhigh"), ("max", "max"), ("standard", "high")])
+def test_new_qualities_are_accepted_and_answered_as_used(client: openai.OpenAI, quality: str, answered: str) -> None:
+    response = client.images.generate(prompt="a fox", size="256x256", quality=quality)  # type: ignore[arg-type]
+    assert response.quality == answered
+
+
+@pytest.mark.parametrize(
+    ("quality", "steps", "answered"),
+    [("low", 20, "low"), ("medium", 30, "medium"), ("high", 50, "high"), ("xhigh", 75, "xhigh"),
+     ("max", 100, "max"), ("auto", 50, "high"), ("standard", 50, "high"), ("hd", 50, "high")],
+)  # fmt: skip
+def test_quality_chooses_the_steps(quality: str, steps: int, answered: str) -> None:
+    options = ImageOptions.model_validate({"prompt": "a fox", "quality": quality})
+    assert translate.to_generation_request(options, ModelName.QWEN_IMAGE).num_inference_steps == steps
+    assert translate.quality_of(options) == answered
+
+
+def literal_values(annotation: Any) -> set[str]:
+    """The strings of an `Optional[Literal[...]]`, as the SDK's types declare them."""
+    return {value for part in typing.get_args(annotation) for value in typing.get_args(part)}
+
+
+def test_sdk_qualities_are_all_known() -> None:
+    declared = ImageGenerateParamsBase.__annotations__["quality"]  # a forward reference: the module has
+    sent = literal_values(eval(declared.__forward_arg__, vars(image_generate_params)))  # `from __future__`
+    answered = literal_values(ImagesResponse.model_fields["quality"].annotation)
+    assert sent <= set(QUALITY_STEPS) and answered == set(QUALITY_STEPS) - {"auto", "standard", "hd"}
+
+
+def test_null_optional_fields_mean_the_default(client: openai.OpenAI, live_server: LiveServer) -> None:
+    optional = ("model", "n", "quality", "response_format", "output_format", "output_compression", "background",
+                "moderation", "partial_images", "style", "user")  # fmt: skip
+    nulls: dict[str, Any] = dict.fromkeys(optional)
+    url = f"{live_server.url}/v1/images/generations"
+    answer = httpx.post(url, json={"prompt": "a fox", "size": "256x256", **nulls, "stream": None}, timeout=120)
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["data"]) == 1 and answer.json()["quality"] == "high"
+    edited = client.images.edit(
+        image=("in.png", picture_bytes((96, 96)), "image/png"), prompt="blue", size="256x256", quality="low",
+        **dict.fromkeys(("model", "n", "response_format", "output_format", "background", "user")),
+    )  # fmt: skip
+    assert len(edited.data or []) == 1
+
+
+def test_empty_multipart_fields_mean_the_default(live_server: LiveServer) -> None:
+    """A form has no null: clients that build it from a dict (httpx) send None as an empty field."""
+    fields = dict.fromkeys(("model", "n", "response_format", "output_format", "background", "stream"))
+    answer = httpx.post(
+        f"{live_server.url}/v1/images/edits",
+        data={"prompt": "blue", "size": "256x256", "quality": "low", **fields, "partial_images": None},
+        files={"image": ("in.png", picture_bytes((96, 96)), "image/png")},
+        timeout=120,
+    )
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["data"]) == 1 and answer.json()["quality"] == "low"
+
+
+def test_null_prompt_is_still_required(live_server: LiveServer) -> None:
+    answer = httpx.post(f"{live_server.url}/v1/images/generations", json={"prompt": None}, timeout=10)
+    assert answer.status_code == 400 and answer.json()["error"]["param"] == "prompt"
+
+
+def test_models_retrieve(client: openai.OpenAI) -> None:
+    listed = {model.id: model for model in client.models.list()}
+    for model_id, model in listed.items():
+        assert client.models.retrieve(model_id) == model
+    assert client.models.retrieve("qwen-image").object == "model"
+
+
+def test_models_retrieve_unknown_is_openais_404(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.models.retrieve("sdxl")
+    body = caught.value.body
+    assert isinstance(body, dict) and body["code"] == "model_not_found" and body["type"] == "invalid_request_error"
+    assert "sdxl" in body["message"]

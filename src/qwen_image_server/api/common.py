@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Literal
 
 from fastapi import APIRouter, Request, Response
@@ -10,7 +11,8 @@ from pydantic import BaseModel
 
 from qwen_image_server.api.byte_ranges import content_range, requested_range
 from qwen_image_server.api.native.schemas import ModelListOut, ModelOut
-from qwen_image_server.domain import MODEL_SPECS, OutputFormat
+from qwen_image_server.domain import MODEL_SPECS, ModelName, OutputFormat
+from qwen_image_server.errors import UnknownModel
 from qwen_image_server.results.store import ResultNotFound, is_valid_key
 from qwen_image_server.service import Service
 from qwen_image_server.tasks.model import utcnow
@@ -53,17 +55,15 @@ def common_router(service: Service) -> APIRouter:
     async def models() -> ModelListOut:
         """The models this server accepts tasks for, and whether a worker has each loaded."""
         ready = await service.ready_models()
-        return ModelListOut(
-            data=[
-                ModelOut(
-                    id=model.value,
-                    description=MODEL_SPECS[model].description,
-                    ready=model in ready,
-                    max_input_images=MODEL_SPECS[model].max_input_images,
-                )
-                for model in service.settings.models
-            ]
-        )
+        return ModelListOut(data=[_model_out(model, ready) for model in service.settings.models])
+
+    @router.get("/v1/models/{model_id}", response_model=ModelOut, tags=["models"])
+    async def model(model_id: str) -> ModelOut:
+        """One model of the list (OpenAI's `models.retrieve`); 404 `model_not_found` for any other."""
+        served = {model.value: model for model in service.settings.models}
+        if model_id not in served:
+            raise UnknownModel(f"The model '{model_id}' does not exist here; GET /v1/models lists those that do.")
+        return _model_out(served[model_id], await service.ready_models())
 
     # Two decorators, not one api_route with both methods: each operation needs its own id.
     @router.head(RESULT_PATH, tags=["results"], response_class=Response, operation_id="result_image_headers")
@@ -94,3 +94,13 @@ def common_router(service: Service) -> APIRouter:
         return Response(body, status_code=status, media_type=media_type, headers=headers)
 
     return router
+
+
+def _model_out(model: ModelName, ready: Collection[ModelName]) -> ModelOut:
+    spec = MODEL_SPECS[model]
+    return ModelOut(
+        id=model.value,
+        description=spec.description,
+        ready=model in ready,
+        max_input_images=spec.max_input_images,
+    )

@@ -58,12 +58,14 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_la
 
 
 def renderer_by_path(renderers: dict[str, ErrorRenderer]) -> Callable[[str, QwenImageError], Response]:
-    """Render an error in the shape of the dialect that owns `path` (native elsewhere)."""
+    """Render an error in the shape of the dialect that owns `path` (native elsewhere). Prefixes may
+    nest (kie owns /api/v1/jobs/, DashScope the rest of /api/v1/): the longest one that matches wins."""
+    longest_first = sorted(renderers, key=len, reverse=True)
 
     def render(path: str, exc: QwenImageError) -> Response:
-        for prefix, renderer in renderers.items():
+        for prefix in longest_first:
             if path.startswith(prefix):
-                return renderer(exc)
+                return renderers[prefix](exc)
         return native_error(exc)
 
     return render

@@ -47,8 +47,9 @@ class ErrorBody(BaseModel):
 
 def document_errors(app: FastAPI, models: dict[str, type[BaseModel]], default: type[BaseModel] = ErrorBody) -> None:
     """Declare 4XX and 5XX responses on every operation of `app`, with the error model of the
-    first prefix in `models` that the path starts with (else `default`), instead of FastAPI's 422."""
+    longest prefix in `models` that the path starts with (else `default`), instead of FastAPI's 422."""
     generate = app.openapi
+    longest_first = sorted(models, key=len, reverse=True)  # nested prefixes: the longest owns the path
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is not None:
@@ -56,7 +57,7 @@ def document_errors(app: FastAPI, models: dict[str, type[BaseModel]], default: t
         spec = generate()
         schemas: dict[str, Any] = spec.setdefault("components", {}).setdefault("schemas", {})
         for path, operations in spec.get("paths", {}).items():
-            model = next((model for prefix, model in models.items() if path.startswith(prefix)), default)
+            model = next((models[prefix] for prefix in longest_first if path.startswith(prefix)), default)
             reference = _component(schemas, model)
             for operation in operations.values():
                 responses = operation.setdefault("responses", {})

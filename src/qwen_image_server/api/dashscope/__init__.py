@@ -10,7 +10,7 @@ from qwen_image_server.api.dialect import Dialect
 
 DIALECT = Dialect(
     name="dashscope",
-    prefixes=("/api/v1/services/", "/api/v1/tasks/"),
+    prefixes=("/api/v1/",),  # all of it but kie's /api/v1/jobs/ (the longest prefix wins)
     router=dashscope_router,  # serves Pixazo's path too: same body, same answer
     render_error=render_error,
     error_model=ErrorOut,

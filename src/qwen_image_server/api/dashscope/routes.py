@@ -3,7 +3,7 @@ call api.tasks, translate back; errors are raised and rendered by api/dashscope/
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 
 from qwen_image_server.api.dashscope.errors import (
     ACCESS_DENIED,
@@ -17,11 +17,14 @@ from qwen_image_server.api.dashscope.errors import (
     task_error_code,
     task_error_status,
 )
+from qwen_image_server.api.dashscope.listing import list_tasks as list_matching
+from qwen_image_server.api.dashscope.listing import task_query
 from qwen_image_server.api.dashscope.schemas import (
     CancelResponse,
     MultimodalBody,
     MultimodalResponse,
     SynthesisBody,
+    TaskListResponse,
     TaskResponse,
 )
 from qwen_image_server.api.dashscope.translate import (
@@ -120,6 +123,25 @@ def dashscope_router(service: Service) -> APIRouter:
         """Queue a text-to-image task (header `X-DashScope-Async: enable`); poll GET /api/v1/tasks/{task_id}."""
         task = await create(synthesis_ask(body), await caller_of(request), request)
         return created_task_response(task, new_request_id())
+
+    @router.get("/api/v1/tasks", response_model=TaskListResponse, tags=["dashscope"])
+    async def list_tasks(
+        request: Request,
+        start_time: str | None = Query(default=None, description="YYYYMMDDhhmmss, UTC; default: end_time - 24 h."),
+        end_time: str | None = Query(default=None, description="YYYYMMDDhhmmss, UTC; default: now."),
+        model_name: str | None = None,
+        status: str | None = Query(default=None, description="PENDING, RUNNING, SUCCEEDED, FAILED or CANCELED."),
+        task_id: str | None = None,
+        page_no: int = 1,
+        page_size: int = Query(default=10, description="1-100."),
+    ) -> TaskListResponse:
+        """The caller's tasks (an admin key's or an open server's: everyone's), newest first, one page
+        of those that match and their total. `api_key_id` and `region` are accepted and ignored."""
+        caller = await caller_of(request, Scope.READ)
+        query = task_query(start_time=start_time, end_time=end_time, model_name=model_name, status=status,
+                           task_id=task_id, page_no=page_no, page_size=page_size)  # fmt: skip
+        owner = None if caller.sees_all else caller.key_id
+        return await list_matching(service.store, owner, query, new_request_id())
 
     @router.get(
         "/api/v1/tasks/{task_id}", response_model=TaskResponse, response_model_exclude_none=True, tags=["dashscope"]

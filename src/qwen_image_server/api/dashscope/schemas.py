@@ -134,6 +134,29 @@ class TaskResponse(BaseModel):
     usage: ImageCountUsage | None = None
 
 
+class TaskListItem(BaseModel):
+    """One task of GET /api/v1/tasks; times are milliseconds since the epoch, as DashScope gives them."""
+
+    task_id: str
+    status: str
+    model_name: str
+    api_key_id: str | None = Field(description="The id of the key that made the task; null on an open server.")
+    gmt_create: int
+    start_time: int | None = None
+    end_time: int | None = None
+
+
+class TaskListResponse(BaseModel):
+    """GET /api/v1/tasks (the SDK's `ImageSynthesis.list`)."""
+
+    request_id: str
+    data: list[TaskListItem]
+    total: int
+    total_page: int
+    page_no: int
+    page_size: int
+
+
 class ErrorOut(BaseModel):
     """DashScope's error body (api/dashscope/errors.py)."""
 

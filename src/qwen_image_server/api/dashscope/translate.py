@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from qwen_image_server.api.dashscope.errors import (
     EMPTY_INPUT,
@@ -55,10 +55,13 @@ MAX_IMAGES = 6  # `n`: DashScope's largest (qwen-image-edit-plus)
 MAX_INPUT_IMAGES = 3
 
 # DashScope's model names -> ours. qwen-image-edit with 2-3 images runs as qwen-image-edit-plus.
-TEXT_TO_IMAGE_NAMES = frozenset({"qwen-image", "qwen-image-plus"})
+# Each name also has dated snapshots, `<name>-YYYY-MM-DD` (qwen-image-plus-2026-01-09, ...): the
+# rule takes them all, so that a new snapshot needs no change here.
+TEXT_TO_IMAGE_NAMES = frozenset({"qwen-image", "qwen-image-plus", "qwen-image-max"})
 EDIT_NAMES = frozenset({"qwen-image-edit"})
 EDIT_PLUS_NAMES = frozenset({"qwen-image-edit-plus"})
 MODEL_NAMES = sorted(TEXT_TO_IMAGE_NAMES | EDIT_NAMES | EDIT_PLUS_NAMES)
+_DATED = re.compile(r"^(?P<name>.+)-(?P<date>\d{4}-\d{2}-\d{2})$")
 
 TASK_STATUS = {
     TaskStatus.QUEUED: "PENDING",
@@ -83,9 +86,22 @@ class Ask:
     parameters: Parameters
 
 
+def undated(name: str) -> str:
+    """`qwen-image-plus-2026-01-09` -> `qwen-image-plus`; any other name as it is."""
+    match = _DATED.match(name)
+    if match is None or match["name"] not in MODEL_NAMES:
+        return name
+    try:
+        date.fromisoformat(match["date"])
+    except ValueError:
+        return name
+    return match["name"]
+
+
 def resolve_model(name: str | None, image_count: int) -> ModelName:
     if not name:
         raise DashScopeError(400, EMPTY_MODEL, 'Required parameter "model" missing from request.', param="model")
+    given, name = name, undated(name)
     if name in TEXT_TO_IMAGE_NAMES:
         return ModelName.QWEN_IMAGE
     if name in EDIT_NAMES:
@@ -93,7 +109,10 @@ def resolve_model(name: str | None, image_count: int) -> ModelName:
     if name in EDIT_PLUS_NAMES:
         return ModelName.QWEN_IMAGE_EDIT_PLUS
     raise DashScopeError(
-        404, MODEL_NOT_FOUND, f"Model not exist: {name!r}. Models here: {', '.join(MODEL_NAMES)}.", param="model"
+        404,
+        MODEL_NOT_FOUND,
+        f"Model not exist: {given!r}. Models here: {', '.join(MODEL_NAMES)}, each also as <name>-YYYY-MM-DD.",
+        param="model",
     )
 
 

@@ -120,12 +120,18 @@ async def _edit_form(request: Request) -> tuple[ImageOptions, tuple[bytes, ...],
             raise InvalidRequest("image is required: attach one to three image files", param="image")
         if len(files) > MAX_INPUT_IMAGES:
             raise InvalidRequest(f"at most {MAX_INPUT_IMAGES} images", param="image")
-        fields = {key: value for key, value in form.items() if isinstance(value, str) and key != "mask"}
+        # A form has no null: clients that build it from a dict send None as an empty field.
+        fields = {key: value for key, value in form.items() if _is_given(key, value) and key != "mask"}
         options = _validated(ImageOptions, fields)
         images = tuple([await file.read() for file in files])
         mask_file = form.get("mask")
         mask = await mask_file.read() if isinstance(mask_file, UploadFile) else None
     return options, images, mask
+
+
+def _is_given(key: str, value: object) -> bool:
+    """A text field with a value; an empty prompt stays, to be answered "prompt: too short"."""
+    return isinstance(value, str) and (value != "" or key == "prompt")
 
 
 async def _answer(

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Quality = Literal["auto", "low", "medium", "high", "standard", "hd"]
+# Every quality the openai package sends (`standard` and `hd` are the retired DALL-E ones), and the
+# ones OpenAI answers with: what `auto`, `standard` and `hd` come to here (translate.QUALITY_STEPS).
+Quality = Literal["auto", "low", "medium", "high", "xhigh", "max", "standard", "hd"]
+AnsweredQuality = Literal["low", "medium", "high", "xhigh", "max"]
 
 
 class OpenAIError(BaseModel):
@@ -45,6 +48,15 @@ class ImageOptions(BaseModel):
     input_fidelity: str | None = None
     safety_identifier: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, fields: Any) -> Any:
+        """The openai package sends null for an argument given as None: it asks for the default.
+        (A missing or null prompt is still answered "prompt is required".)"""
+        if isinstance(fields, dict):
+            return {name: value for name, value in fields.items() if value is not None}
+        return fields
+
 
 class GenerationBody(ImageOptions):
     pass
@@ -73,6 +85,6 @@ class ImagesResponse(BaseModel):
     data: list[ImageData]
     background: str
     output_format: str
-    quality: str
+    quality: AnsweredQuality
     size: str
     usage: Usage

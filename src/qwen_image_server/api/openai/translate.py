@@ -5,42 +5,51 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Collection
+from typing import cast
 
 from fastapi.responses import JSONResponse, Response
 from PIL import Image, UnidentifiedImageError
 
-from qwen_image_server.api.openai.schemas import ImageOptions, InputTokensDetails, Usage
+from qwen_image_server.api.openai.schemas import AnsweredQuality, ImageOptions, InputTokensDetails, Usage
 from qwen_image_server.domain import GenerationRequest, ModelName, parse_size
 from qwen_image_server.errors import InvalidImage, InvalidParameter, QwenImageError
 from qwen_image_server.tasks.model import Task
 
-# Clients written for OpenAI often hard-code its model names; they get ours.
-GENERATION_ALIASES = {"dall-e-2", "dall-e-3", "gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5"}
+# Clients written for OpenAI often hard-code its model names; they get ours. OpenAI adds names (and
+# dated snapshots of them) often, so every name of its image model families is taken, not a list.
+OPENAI_MODEL_FAMILIES = ("gpt-image-", "chatgpt-image-", "dall-e-")
 OUR_MODELS = {model.value for model in ModelName}
-# `quality` chooses the number of denoising steps; None keeps the model's default.
+# `quality` chooses the number of denoising steps; None keeps the model's default (50; 40 for
+# edit-plus), which is what `high` is. The values are what the SDK sends; `auto` and the retired
+# DALL-E qualities `standard` and `hd` mean the default.
 QUALITY_STEPS: dict[str, int | None] = {
     "low": 20,
     "medium": 30,
     "high": None,
-    "hd": None,
-    "standard": None,
+    "xhigh": 75,
+    "max": 100,
     "auto": None,
+    "standard": None,
+    "hd": None,
 }
+DEFAULT_QUALITY: AnsweredQuality = "high"
 TOKEN_PIXELS = 16 * 16  # Qwen-Image makes one image token per 16x16 pixels
 
 
+def is_openai_model(name: str) -> bool:
+    return name.startswith(OPENAI_MODEL_FAMILIES)
+
+
 def generation_model(name: str | None) -> ModelName:
-    if name is None or name in GENERATION_ALIASES:
+    if name is None or is_openai_model(name) or name == ModelName.QWEN_IMAGE.value:
         return ModelName.QWEN_IMAGE
-    if name == ModelName.QWEN_IMAGE.value:
-        return ModelName.QWEN_IMAGE
-    raise _unknown_model(name, [ModelName.QWEN_IMAGE.value, *sorted(GENERATION_ALIASES)])
+    raise _unknown_model(name, [ModelName.QWEN_IMAGE.value])
 
 
 def edit_model(name: str | None, images: int, masked: bool, served: Collection[ModelName]) -> ModelName:
     """The model that serves an edit: inpainting for a mask, else edit (1 image) or edit-plus."""
-    if name is not None and name not in GENERATION_ALIASES and name not in OUR_MODELS:
-        raise _unknown_model(name, sorted(OUR_MODELS | GENERATION_ALIASES))
+    if name is not None and not is_openai_model(name) and name not in OUR_MODELS:
+        raise _unknown_model(name, sorted(OUR_MODELS))
     if masked:
         return ModelName.QWEN_IMAGE
     if name in OUR_MODELS and name != ModelName.QWEN_IMAGE.value:
@@ -52,7 +61,9 @@ def edit_model(name: str | None, images: int, masked: bool, served: Collection[M
 
 def _unknown_model(name: str, supported: list[str]) -> InvalidParameter:
     choices = ", ".join(f"'{value}'" for value in supported)
-    error = InvalidParameter(f"Invalid value: '{name}'. Supported values are: {choices}.", param="model")
+    families = ", ".join(f"'{family}*'" for family in OPENAI_MODEL_FAMILIES)
+    message = f"Invalid value: '{name}'. Supported values are: {choices}, or an OpenAI image model ({families})."
+    error = InvalidParameter(message, param="model")
     error.code = "invalid_value"
     return error
 
@@ -108,8 +119,11 @@ def size_of(task: Task) -> str:
     return f"{task.request.width}x{task.request.height}"
 
 
-def quality_of(options: ImageOptions) -> str:
-    return "auto" if options.quality in ("standard", "hd") else options.quality
+def quality_of(options: ImageOptions) -> AnsweredQuality:
+    """The quality used, in OpenAI's answer's terms: the default steps are `high`."""
+    if QUALITY_STEPS[options.quality] is None:
+        return DEFAULT_QUALITY
+    return cast(AnsweredQuality, options.quality)
 
 
 def b64(data: bytes) -> str:
