@@ -41,7 +41,6 @@ from qwen_image_server.domain import (
     MAX_SIDE,
     MIN_SIDE,
     MODEL_SPECS,
-    SIZE_MULTIPLE,
     GenerationRequest,
     ModelName,
 )
@@ -184,14 +183,10 @@ def dashscope_size(text: str) -> tuple[int, int]:
     match = _SIZE.match(text)
     if match is None:
         raise InvalidParameter(f'size {text!r} is not "WIDTH*HEIGHT", e.g. "1328*1328"', param="size")
-    width, height = (_to_grid(int(match.group(i))) for i in (1, 2))
+    width, height = int(match.group(1)), int(match.group(2))
     if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):
         raise InvalidParameter(f"size {text!r}: each side must be {MIN_SIDE} to {MAX_SIDE} pixels", param="size")
     return width, height
-
-
-def _to_grid(side: int) -> int:
-    return max((side + SIZE_MULTIPLE // 2) // SIZE_MULTIPLE * SIZE_MULTIPLE, SIZE_MULTIPLE)
 
 
 def to_generation_request(ask: Ask, images: tuple[bytes, ...]) -> GenerationRequest:

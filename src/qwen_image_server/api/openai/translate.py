@@ -108,7 +108,7 @@ def inpainting_mask(data: bytes) -> bytes:
 
 def usage(task: Task) -> Usage:
     request = task.request
-    image_tokens = len(request.images) * (request.width * request.height) // TOKEN_PIXELS
+    image_tokens = request.input_image_count * (request.width * request.height) // TOKEN_PIXELS
     output = request.num_images_per_prompt * (request.width * request.height) // TOKEN_PIXELS
     details = InputTokensDetails(image_tokens=image_tokens, text_tokens=0)
     return Usage(input_tokens=image_tokens, input_tokens_details=details, output_tokens=output,
