@@ -44,3 +44,29 @@ async def test_a_locked_database_is_503_and_the_worker_waits_it_out(
         second = (await client.post("/v1/tasks", json=TINY_TASK)).json()
         assert (await wait_until(client, second["id"], "succeeded"))["status"] == "succeeded"
         assert not service.worker_failed
+
+
+async def test_a_full_sqlite_database_is_transient_not_a_crash(tmp_path: Path) -> None:
+    """SQLite's "database or disk is full" (here from a page limit, as a full disk gives it) is
+    classified as transient: the API answers 503, workers wait. Other errors are not transient."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    from qwen_image_server.tasks.sql import is_transient_error
+
+    engine = sqlite_store.create_sqlite_engine(f"sqlite:///{tmp_path / 'full.db'}")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("CREATE TABLE blobs (data BLOB)"))
+            await conn.commit()
+            await conn.execute(text("PRAGMA max_page_count = 20"))
+            with pytest.raises(DBAPIError) as full:
+                await conn.execute(text("INSERT INTO blobs VALUES (zeroblob(1000000))"))
+            await conn.rollback()
+            with pytest.raises(DBAPIError) as wrong:
+                await conn.execute(text("SELECT * FROM no_such_table"))
+    finally:
+        await engine.dispose()
+    assert "full" in str(full.value)
+    assert is_transient_error(full.value)
+    assert not is_transient_error(wrong.value)

@@ -100,18 +100,10 @@ def install_error_handlers(app: FastAPI, renderers: dict[str, ErrorRenderer]) ->
 
     async def on_database_error(request: Request, exc: Exception) -> Response:
         # Registered for driver errors that can mean "unreachable", "busy" or "full"; others are crashes.
-        if not is_transient_error(exc):
+        error = database_unavailable(exc, f"{request.method} {request.url.path}")
+        if error is None:
             return await on_unexpected(request, exc)
-        trouble = "unreachable" if is_connection_error(exc) else "busy or out of space"
-        log.warning(
-            "%s %s: the task database is %s: %s",
-            request.method,
-            request.url.path,
-            trouble,
-            describe_connection_error(exc),
-        )
-        message = f"the task database is {trouble} right now; try again shortly"
-        return render(request, DatabaseUnavailable(message, retry_after=DATABASE_RETRY_AFTER_SECONDS))
+        return render(request, error)
 
     app.add_exception_handler(QwenImageError, on_ours)
     app.add_exception_handler(RequestValidationError, on_validation)
@@ -122,6 +114,17 @@ def install_error_handlers(app: FastAPI, renderers: dict[str, ErrorRenderer]) ->
 
 
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def database_unavailable(exc: BaseException, doing: str) -> DatabaseUnavailable | None:
+    """The 503 for a task database that cannot take the call now (unreachable, busy past its lock
+    timeout, full), logged in one line; None for any other error."""
+    if not is_transient_error(exc):
+        return None
+    trouble = "unreachable" if is_connection_error(exc) else "busy or out of space"
+    log.warning("%s: the task database is %s: %s", doing, trouble, describe_connection_error(exc))
+    message = f"the task database is {trouble} right now; try again shortly"
+    return DatabaseUnavailable(message, retry_after=DATABASE_RETRY_AFTER_SECONDS)
 
 
 def allowed_methods(request: Request) -> str:

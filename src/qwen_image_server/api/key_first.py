@@ -21,6 +21,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from qwen_image_server.api.dialect import VERIFIED_KEY, Unauthorized, presented_key, unauthorized_message
+from qwen_image_server.api.errors import database_unavailable
 from qwen_image_server.errors import QwenImageError
 from qwen_image_server.tasks.keys import SqlKeyStore
 
@@ -46,19 +47,33 @@ class KeyBeforeBody:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         rule = self._rule(scope)
-        if rule is None or not await self.keys.keys_required():
+        if rule is None:
             await self.app(scope, receive, send)
             return
         request = Request(scope)  # headers only: the body stays unread
+        try:
+            refusal = await self._check(request, rule)
+        except Exception as exc:  # outside the app's error handlers: translate the database's here
+            refusal = database_unavailable(exc, f"{scope['method']} {scope['path']}")
+            if refusal is None:
+                raise
+        if refusal is None:
+            await self.app(scope, receive, send)
+            return
+        response = self.render(scope["path"], refusal)
+        response.headers["Connection"] = "close"  # the body is not read
+        await response(scope, receive, send)
+
+    async def _check(self, request: Request, rule: KeyRule) -> QwenImageError | None:
+        """Why the request is refused, or None (then a valid key is left on `request.state`)."""
+        if not await self.keys.keys_required():
+            return None
         token = presented_key(request, rule.header, rule.scheme)
         key = await self.keys.authenticate(token) if token else None
         if key is None:
-            response = self.render(scope["path"], Unauthorized(unauthorized_message(rule.header, token)))
-            response.headers["Connection"] = "close"  # the body is not read
-            await response(scope, receive, send)
-            return
+            return Unauthorized(unauthorized_message(rule.header, token))
         setattr(request.state, VERIFIED_KEY, (rule.header, token, key))
-        await self.app(scope, receive, send)
+        return None
 
     def _rule(self, scope: Scope) -> KeyRule | None:
         if scope["type"] != "http" or scope["method"] not in METHODS_WITH_BODY:

@@ -11,6 +11,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from qwen_image_server.safe_fetch import HTTP_URL_PATTERN
+
 KieModelName = Literal["qwen/text-to-image", "qwen/image-edit"]
 ImageSizePreset = Literal["square", "square_hd", "portrait_4_3", "portrait_16_9", "landscape_4_3", "landscape_16_9"]
 KieState = Literal["waiting", "queuing", "generating", "success", "fail"]
@@ -53,7 +55,11 @@ class CreateTaskBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: KieModelName
-    callBackUrl: str | None = Field(default=None, max_length=2048)
+    callBackUrl: str | None = Field(
+        default=None,
+        max_length=2048,
+        json_schema_extra={"pattern": HTTP_URL_PATTERN},  # what `_http_url` checks
+    )
     input: KieInput
 
     @field_validator("callBackUrl")

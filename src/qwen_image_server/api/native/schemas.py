@@ -38,7 +38,7 @@ class CreateTaskBody(BaseModel):
     negative_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
     size: str | None = Field(
         default=None,
-        pattern=SIZE_TEXT_PATTERN,
+        json_schema_extra={"pattern": SIZE_TEXT_PATTERN},  # checked by parse_size, with a better message
         description=f"`1024x1024`, `1024*1024` or a preset ({', '.join(SIZE_PRESETS)}); sides {MIN_SIDE}-{MAX_SIDE}.",
     )
     width: int | None = Field(default=None, ge=MIN_SIDE, le=MAX_SIDE)
@@ -65,7 +65,7 @@ class CreateTaskBody(BaseModel):
     callback_url: str | None = Field(
         default=None,
         max_length=2048,
-        pattern=HTTP_URL_PATTERN,
+        json_schema_extra={"pattern": HTTP_URL_PATTERN},  # checked by check_url: url_not_allowed
         description="Receives the final task when it ends, signed with Standard Webhooks headers (docs/callbacks.md).",
     )
     priority: int = Field(default=0, ge=-100, le=100, description="Higher runs first; equal priorities run in order.")

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from qwen_image_server.api.wire import LenientRequest
 from qwen_image_server.domain import SEED_MAX
+from qwen_image_server.safe_fetch import HTTP_URL_PATTERN
 
 NovitaStatus = Literal["TASK_STATUS_QUEUED", "TASK_STATUS_PROCESSING", "TASK_STATUS_SUCCEED", "TASK_STATUS_FAILED"]
 
@@ -20,7 +21,11 @@ DEFAULT_SIZE = "1024*1024"
 
 
 class Webhook(LenientRequest):
-    url: str = Field(max_length=2048, description="Receives the task result when the task ends.")
+    url: str = Field(
+        max_length=2048,
+        description="Receives the task result when the task ends.",
+        json_schema_extra={"pattern": HTTP_URL_PATTERN},  # what `_http_url` checks, with its own message
+    )
 
     @field_validator("url")
     @classmethod

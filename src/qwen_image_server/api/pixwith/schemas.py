@@ -32,7 +32,10 @@ class CreateBody(LenientRequest):
 
     prompt: str
     image_urls: list[str] | None = Field(default=None, description="One image: image-to-image mode.")
-    model_id: str = Field(description=f"{QWEN_IMAGE_MODEL_ID} (Qwen Image).")
+    model_id: str = Field(
+        description=f"{QWEN_IMAGE_MODEL_ID} (Qwen Image).",
+        json_schema_extra={"enum": [QWEN_IMAGE_MODEL_ID]},  # what `_served_model` checks, with its own message
+    )
     options: Options = Field(default_factory=Options)
 
     @field_validator("model_id")
