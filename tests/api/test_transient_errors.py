@@ -52,7 +52,7 @@ async def test_a_full_sqlite_database_is_transient_not_a_crash(tmp_path: Path) -
     from sqlalchemy import text
     from sqlalchemy.exc import DBAPIError
 
-    from qwen_image_server.tasks.sql import is_transient_error
+    from qwen_image_server.tasks.db_errors import is_transient_error
 
     engine = sqlite_store.create_sqlite_engine(f"sqlite:///{tmp_path / 'full.db'}")
     try:

@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match
 
 from qwen_image_server.errors import InvalidParameter, InvalidRequest, QwenImageError, RetryLater
-from qwen_image_server.tasks.sql import describe_connection_error, is_connection_error, is_transient_error
+from qwen_image_server.tasks.db_errors import describe_connection_error, is_connection_error, is_transient_error
 
 log = logging.getLogger(__name__)
 

@@ -44,10 +44,10 @@ from qwen_image_server.callbacks.signing import secret_key, signature_headers
 from qwen_image_server.errors import FetchFailed, UrlNotAllowed
 from qwen_image_server.results.links import ResultLinker
 from qwen_image_server.settings import Settings
+from qwen_image_server.tasks.db_errors import describe_connection_error, is_transient_error
 from qwen_image_server.tasks.keys import SqlKeyStore
 from qwen_image_server.tasks.model import Task, utcnow
 from qwen_image_server.tasks.outbox import Callback, CallbackAttempt, CallbackStatus, SqlCallbackStore
-from qwen_image_server.tasks.sql import describe_connection_error, is_transient_error
 from qwen_image_server.tasks.store import TaskNotFound, TaskStore
 
 log = logging.getLogger(__name__)

@@ -43,15 +43,14 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from qwen_image_server.domain import ModelName
-from qwen_image_server.errors import IdempotencyKeyReused, InvalidParameter
+from qwen_image_server.errors import InvalidParameter
 from qwen_image_server.tasks.changes import TaskChanges
+from qwen_image_server.tasks.idempotency import check_fingerprint, claim_key, key_row, task_holding_key
 from qwen_image_server.tasks.inputs import attach_inputs, delete_inputs_of, store_inputs
 from qwen_image_server.tasks.migrations import upgrade_database
 from qwen_image_server.tasks.model import (
@@ -161,18 +160,14 @@ class SqlTaskStore:
 
     async def create(self, new: NewTask) -> Task:
         """A new queued task; with `new.idempotency`, the task created earlier (within 24 h) for
-        the same owner, key and request, or `IdempotencyKeyReused` for another request.
-
-        The key is claimed before the task is inserted, in the same transaction, by an insert that
-        does nothing when the key exists: of concurrent requests with one key exactly one inserts it
-        (on PostgreSQL the others wait at that insert until its transaction ends), and the rest read
-        its task. A duplicate that arrives while the first is being created so gets the same task."""
+        the same owner, key and request, or `IdempotencyKeyReused` for another request. The key is
+        claimed in the task's transaction (tasks/idempotency.py): concurrent duplicates get one task."""
         now = self._clock()
         values = new_task_row(new, now)
         try:
             async with self.write() as conn:
-                if new.idempotency is not None and not await _claim_idempotency_key(conn, new, now):
-                    return task_from_row(await _required_row(conn, await _earlier_task_id(conn, new)))
+                if new.idempotency is not None and not await claim_key(conn, new, now):
+                    return task_from_row(await _required_row(conn, await task_holding_key(conn, new)))
                 await conn.execute(insert(tasks).values(values))
                 await store_inputs(conn, new.id, new.request)
         except IntegrityError as exc:
@@ -184,10 +179,10 @@ class SqlTaskStore:
         `IdempotencyKeyReused` when the key came with another request. Lets a replay skip the
         limits that a new task has to pass."""
         async with self._read_only.connect() as conn:
-            row = await _idempotency_row(conn, owner, idempotency.key, self._clock())
+            row = await key_row(conn, owner, idempotency.key, self._clock())
             if row is None:
                 return None
-            _check_fingerprint(row, idempotency)
+            check_fingerprint(row, idempotency)
             return task_from_row(await _required_row(conn, str(row["task_id"])))
 
     async def get(self, task_id: str) -> Task:
@@ -587,106 +582,6 @@ def _after_expiry(task: Row, now: datetime) -> dict[str, Any]:
 def _as_task_store(store: SqlTaskStore) -> TaskStore:
     """Never called: makes mypy check that `SqlTaskStore` implements the `TaskStore` protocol."""
     return store
-
-
-# SQLSTATEs of a server that is gone or not there yet: class 08 (connection exception), and the
-# shutdowns and start-up of PostgreSQL (admin_shutdown, crash_shutdown, cannot_connect_now).
-_UNREACHABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03")
-
-
-def is_connection_error(exc: BaseException) -> bool:
-    """True when `exc` means the database could not be reached or dropped the connection (down,
-    restarting, network trouble), so the same call may succeed later. What the drivers raise: a bare
-    `ConnectionError` when the connect is refused, a `DBAPIError` that SQLAlchemy marks
-    `connection_invalidated` when an open connection breaks, or one with the server's SQLSTATE."""
-    if isinstance(exc, ConnectionError):
-        return True
-    if not isinstance(exc, DBAPIError):
-        return False
-    sqlstate = getattr(exc.orig, "sqlstate", None)
-    return exc.connection_invalidated or (isinstance(sqlstate, str) and sqlstate.startswith(_UNREACHABLE_SQLSTATES))
-
-
-# Errors of a database that is there but cannot take the call now; the same call may succeed later.
-# SQLite: another writer held the lock past the busy timeout, or the disk is full or failing.
-_TRANSIENT_SQLITE_ERRORS = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_IOERR")
-# PostgreSQL: class 53 (insufficient resources: disk full, out of memory, too many connections),
-# serialization failure, deadlock, lock not available.
-_TRANSIENT_SQLSTATES = ("53", "40001", "40P01", "55P03")
-
-
-def is_transient_error(exc: BaseException) -> bool:
-    """True when the same call may succeed later: the database is unreachable (`is_connection_error`),
-    busy past its lock timeout, or out of space."""
-    if is_connection_error(exc):
-        return True
-    if not isinstance(exc, DBAPIError):
-        return False
-    sqlite_name = getattr(exc.orig, "sqlite_errorname", None)
-    sqlstate = getattr(exc.orig, "sqlstate", None)
-    return (isinstance(sqlite_name, str) and sqlite_name.startswith(_TRANSIENT_SQLITE_ERRORS)) or (
-        isinstance(sqlstate, str) and sqlstate.startswith(_TRANSIENT_SQLSTATES)
-    )
-
-
-def describe_connection_error(exc: BaseException) -> str:
-    """One line for a log: the driver's own message, without SQLAlchemy's SQL and links."""
-    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-    lines = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {lines[0] if lines else ''}"
-
-
-# -- idempotency -------------------------------------------------------------------------------------
-
-
-async def _claim_idempotency_key(conn: AsyncConnection, new: NewTask, now: datetime) -> bool:
-    """Make `new`'s key point at `new`: True when it was free (never used, or expired), False when
-    another task holds it. Never deletes a key: an expired one is taken over by a conditional
-    UPDATE, so of two concurrent takers only one succeeds."""
-    assert new.idempotency is not None
-    owner, key = new.owner or "", new.idempotency.key
-    claim = {"fingerprint": new.idempotency.fingerprint, "task_id": new.id, "created_at": now}
-    insert_if_absent = _dialect_insert(conn)(idempotency_keys).values(owner=owner, key=key, **claim)
-    if (await conn.execute(insert_if_absent.on_conflict_do_nothing())).rowcount == 1:
-        return True
-    expired = idempotency_keys.c.created_at <= now - timedelta(seconds=IDEMPOTENCY_TTL_SECONDS)
-    take_over = (
-        update(idempotency_keys)
-        .where(idempotency_keys.c.owner == owner, idempotency_keys.c.key == key, expired)
-        .values(**claim)
-    )
-    return (await conn.execute(take_over)).rowcount == 1
-
-
-def _dialect_insert(conn: AsyncConnection) -> Callable[[Any], Any]:
-    """The INSERT of the connection's database, which has ON CONFLICT DO NOTHING (both do)."""
-    return postgresql_insert if conn.dialect.name == "postgresql" else sqlite_insert
-
-
-async def _earlier_task_id(conn: AsyncConnection, new: NewTask) -> str:
-    """The task that holds `new`'s key (just found taken); raises if it came with another request."""
-    assert new.idempotency is not None
-    row = await _idempotency_row(conn, new.owner, new.idempotency.key, now=None)
-    if row is None:  # cannot happen: the key was just found taken in this transaction
-        raise TaskConflict("the Idempotency-Key was released while it was being read; send the request again")
-    _check_fingerprint(row, new.idempotency)
-    return str(row["task_id"])
-
-
-async def _idempotency_row(conn: AsyncConnection, owner: str | None, key: str, now: datetime | None) -> Row | None:
-    """The key's row; with `now`, only while it has not expired."""
-    query = select(idempotency_keys).where(idempotency_keys.c.owner == (owner or ""), idempotency_keys.c.key == key)
-    if now is not None:
-        query = query.where(idempotency_keys.c.created_at > now - timedelta(seconds=IDEMPOTENCY_TTL_SECONDS))
-    return (await conn.execute(query)).mappings().first()
-
-
-def _check_fingerprint(row: Row, idempotency: Idempotency) -> None:
-    if row["fingerprint"] != idempotency.fingerprint:
-        raise IdempotencyKeyReused(
-            "this Idempotency-Key was used with a different request in the last 24 hours; use a new key",
-            param="Idempotency-Key",
-        )
 
 
 async def _required_row(conn: AsyncConnection, task_id: str) -> Row:

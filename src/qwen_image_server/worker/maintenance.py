@@ -12,8 +12,8 @@ from datetime import timedelta
 
 from qwen_image_server.results.store import ResultStore
 from qwen_image_server.settings import Settings
+from qwen_image_server.tasks.db_errors import describe_connection_error, is_transient_error
 from qwen_image_server.tasks.model import utcnow
-from qwen_image_server.tasks.sql import describe_connection_error, is_transient_error
 from qwen_image_server.tasks.store import TaskStore
 
 log = logging.getLogger(__name__)

@@ -39,8 +39,8 @@ from qwen_image_server.domain import GenerationRequest, ImageResult, ModelName, 
 from qwen_image_server.errors import GenerationCanceled, QwenImageError, RetryLater, StorageUnavailable
 from qwen_image_server.results.store import ResultStore
 from qwen_image_server.settings import Settings
+from qwen_image_server.tasks.db_errors import describe_connection_error, is_transient_error
 from qwen_image_server.tasks.model import Progress, StoredImage, Task, TaskError, WorkerInfo, utcnow
-from qwen_image_server.tasks.sql import describe_connection_error, is_transient_error
 from qwen_image_server.tasks.store import LeaseLost, TaskConflict, TaskStore
 from qwen_image_server.worker.lane import EngineLane, Job
 

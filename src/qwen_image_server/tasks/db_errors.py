@@ -1,0 +1,56 @@
+"""What the task database's errors mean for the callers of the stores: is it worth trying again?
+
+The API answers such errors with 503 and Retry-After, and workers, maintenance and the callback
+sender wait and go on; any other database error is a fault. Kept apart from the store so that the
+layers above need not know the drivers' exceptions.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.exc import DBAPIError
+
+# SQLSTATEs of a server that is gone or not there yet: class 08 (connection exception), and the
+# shutdowns and start-up of PostgreSQL (admin_shutdown, crash_shutdown, cannot_connect_now).
+_UNREACHABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """True when `exc` means the database could not be reached or dropped the connection (down,
+    restarting, network trouble), so the same call may succeed later. What the drivers raise: a bare
+    `ConnectionError` when the connect is refused, a `DBAPIError` that SQLAlchemy marks
+    `connection_invalidated` when an open connection breaks, or one with the server's SQLSTATE."""
+    if isinstance(exc, ConnectionError):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    return exc.connection_invalidated or (isinstance(sqlstate, str) and sqlstate.startswith(_UNREACHABLE_SQLSTATES))
+
+
+# Errors of a database that is there but cannot take the call now; the same call may succeed later.
+# SQLite: another writer held the lock past the busy timeout, or the disk is full or failing.
+_TRANSIENT_SQLITE_ERRORS = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_IOERR")
+# PostgreSQL: class 53 (insufficient resources: disk full, out of memory, too many connections),
+# serialization failure, deadlock, lock not available.
+_TRANSIENT_SQLSTATES = ("53", "40001", "40P01", "55P03")
+
+
+def is_transient_error(exc: BaseException) -> bool:
+    """True when the same call may succeed later: the database is unreachable (`is_connection_error`),
+    busy past its lock timeout, or out of space."""
+    if is_connection_error(exc):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    sqlite_name = getattr(exc.orig, "sqlite_errorname", None)
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    return (isinstance(sqlite_name, str) and sqlite_name.startswith(_TRANSIENT_SQLITE_ERRORS)) or (
+        isinstance(sqlstate, str) and sqlstate.startswith(_TRANSIENT_SQLSTATES)
+    )
+
+
+def describe_connection_error(exc: BaseException) -> str:
+    """One line for a log: the driver's own message, without SQLAlchemy's SQL and links."""
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0] if lines else ''}"
