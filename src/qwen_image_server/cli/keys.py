@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -22,15 +22,19 @@ DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="The server'
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="A TOML file of settings.")]
 Result = TypeVar("Result")
 
+if TYPE_CHECKING:  # imported when a command runs, so that `--help` stays instant
+    from qwen_image_server.tasks.sql import SqlTaskStore
 
-def _settings(data_dir: Path | None, config: Path | None) -> Settings:
+
+def settings_from(data_dir: Path | None, config: Path | None) -> Settings:
     try:
         return load_settings(config, data_dir=data_dir)
     except ValidationError as exc:
         raise invalid_setting(exc) from None
 
 
-def _with_keys(settings: Settings, action: Callable[[SqlKeyStore], Awaitable[Result]]) -> Result:
+def with_task_store(settings: Settings, action: Callable[[SqlTaskStore], Awaitable[Result]]) -> Result:
+    """Run `action` on the task database of `settings` (the data dir's, or `database_url`'s)."""
     from qwen_image_server.tasks.sql import SqlTaskStore
 
     async def run() -> Result:
@@ -38,11 +42,15 @@ def _with_keys(settings: Settings, action: Callable[[SqlKeyStore], Awaitable[Res
         store = SqlTaskStore(settings.resolved_database_url)
         await store.start()
         try:
-            return await action(SqlKeyStore(store))
+            return await action(store)
         finally:
             await store.close()
 
     return asyncio.run(run())
+
+
+def _with_keys(settings: Settings, action: Callable[[SqlKeyStore], Awaitable[Result]]) -> Result:
+    return with_task_store(settings, lambda store: action(SqlKeyStore(store)))
 
 
 @keys_app.command("create")
@@ -57,7 +65,7 @@ def create(
     """Create a key and print it once: only its hash is stored."""
     with friendly_errors():
         scopes = tuple(scope) if scope else DEFAULT_SCOPES
-        key, token = _with_keys(_settings(data_dir, config), lambda keys: keys.create(name, scopes))
+        key, token = _with_keys(settings_from(data_dir, config), lambda keys: keys.create(name, scopes))
         out.print(token, highlight=False, soft_wrap=True)
         err.print(f"key {key.id} ({', '.join(key.scopes)}) created; this is the only time it is shown")
         hint = f"its callbacks are signed with its own secret: `qwen-image keys webhook-secret {key.id}`"
@@ -68,7 +76,7 @@ def create(
 def list_keys(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
     """List the keys: id, name, scopes, created, revoked."""
     with friendly_errors():
-        keys = _with_keys(_settings(data_dir, config), lambda store: store.list_keys())
+        keys = _with_keys(settings_from(data_dir, config), lambda store: store.list_keys())
         for key in keys:
             revoked = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
             scopes = ",".join(key.scopes)
@@ -85,7 +93,7 @@ def revoke(
 ) -> None:
     """Revoke a key: calls with it fail at once."""
     with friendly_errors():
-        key = _with_keys(_settings(data_dir, config), lambda keys: keys.revoke(key_id))
+        key = _with_keys(settings_from(data_dir, config), lambda keys: keys.revoke(key_id))
         out.print(f"revoked {key.id} ({key.name})", highlight=False)
 
 
@@ -99,7 +107,7 @@ def webhook_secret(
 ) -> None:
     """Print the `whsec_...` secret that signs callbacks (verify them with any Standard Webhooks library)."""
     with friendly_errors():
-        settings = _settings(data_dir, config)
+        settings = settings_from(data_dir, config)
         if key_id is None:
             secret = server_webhook_secret(settings)
         else:

@@ -85,6 +85,15 @@ def destination_of(url: str) -> str:
     return f"{scheme}://{host}:{port}"[:320]
 
 
+@dataclass(frozen=True)
+class DisabledUrl:
+    """A callback URL that answered 410 Gone: nothing is sent to it until an operator enables it."""
+
+    url: str
+    reason: str
+    disabled_at: datetime
+
+
 async def enqueue_final_callback(conn: AsyncConnection, task_row: Row, now: datetime) -> None:
     """Record the callback of a task that has just become terminal, if it has a callback URL.
     Call inside the transaction that made it terminal."""
@@ -190,6 +199,13 @@ class SqlCallbackStore:
         async with self._store.read_engine.connect() as conn:
             reason: str | None = (await conn.execute(query)).scalar()
         return reason
+
+    async def disabled_urls(self) -> list[DisabledUrl]:
+        """Every disabled URL, most recently disabled first."""
+        query = select(disabled_callback_urls).order_by(disabled_callback_urls.c.disabled_at.desc())
+        async with self._store.read_engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [DisabledUrl(url=row["url"], reason=row["reason"], disabled_at=row["disabled_at"]) for row in rows]
 
     async def enable_url(self, url: str) -> bool:
         """Call `url` again (an operator's decision); False when it was not disabled."""
