@@ -204,6 +204,15 @@ class Settings(BaseSettings):
             "receiver delays only its own callbacks."
         ),
     )
+    callback_owner_concurrency: int = Field(
+        default=8,
+        ge=1,
+        le=1024,
+        description=(
+            "How many of them may belong to the tasks of one API key at the same time, so that one tenant with many "
+            "slow receivers (one host name each) cannot take every slot. Tasks made without a key are not capped."
+        ),
+    )
     webhook_secret: str | None = Field(
         default=None,
         description=(

@@ -98,11 +98,13 @@ async def hooked(tmp_path: Path, engine: Engine) -> AsyncIterator[tuple[Service,
         yield service, client
 
 
-async def settled_callback(client: httpx.AsyncClient, task_id: str, timeout: float = 60) -> dict[str, Any]:
+async def settled_callback(
+    client: httpx.AsyncClient, task_id: str, timeout: float = 60, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
     """The task's callback once it is no longer pending."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        found = (await client.get(f"/v1/tasks/{task_id}/callbacks")).json()["data"]
+        found = (await client.get(f"/v1/tasks/{task_id}/callbacks", headers=headers)).json()["data"]
         if found and found[0]["status"] != "pending":
             return dict(found[0])
         assert asyncio.get_running_loop().time() < deadline, f"callback still pending: {found}"
@@ -288,9 +290,9 @@ async def bare_service(tmp_path: Path, **settings: Any) -> AsyncIterator[tuple[S
         yield service, client
 
 
-async def ended_task(service: Service, callback_url: str) -> str:
+async def ended_task(service: Service, callback_url: str, owner: str | None = None) -> str:
     """A task that has just failed, with `callback_url`: its callback is due now."""
-    new = replace(new_task(), callback_url=callback_url)
+    new = replace(new_task(), callback_url=callback_url, owner=owner)
     await service.store.create(new)
     claimed = await service.store.claim("test-worker", [new.request.model], lease_seconds=60)
     assert claimed is not None and claimed.id == new.id
@@ -310,6 +312,26 @@ async def test_a_slow_receiver_with_many_callbacks_does_not_delay_another_receiv
             assert (await settled_callback(client, task_id))["status"] == "delivered"
             assert fast.arrived[0] - ended < 1.0, "the fast receiver waited for the slow one"
             assert len(slow.received) == 2  # at most 2 at a time to one destination: the first 2 only, so far
+
+
+async def test_a_tenant_with_many_slow_receivers_does_not_take_every_slot(tmp_path: Path) -> None:
+    """Host names cost nothing: slow receivers on six destinations of one API key get that key's
+    slots only (2 here), and another key's callback goes out at once."""
+    settings = {"callback_concurrency": 4, "callback_owner_concurrency": 2, "callback_timeout_seconds": 10.0}
+    with contextlib.ExitStack() as stack:
+        slow = [stack.enter_context(receiving(delay=3.0)) for _ in range(6)]  # six ports: six destinations
+        fast = stack.enter_context(receiving())
+        async with bare_service(tmp_path, **settings) as (service, client):
+            (mallory, _), (alice, token) = await service.keys.create("mallory"), await service.keys.create("alice")
+            for receiver in slow:
+                await ended_task(service, receiver.url, owner=mallory.id)
+            await asyncio.sleep(0.3)  # mallory's callbacks are under way
+            ended = time.monotonic()
+            task_id = await ended_task(service, fast.url, owner=alice.id)
+            as_alice = {"Authorization": f"Bearer {token}"}
+            assert (await settled_callback(client, task_id, headers=as_alice))["status"] == "delivered"
+            assert fast.arrived[0] - ended < 1.0, "alice's receiver waited for mallory's"
+            assert sum(len(receiver.received) for receiver in slow) == 2, "mallory had 2 slots, not 4"
 
 
 async def test_a_410_gone_disables_the_url_for_this_and_later_callbacks(tmp_path: Path, receiver: Receiver) -> None:

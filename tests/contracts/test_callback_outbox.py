@@ -10,7 +10,7 @@ import pytest
 
 from qwen_image_server.domain import OutputFormat
 from qwen_image_server.tasks.model import NewTask, StoredImage, TaskError, TaskStatus
-from qwen_image_server.tasks.outbox import CallbackAttempt, CallbackStatus, SqlCallbackStore
+from qwen_image_server.tasks.outbox import CallbackAttempt, CallbackStatus, DeliverySlots, SqlCallbackStore
 from qwen_image_server.tasks.sql import SqlTaskStore
 from tests.contracts.conftest import FakeClock, new_task
 
@@ -153,24 +153,56 @@ async def test_claims_take_at_most_the_room_each_destination_has(store: SqlTaskS
         await ended_with_hook(store, "https://slow.example/a")
     await ended_with_hook(store, "https://fast.example/b")
     now = clock.advance(1)
-    busy = {"https://slow.example:443": 1}  # the caller has one attempt there in flight already
-    claimed = await callbacks.claim_due(now, limit=10, hold_seconds=60, per_destination=2, busy=busy)
+    slots = DeliverySlots(per_destination=2)
+    slots.take("https://slow.example:443", None)  # the caller has one attempt there in flight already
+    claimed = await callbacks.claim_due(now, limit=10, hold_seconds=60, slots=slots)
     destinations = sorted(callback.destination for callback in claimed)
     assert destinations == ["https://fast.example:443", "https://slow.example:443"]  # one more to slow, not four
+    assert slots.destinations == {"https://slow.example:443": 1}, "the caller's count is its own to change"
     # the rows it left are due and unheld: the next claim with room takes them at once
-    rest = await callbacks.claim_due(now, limit=10, hold_seconds=60, per_destination=2)
+    rest = await callbacks.claim_due(now, limit=10, hold_seconds=60, slots=DeliverySlots(per_destination=2))
     assert [callback.destination for callback in rest] == ["https://slow.example:443"] * 2
-    full = {"https://slow.example:443": 2}
-    assert await callbacks.claim_due(now, limit=10, hold_seconds=60, per_destination=2, busy=full) == []
-    [last] = await callbacks.claim_due(now, limit=10, hold_seconds=60, per_destination=2, busy={})
+    full = DeliverySlots(per_destination=2)
+    full.take("https://slow.example:443", None)
+    full.take("https://slow.example:443", None)
+    assert await callbacks.claim_due(now, limit=10, hold_seconds=60, slots=full) == []
+    [last] = await callbacks.claim_due(now, limit=10, hold_seconds=60, slots=DeliverySlots(per_destination=2))
     assert last.destination == "https://slow.example:443"
+
+
+async def test_claims_take_at_most_the_room_each_owner_has(store: SqlTaskStore, clock: FakeClock) -> None:
+    """One tenant with many receivers (a host name each) gets no more than its owner cap."""
+    callbacks = SqlCallbackStore(store)
+    for number in range(5):
+        task_id = await running(store, with_hook(new_task(), owner="mallory", url=f"https://h{number}.evil.example/"))
+        await store.complete(task_id, "w1", [IMAGE])
+    alice = await running(store, with_hook(new_task(), owner="alice", url="https://alice.example/"))
+    await store.complete(alice, "w1", [IMAGE])
+    nobody = await ended_with_hook(store, "https://open.example/")  # no key: no owner cap
+    now = clock.advance(1)
+    slots = DeliverySlots(per_destination=4, per_owner=2)
+    slots.take("https://h9.evil.example:443", "mallory")  # one of mallory's is in flight already
+    claimed = await callbacks.claim_due(now, limit=10, hold_seconds=60, slots=slots)
+    owners = sorted(callback.owner or "-" for callback in claimed)
+    assert owners == ["-", "alice", "mallory"], "one more of mallory's, and everyone else's"
+    assert {callback.task_id for callback in claimed} >= {alice, nobody}
+    for callback in claimed:
+        slots.take(callback.destination, callback.owner)
+    assert slots.full_owners() == ["mallory"]
+    assert await callbacks.claim_due(now, limit=10, hold_seconds=60, slots=slots) == [], "mallory's wait their turn"
+    others = await callbacks.next_due_at(exclude_owners=["mallory"])
+    assert others is not None and others > now, "the others' are held (in flight), not due"
+    mallorys = await callbacks.next_due_at()
+    assert mallorys is not None and mallorys <= now, "mallory's other three are due, waiting for room"
 
 
 async def test_a_claim_takes_no_more_than_its_limit_soonest_first(store: SqlTaskStore, clock: FakeClock) -> None:
     callbacks = SqlCallbackStore(store)
     first = await ended_with_hook(store, "https://a.example/")
     await ended_with_hook(store, "https://b.example/")
-    [claimed] = await callbacks.claim_due(clock.advance(1), limit=1, hold_seconds=60, per_destination=4)
+    [claimed] = await callbacks.claim_due(
+        clock.advance(1), limit=1, hold_seconds=60, slots=DeliverySlots(per_destination=4)
+    )
     assert claimed.task_id == first
 
 

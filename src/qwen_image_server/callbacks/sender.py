@@ -47,7 +47,7 @@ from qwen_image_server.settings import Settings
 from qwen_image_server.tasks.db_errors import describe_connection_error, is_transient_error
 from qwen_image_server.tasks.keys import SqlKeyStore
 from qwen_image_server.tasks.model import Task, utcnow
-from qwen_image_server.tasks.outbox import Callback, CallbackAttempt, CallbackStatus, SqlCallbackStore
+from qwen_image_server.tasks.outbox import Callback, CallbackAttempt, CallbackStatus, DeliverySlots, SqlCallbackStore
 from qwen_image_server.tasks.store import TaskNotFound, TaskStore
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,9 @@ class CallbackSender:
             allowed_networks=settings.allowed_fetch_networks, deadline_s=settings.callback_timeout_seconds
         )
         self._running: set[asyncio.Task[None]] = set()  # the attempts in flight
-        self._in_flight: dict[str, int] = {}  # how many of them go to each destination
+        self._slots = DeliverySlots(  # how many of them go to each destination and owner, and the caps
+            per_destination=settings.callback_destination_concurrency, per_owner=settings.callback_owner_concurrency
+        )
         self._wake = asyncio.Event()  # set when a slot frees
         self._pool: ThreadPoolExecutor | None = None  # the POSTs block: they run here, while `run` runs
 
@@ -139,13 +141,7 @@ class CallbackSender:
         if free <= 0:
             return 0
         hold = self._settings.callback_timeout_seconds + 30  # outlives the attempt and its record
-        due = await self._callbacks.claim_due(
-            utcnow(),
-            limit=free,
-            hold_seconds=hold,
-            per_destination=self._settings.callback_destination_concurrency,
-            busy=self._in_flight,
-        )
+        due = await self._callbacks.claim_due(utcnow(), limit=free, hold_seconds=hold, slots=self._slots)
         for callback in due:
             self._start(callback)
         return len(due)
@@ -156,24 +152,23 @@ class CallbackSender:
         poll = self._settings.poll_interval_seconds
         if len(self._running) >= self._settings.callback_concurrency:
             return poll  # an attempt that ends wakes the loop
-        cap = self._settings.callback_destination_concurrency
-        soonest = await self._callbacks.next_due_at(exclude=[where for where, n in self._in_flight.items() if n >= cap])
+        slots = self._slots
+        soonest = await self._callbacks.next_due_at(
+            exclude=slots.full_destinations(), exclude_owners=slots.full_owners()
+        )
         if soonest is None:
             return poll
         return min(poll, max((soonest - utcnow()).total_seconds(), MIN_SLEEP_SECONDS))
 
     def _start(self, callback: Callback) -> None:
-        where = callback.destination
-        self._in_flight[where] = self._in_flight.get(where, 0) + 1
+        self._slots.take(callback.destination, callback.owner)
         running = asyncio.create_task(self._attempt(callback), name=f"callback {callback.id}")
         self._running.add(running)
-        running.add_done_callback(lambda done: self._finished(where, done))
+        running.add_done_callback(lambda done: self._finished(callback, done))
 
-    def _finished(self, where: str, done: asyncio.Task[None]) -> None:
+    def _finished(self, callback: Callback, done: asyncio.Task[None]) -> None:
         self._running.discard(done)
-        self._in_flight[where] -= 1
-        if not self._in_flight[where]:
-            del self._in_flight[where]
+        self._slots.give_back(callback.destination, callback.owner)
         # e.g. the record failed: the callback is sent again when its claim runs out
         if not done.cancelled() and done.exception() is not None:
             self._log_failure(done.exception())

@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Collection
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import Select, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Select, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -94,6 +95,53 @@ class DisabledUrl:
     disabled_at: datetime
 
 
+@dataclass
+class DeliverySlots:
+    """A sender's attempts in flight, counted by destination (scheme, host and port) and by owner
+    (the task's API key), with the caps that keep one slow receiver, or one tenant with many
+    receivers, from holding every slot. None: no cap. Tasks made without a key have no owner cap
+    (on an open server everyone is the same nobody)."""
+
+    per_destination: int | None = None
+    per_owner: int | None = None
+    destinations: Counter[str] = field(default_factory=Counter)
+    owners: Counter[str] = field(default_factory=Counter)
+
+    def full_destinations(self) -> list[str]:
+        return _at_cap(self.destinations, self.per_destination)
+
+    def full_owners(self) -> list[str]:
+        return _at_cap(self.owners, self.per_owner)
+
+    def has_room(self, destination: str, owner: str | None) -> bool:
+        if self.per_destination is not None and self.destinations[destination] >= self.per_destination:
+            return False
+        return owner is None or self.per_owner is None or self.owners[owner] < self.per_owner
+
+    def take(self, destination: str, owner: str | None) -> None:
+        self.destinations[destination] += 1
+        if owner is not None:
+            self.owners[owner] += 1
+
+    def give_back(self, destination: str, owner: str | None) -> None:
+        _count_down(self.destinations, destination)
+        if owner is not None:
+            _count_down(self.owners, owner)
+
+    def copy(self) -> DeliverySlots:
+        return replace(self, destinations=Counter(self.destinations), owners=Counter(self.owners))
+
+
+def _count_down(counts: Counter[str], name: str) -> None:
+    counts[name] -= 1
+    if counts[name] <= 0:
+        del counts[name]
+
+
+def _at_cap(counts: Counter[str], cap: int | None) -> list[str]:
+    return [] if cap is None else [name for name, count in counts.items() if count >= cap]
+
+
 async def enqueue_final_callback(conn: AsyncConnection, task_row: Row, now: datetime) -> None:
     """Record the callback of a task that has just become terminal, if it has a callback URL.
     Call inside the transaction that made it terminal."""
@@ -131,53 +179,46 @@ class SqlCallbackStore:
         self._store = store
 
     async def claim_due(
-        self,
-        now: datetime,
-        *,
-        limit: int,
-        hold_seconds: float,
-        per_destination: int | None = None,
-        busy: Mapping[str, int] | None = None,
+        self, now: datetime, *, limit: int, hold_seconds: float, slots: DeliverySlots | None = None
     ) -> list[Callback]:
         """Pending callbacks whose time has come, held for `hold_seconds` (their next attempt is
-        pushed that far ahead, so no other sender takes them meanwhile): at most `limit`, and with
-        `per_destination`, at most that many per destination less what is `busy` there already
-        (the caller's attempts in flight). Soonest due first."""
-        in_flight = dict(busy or {})
-        cap = per_destination
-
-        def full() -> list[str]:
-            return [] if cap is None else [where for where, count in in_flight.items() if count >= cap]
-
+        pushed that far ahead, so no other sender takes them meanwhile): at most `limit`, and only
+        as many per destination and per owner as `slots` (the caller's attempts in flight and its
+        caps) has room for. Soonest due first. `slots` itself is not changed."""
+        room = slots.copy() if slots is not None else DeliverySlots()
         claimed: list[Callback] = []
-        soonest = await self.next_due_at(exclude=full()) if limit > 0 else None
-        if soonest is None or soonest > now:  # mostly nothing is due: then take no write lock
+        soonest = await self.next_due_at(exclude=room.full_destinations(), exclude_owners=room.full_owners())
+        if limit <= 0 or soonest is None or soonest > now:  # mostly nothing is due: then take no write lock
             return claimed
         held_until = now + timedelta(seconds=hold_seconds)
         async with self._store.write() as conn:
             while len(claimed) < limit:
                 wanted = limit - len(claimed)
-                due = _due(now, exclude=full()).limit(wanted).with_for_update(skip_locked=True)
+                due = _due(now, room).limit(wanted).with_for_update(skip_locked=True)
                 candidates = (await conn.execute(due)).all()
                 taken = 0
-                for callback_id, destination in candidates:
-                    if cap is not None and in_flight.get(destination, 0) >= cap:
-                        continue  # that destination filled up in this round: the row stays due, unheld
+                for callback_id, destination, owner in candidates:
+                    if not room.has_room(destination, owner):
+                        continue  # filled up in this round: the row stays due, unheld
                     row = await _hold(conn, callback_id, now, held_until)
                     if row is not None:
                         claimed.append(_callback(row, ()))
-                        in_flight[destination] = in_flight.get(destination, 0) + 1
+                        room.take(destination, owner)
                         taken += 1
                 if len(candidates) < wanted or taken == 0:
                     break  # nothing more is due here (skipped rows are looked at again without their destination)
         return claimed
 
-    async def next_due_at(self, *, exclude: Collection[str] = ()) -> datetime | None:
+    async def next_due_at(
+        self, *, exclude: Collection[str] = (), exclude_owners: Collection[str] = ()
+    ) -> datetime | None:
         """When the soonest pending callback is due (possibly already), leaving out those to the
-        destinations in `exclude`; None when none is pending. A held callback counts as due when
-        its hold ends."""
+        destinations in `exclude` and those of the owners in `exclude_owners`; None when none is
+        pending. A held callback counts as due when its hold ends."""
         query = select(func.min(callbacks.c.next_attempt_at)).where(
-            callbacks.c.status == CallbackStatus.PENDING.value, callbacks.c.destination.not_in(list(exclude))
+            callbacks.c.status == CallbackStatus.PENDING.value,
+            callbacks.c.destination.not_in(list(exclude)),
+            _not_of(exclude_owners),
         )
         async with self._store.read_engine.connect() as conn:
             soonest: datetime | None = (await conn.execute(query)).scalar()
@@ -237,16 +278,22 @@ class SqlCallbackStore:
             return await _callbacks_where(conn, callbacks.c.task_id == task_id)
 
 
-def _due(now: datetime, *, exclude: Collection[str]) -> Select[str, str]:
+def _due(now: datetime, room: DeliverySlots) -> Select[str, str, str | None]:
     return (
-        select(callbacks.c.id, callbacks.c.destination)
+        select(callbacks.c.id, callbacks.c.destination, callbacks.c.owner)
         .where(
             callbacks.c.status == CallbackStatus.PENDING.value,
             callbacks.c.next_attempt_at <= now,
-            callbacks.c.destination.not_in(list(exclude)),
+            callbacks.c.destination.not_in(room.full_destinations()),
+            _not_of(room.full_owners()),
         )
         .order_by(callbacks.c.next_attempt_at, callbacks.c.id)
     )
+
+
+def _not_of(owners: Collection[str]) -> ColumnElement[bool]:
+    """Callbacks of tasks made without a key, or by a key not in `owners`."""
+    return or_(callbacks.c.owner.is_(None), callbacks.c.owner.not_in(list(owners)))
 
 
 async def _hold(conn: AsyncConnection, callback_id: str, now: datetime, held_until: datetime) -> Row | None:
