@@ -142,21 +142,27 @@ class Service:
         if self.worker is not None:
             self.worker.wake()
 
-    async def ready_models(self) -> dict[ModelName, list[WorkerInfo]]:
-        """Models with at least one live worker that has them loaded and no problem, in any process."""
-        since = utcnow() - timedelta(seconds=self.settings.lease_seconds)
-        ready: dict[ModelName, list[WorkerInfo]] = {}
-        for worker in await self.store.live_workers(since):
-            if worker.state == "ready" and worker.problem is None:
-                for model in worker.models:
-                    ready.setdefault(model, []).append(worker)
-        return ready
+    async def live_workers(self) -> list[WorkerInfo]:
+        """The workers, in any process, seen within a lease."""
+        return await self.store.live_workers(utcnow() - timedelta(seconds=self.settings.lease_seconds))
 
-    async def worker_problems(self) -> list[str]:
-        """What keeps live workers from finishing tasks (results storage full...), one line each."""
-        since = utcnow() - timedelta(seconds=self.settings.lease_seconds)
-        workers = await self.store.live_workers(since)
-        return [f"worker {worker.id}: {worker.problem}" for worker in workers if worker.problem]
+    async def ready_models(self) -> dict[ModelName, list[WorkerInfo]]:
+        return models_ready(await self.live_workers())
+
+
+def models_ready(workers: list[WorkerInfo]) -> dict[ModelName, list[WorkerInfo]]:
+    """Models with at least one of `workers` ready with them loaded and no problem."""
+    ready: dict[ModelName, list[WorkerInfo]] = {}
+    for worker in workers:
+        if worker.state == "ready" and worker.problem is None:
+            for model in worker.models:
+                ready.setdefault(model, []).append(worker)
+    return ready
+
+
+def worker_problems(workers: list[WorkerInfo]) -> list[str]:
+    """What keeps `workers` from finishing tasks (results storage full...), one line each."""
+    return [f"worker {worker.id}: {worker.problem}" for worker in workers if worker.problem]
 
 
 def server_webhook_secret(settings: Settings) -> str:

@@ -40,6 +40,22 @@ async def client(service: Service) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+@pytest.fixture
+async def api_service(tmp_path: Path, engine: Engine) -> AsyncIterator[Service]:
+    """The service without a worker: tasks stay queued, only the HTTP layer and the stores run."""
+    settings = Settings(**TINY_EVERYWHERE, **FAST_SERVICE, data_dir=tmp_path / "data")
+    service = Service.build(settings, engine=engine, run_worker=False)
+    async with service.running():
+        yield service
+
+
+@pytest.fixture
+async def api(api_service: Service) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of `api_service`."""
+    async with asgi_client(api_service) as client:
+        yield client
+
+
 TINY_TASK: dict[str, Any] = {"model": "qwen-image", "prompt": "a red fox in snow", "size": "256x256",
                              "num_inference_steps": 2, "seed": 7}  # fmt: skip
 

@@ -3,27 +3,10 @@ in each dialect, on paths with and without parameters."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import httpx
 import pytest
 
-from qwen_image_server.engine import Engine
-from qwen_image_server.service import Service
-from qwen_image_server.settings import Settings
-from tests.api.conftest import FAST_SERVICE
-from tests.conftest import TINY_EVERYWHERE, asgi_client
-
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def api(tmp_path: Path, engine: Engine) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(**TINY_EVERYWHERE, **FAST_SERVICE, data_dir=tmp_path / "data")
-    service = Service.build(settings, engine=engine, run_worker=False)
-    async with service.running(), asgi_client(service) as client:
-        yield client
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -13,9 +12,7 @@ import pytest
 from qwen_image_server.api import dashscope, kie, novita, openai, pixwith
 from qwen_image_server.api.dialect import Dialect, Unauthorized
 from qwen_image_server.service import Service
-from qwen_image_server.settings import Settings
-from tests.api.conftest import FAST_SERVICE, TINY_TASK
-from tests.conftest import TINY_EVERYWHERE, asgi_client
+from tests.api.conftest import TINY_TASK
 
 pytestmark = pytest.mark.anyio
 
@@ -34,12 +31,9 @@ CREATE_ENDPOINTS: list[tuple[str, str, str, Dialect | None]] = [
 
 
 @pytest.fixture
-async def keyed(tmp_path: Path) -> AsyncIterator[tuple[Service, httpx.AsyncClient, str]]:
-    settings = Settings(**TINY_EVERYWHERE, **FAST_SERVICE, data_dir=tmp_path / "data")
-    service = Service.build(settings, run_worker=False)
-    async with service.running(), asgi_client(service) as client:
-        _, secret = await service.keys.create("alice")
-        yield service, client, secret
+async def keyed(api_service: Service, api: httpx.AsyncClient) -> tuple[Service, httpx.AsyncClient, str]:
+    _, secret = await api_service.keys.create("alice")
+    return api_service, api, secret
 
 
 class CountingBody:
@@ -95,9 +89,6 @@ async def test_a_good_key_still_gets_its_body_read(keyed: tuple[Service, httpx.A
     assert junk.status_code == 400, "with a good key, a bad body is the caller's next problem"
 
 
-async def test_an_open_server_reads_bodies_without_keys(tmp_path: Path) -> None:
-    settings = Settings(**TINY_EVERYWHERE, **FAST_SERVICE, data_dir=tmp_path / "data")
-    service = Service.build(settings, run_worker=False)
-    async with service.running(), asgi_client(service) as client:
-        answer = await client.post("/v1/tasks", json=TINY_TASK, headers={"Authorization": "Bearer anything"})
-        assert answer.status_code == 202
+async def test_an_open_server_reads_bodies_without_keys(api: httpx.AsyncClient) -> None:
+    answer = await api.post("/v1/tasks", json=TINY_TASK, headers={"Authorization": "Bearer anything"})
+    assert answer.status_code == 202

@@ -4,29 +4,16 @@ in its own error shape, instead of a crash."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
 from qwen_image_server.api.limits import MAX_JSON_DEPTH, nests_deeper_than
-from qwen_image_server.engine import Engine
-from qwen_image_server.service import Service
-from qwen_image_server.settings import Settings
-from tests.api.conftest import FAST_SERVICE, TINY_TASK
-from tests.conftest import TINY_EVERYWHERE, asgi_client
+from tests.api.conftest import TINY_TASK
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def api(tmp_path: Path, engine: Engine) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(**TINY_EVERYWHERE, **FAST_SERVICE, data_dir=tmp_path / "data")
-    service = Service.build(settings, engine=engine, run_worker=False)
-    async with service.running(), asgi_client(service) as client:
-        yield client
 
 
 def _native(body: dict[str, Any]) -> str:

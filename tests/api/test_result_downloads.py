@@ -3,42 +3,22 @@ downloads), If-Range, in the way RFC 9110 describes."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import httpx
 import pytest
 
 from qwen_image_server.domain import ImageResult, OutputFormat
-from qwen_image_server.engine import Engine
 from qwen_image_server.service import Service
-from qwen_image_server.settings import Settings
-from tests.api.conftest import FAST_SERVICE
-from tests.conftest import TINY_EVERYWHERE, asgi_client, picture_bytes
+from tests.conftest import picture_bytes
 
 pytestmark = pytest.mark.anyio
 IMAGE = picture_bytes()
 
 
 @pytest.fixture
-async def service(tmp_path: Path, engine: Engine) -> AsyncIterator[Service]:
-    settings = Settings(**TINY_EVERYWHERE, **FAST_SERVICE, data_dir=tmp_path / "data")
-    service = Service.build(settings, engine=engine, run_worker=False)
-    async with service.running():
-        yield service
-
-
-@pytest.fixture
-async def api(service: Service) -> AsyncIterator[httpx.AsyncClient]:
-    async with asgi_client(service) as client:
-        yield client
-
-
-@pytest.fixture
-async def url(service: Service) -> str:
+async def url(api_service: Service) -> str:
     result = ImageResult(data=IMAGE, output_format=OutputFormat.PNG, width=64, height=64, seed=1, index=0)
-    stored = await service.results.put("task_0123456789abcdef", result)
-    return service.signer.sign(stored.key).path
+    stored = await api_service.results.put("task_0123456789abcdef", result)
+    return api_service.signer.sign(stored.key).path
 
 
 async def test_get_offers_ranges(api: httpx.AsyncClient, url: str) -> None:

@@ -30,8 +30,10 @@ async def test_a_locked_database_is_503_and_the_worker_waits_it_out(
         first = (await client.post("/v1/tasks", json=TINY_TASK)).json()
         await wait_until(client, first["id"], "succeeded")
         # Another program takes SQLite's write lock and keeps it, as an external writer would.
-        with closing(sqlite3.connect(settings.data_dir / "tasks.db", isolation_level=None)) as holder:
-            holder.execute("BEGIN IMMEDIATE")
+        tasks_db = settings.data_dir / "tasks.db"
+        with closing(sqlite3.connect(tasks_db, isolation_level=None, check_same_thread=False)) as holder:
+            # Off the loop: were the service mid-write, a blocking wait here would stop it committing.
+            await asyncio.to_thread(holder.execute, "BEGIN IMMEDIATE")
             native = await client.post("/v1/tasks", json=TINY_TASK)
             assert native.status_code == 503, native.text
             assert native.json()["error"]["code"] == "database_unavailable"

@@ -19,6 +19,7 @@ from qwen_image_server.engine import Engine
 from qwen_image_server.errors import InvalidRequest
 from qwen_image_server.service import Service
 from qwen_image_server.settings import Settings
+from qwen_image_server.tasks.keys import Scope
 from tests.api.conftest import FAST_SERVICE
 from tests.conftest import TINY_EVERYWHERE, asgi_client
 
@@ -171,3 +172,16 @@ async def test_dated_names_on_the_wire_and_pixazo(client: httpx.AsyncClient) -> 
     pixazo = await client.post("/qwen-image/v1/generateMultimodeTextToImageRequest", json=body)
     # Known model: refused for its missing input image (400), not as an unknown model (404).
     assert pixazo.status_code == 400 and set(pixazo.json()) == {"error"}
+
+
+async def test_api_key_id_filters_by_the_key_that_made_the_task(service: Service, client: httpx.AsyncClient) -> None:
+    _, admin = await service.keys.create("ops", (Scope.ADMIN, Scope.READ, Scope.GENERATE))
+    alice_key, alice = await service.keys.create("alice")
+    bob_key, bob = await service.keys.create("bob")
+    for token in (alice, bob, bob):
+        await create(client, token)
+    bobs = await listed(client, admin, api_key_id=bob_key.id)
+    assert bobs["total"] == 2 and {item["api_key_id"] for item in bobs["data"]} == {bob_key.id}
+    assert (await listed(client, alice, api_key_id=bob_key.id))["total"] == 0, "a key sees only its own"
+    assert (await listed(client, alice, api_key_id=alice_key.id))["total"] == 1
+    assert (await listed(client, admin))["total"] == 3

@@ -13,7 +13,7 @@ from qwen_image_server.api.cors import allow_cross_origin
 from qwen_image_server.api.dialect import Dialect
 from qwen_image_server.api.errors import install_error_handlers, renderer_by_path
 from qwen_image_server.api.key_first import KeyBeforeBody, KeyRule
-from qwen_image_server.api.limits import BodySizeLimit, JsonDepthLimit
+from qwen_image_server.api.limits import BodyLimits
 from qwen_image_server.api.native.routes import NATIVE_PREFIX, native_router
 from qwen_image_server.api.spec import document_errors
 from qwen_image_server.service import Service
@@ -45,10 +45,9 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
     document_errors(app, {prefix: d.error_model for d in dialects for prefix in d.prefixes})
     # Each middleware added wraps the ones before it. From the outside in: CORS (preflights carry no
     # key, and refusals need its headers too), the key (checked before any of the body is read), the
-    # size limit (reads the body), the JSON depth limit (scans what was read).
+    # body's size and JSON nesting limits (they read it).
     by_path = renderer_by_path(renderers)
-    app.add_middleware(JsonDepthLimit, render=by_path)
-    app.add_middleware(BodySizeLimit, limit=service.settings.max_request_bytes, render=by_path)
+    app.add_middleware(BodyLimits, limit=service.settings.max_request_bytes, render=by_path)
     app.add_middleware(KeyBeforeBody, keys=service.keys, rules=key_rules(dialects), render=by_path)
     allow_cross_origin(app, service.settings.cors_allowed_origins)
     app.include_router(common_router(service))

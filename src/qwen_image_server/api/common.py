@@ -14,7 +14,7 @@ from qwen_image_server.api.native.schemas import ModelListOut, ModelOut
 from qwen_image_server.domain import MODEL_SPECS, ModelName, OutputFormat
 from qwen_image_server.errors import UnknownModel
 from qwen_image_server.results.store import ResultNotFound, is_valid_key
-from qwen_image_server.service import Service
+from qwen_image_server.service import Service, models_ready, worker_problems
 from qwen_image_server.tasks.model import utcnow
 
 RESULT_PATH = "/v1/results/{task_id}/{name}"
@@ -44,8 +44,8 @@ def common_router(service: Service) -> APIRouter:
     async def readyz() -> JSONResponse:
         """200 once every served model is loaded by at least one live worker without problems; else
         503: `loading` while models load, `degraded` when a worker reports a problem (`problems`)."""
-        ready = await service.ready_models()
-        problems = await service.worker_problems()
+        workers = await service.live_workers()  # one read for both
+        ready, problems = models_ready(workers), worker_problems(workers)
         missing = [model.value for model in service.settings.models if model not in ready]
         status = "ready" if not missing else "degraded" if problems else "loading"
         body = {"status": status, "waiting_for": missing, "problems": problems}

@@ -2,8 +2,8 @@
 
 FastAPI reads and parses a route's body before the route runs, so a route that checks the key first
 thing still lets anyone make the server read (up to `max_request_bytes`) and parse whatever they
-send: four junk bodies of 95 MiB with a bad key took an API process from 94 MiB to 1.2 GiB, and were
-answered 400, not 401. This middleware sits outside the body-size limit and, for requests that carry
+send (issue 11: four junk bodies of 95 MiB with a bad key took an API process from 94 MiB to 1.2 GiB,
+and were answered 400, not 401). This middleware sits outside the body-size limit and, for requests that carry
 a body on a dialect's paths, reads only the headers: a missing or bad key is refused with 401 in
 the dialect's shape and `Connection: close`, before one byte of the body is received.
 

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 
 from fastapi import Request
@@ -79,6 +79,19 @@ async def submit(
     return task
 
 
+async def newest_tasks(service: Service, owner: str | None, status: TaskStatus | None) -> AsyncIterator[Task]:
+    """Every task of `owner` (None: everyone's) in `status` (None: any), newest first, read from
+    the store a page at a time; stop iterating to stop reading."""
+    cursor: str | None = None
+    while True:
+        page = await service.store.list_tasks(status=status, owner=owner, limit=LIST_PAGE, cursor=cursor)
+        for task in page.tasks:
+            yield task
+        if page.next_cursor is None:
+            return
+        cursor = page.next_cursor
+
+
 async def owned_task(service: Service, task_id: str, caller: Caller) -> Task:
     """The task, if the caller may see it; another key's task is reported as not found."""
     task = await service.store.get(task_id)
@@ -112,6 +125,7 @@ async def check_limits(service: Service, owner: str | None) -> None:
             )
 
 
+LIST_PAGE = 100  # tasks read from the store at a time by `newest_tasks`
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 MAX_IDEMPOTENCY_KEY = 255
 

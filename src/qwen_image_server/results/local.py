@@ -32,7 +32,7 @@ class LocalResultStore:
         try:
             await asyncio.to_thread(self._write, key, result.data)
         except OSError as exc:  # full, read-only, gone: the disk's fault, not the task's
-            raise StorageUnavailable(f"cannot write results to {self.root}: {_reason(exc)}", retry_after=30) from exc
+            raise StorageUnavailable(f"the results folder cannot be written: {_reason(exc)}", retry_after=30) from exc
         return StoredImage(
             key=key,
             index=result.index,
@@ -51,7 +51,7 @@ class LocalResultStore:
         try:
             return await asyncio.to_thread(self._read, key)
         except OSError as exc:
-            raise StorageUnavailable(f"cannot read results from {self.root}: {_reason(exc)}", retry_after=30) from exc
+            raise StorageUnavailable(f"the results folder cannot be read: {_reason(exc)}", retry_after=30) from exc
 
     async def delete_task(self, task_id: str) -> None:
         if not is_valid_task_id(task_id):
@@ -119,7 +119,8 @@ class LocalResultStore:
 
 
 def _reason(exc: OSError) -> str:
-    """`No space left on device`, `Read-only file system`...: the OS's words, without the path."""
+    """`No space left on device`, `Read-only file system`...: the OS's words, without the path (the
+    message reaches API clients and /readyz; operators know where their results folder is)."""
     return exc.strerror or str(exc) or type(exc).__name__
 
 

@@ -1,8 +1,8 @@
 """Input images held apart from the task row.
 
 An edit task may carry three input images of several MiB each. Kept inside the task row (as they
-were, base64 in `request_json`) they made every poll and list read and decode them: 8 such tasks made
-a 505 MiB database, and listing them cost a second and 660 MiB. Now the row holds the request without
+were, base64 in `request_json`) they made every poll and list read and decode them (issue 11: 8 such
+tasks made a 505 MiB database, and listing them cost a second and 660 MiB). Now the row holds the request without
 the bytes (with their count), the bytes live in `task_inputs`, written in the transaction that creates
 the task, read only by the worker that runs it (`attach_inputs`), and deleted in the transaction
 that makes the task terminal (a retried task keeps them).

@@ -187,8 +187,10 @@ class SqlCallbackStore:
         caps) has room for. Soonest due first. `slots` itself is not changed."""
         room = slots.copy() if slots is not None else DeliverySlots()
         claimed: list[Callback] = []
+        if limit <= 0:
+            return claimed
         soonest = await self.next_due_at(exclude=room.full_destinations(), exclude_owners=room.full_owners())
-        if limit <= 0 or soonest is None or soonest > now:  # mostly nothing is due: then take no write lock
+        if soonest is None or soonest > now:  # mostly nothing is due: then take no write lock
             return claimed
         held_until = now + timedelta(seconds=hold_seconds)
         async with self._store.write() as conn:

@@ -1,8 +1,9 @@
 """DashScope's task list, `GET /api/v1/tasks` (the SDK's `ImageSynthesis.list`): the caller's tasks,
 newest first, filtered by time window, model, status or id, one page of them and the total.
 
-The task store pages by cursor and filters by owner and status only, so the window is walked newest
-first and stops at its start; the default window is DashScope's, the last 24 hours.
+The tasks come newest first (api/tasks.py `newest_tasks`, which filters by owner and status only), so
+the window is walked from its end and the walk stops at its start; the default window is
+DashScope's, the last 24 hours.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from qwen_image_server.api.dashscope.translate import (
 from qwen_image_server.domain import ModelName
 from qwen_image_server.errors import InvalidParameter
 from qwen_image_server.tasks.model import Task, TaskStatus
-from qwen_image_server.tasks.store import TaskStore
 
 DEFAULT_WINDOW = timedelta(hours=24)
 MAX_PAGE_SIZE = 100
@@ -38,6 +38,7 @@ class TaskQuery:
     models: frozenset[ModelName] | None
     status: TaskStatus | None
     task_id: str | None
+    api_key_id: str | None  # the tasks of this key only
     page_no: int
     page_size: int
 
@@ -49,6 +50,7 @@ def task_query(
     model_name: str | None,
     status: str | None,
     task_id: str | None,
+    api_key_id: str | None,
     page_no: int,
     page_size: int,
 ) -> TaskQuery:
@@ -68,6 +70,7 @@ def task_query(
         models=_models(model_name) if model_name else None,
         status=_OUR_STATUS[status] if status else None,
         task_id=task_id or None,
+        api_key_id=api_key_id or None,
         page_no=page_no,
         page_size=page_size,
     )
@@ -96,12 +99,14 @@ def _models(name: str) -> frozenset[ModelName]:
     return frozenset()
 
 
-async def list_tasks(store: TaskStore, owner: str | None, query: TaskQuery, request_id: str) -> TaskListResponse:
-    """`owner` None: everyone's tasks (an open server, an admin key)."""
+async def list_tasks(newest: AsyncIterator[Task], query: TaskQuery, request_id: str) -> TaskListResponse:
+    """One page of the tasks in `newest` (newest first) that match `query`, and their total."""
     first = (query.page_no - 1) * query.page_size
     page: list[TaskListItem] = []
     total = 0
-    async for task in _in_window(store, owner, query):
+    async for task in newest:
+        if task.created_at < query.start:  # newest first: the rest are older still
+            break
         if _matches(task, query):
             if first <= total < first + query.page_size:
                 page.append(_item(task))
@@ -116,23 +121,12 @@ async def list_tasks(store: TaskStore, owner: str | None, query: TaskQuery, requ
     )
 
 
-async def _in_window(store: TaskStore, owner: str | None, query: TaskQuery) -> AsyncIterator[Task]:
-    cursor: str | None = None
-    while True:
-        found = await store.list_tasks(status=query.status, owner=owner, limit=MAX_PAGE_SIZE, cursor=cursor)
-        for task in found.tasks:
-            if task.created_at < query.start:  # newest first: the rest are older still
-                return
-            yield task
-        if found.next_cursor is None:
-            return
-        cursor = found.next_cursor
-
-
 def _matches(task: Task, query: TaskQuery) -> bool:
     if task.created_at > query.end:
         return False
     if query.models is not None and task.model not in query.models:
+        return False
+    if query.api_key_id is not None and task.owner != query.api_key_id:
         return False
     return query.task_id is None or task.id == query.task_id
 

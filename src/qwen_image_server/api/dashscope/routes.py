@@ -44,6 +44,7 @@ from qwen_image_server.api.tasks import (
     WaitTimedOut,
     fetch_input_images,
     idempotency_of,
+    newest_tasks,
     owned_task,
     submit,
     wait_attended,
@@ -132,16 +133,18 @@ def dashscope_router(service: Service) -> APIRouter:
         model_name: str | None = None,
         status: str | None = Query(default=None, description="PENDING, RUNNING, SUCCEEDED, FAILED or CANCELED."),
         task_id: str | None = None,
+        api_key_id: str | None = Query(default=None, description="Only the tasks of this key (an admin's filter)."),
         page_no: int = 1,
         page_size: int = Query(default=10, description="1-100."),
     ) -> TaskListResponse:
         """The caller's tasks (an admin key's or an open server's: everyone's), newest first, one page
-        of those that match and their total. `api_key_id` and `region` are accepted and ignored."""
+        of those that match and their total. `region` is ignored: this server is one region."""
         caller = await caller_of(request, Scope.READ)
         query = task_query(start_time=start_time, end_time=end_time, model_name=model_name, status=status,
-                           task_id=task_id, page_no=page_no, page_size=page_size)  # fmt: skip
+                           task_id=task_id, api_key_id=api_key_id, page_no=page_no, page_size=page_size)  # fmt: skip
         owner = None if caller.sees_all else caller.key_id
-        return await list_matching(service.store, owner, query, new_request_id())
+        newest = newest_tasks(service, owner, query.status)
+        return await list_matching(newest, query, new_request_id())
 
     @router.get(
         "/api/v1/tasks/{task_id}", response_model=TaskResponse, response_model_exclude_none=True, tags=["dashscope"]
