@@ -48,6 +48,9 @@ class InstantEngine:
     def load(self, model: ModelName) -> object:
         return None
 
+    def warm_up(self) -> None:
+        """Nothing to warm."""
+
     def is_loaded(self, model: ModelName) -> bool:
         return True
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 import re
 import secrets
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol, Self
@@ -277,6 +279,21 @@ class GenerationRequest(BaseModel):
     def uses_cfg(self) -> bool:
         return self.true_cfg_scale > 1.0
 
+    @property
+    def batch_key(self) -> str | None:
+        """Requests with the same key can share one pipeline call; None: this one runs alone.
+
+        The engine's text-to-image loop takes rows of different prompts, negative prompts, seeds,
+        image counts and CFG scales in one call, as long as the latent grid and the timesteps are the
+        same (size on the model's grid, step count) and CFG is on for all or for none. Requests with
+        input images or a mask run the stock edit and inpaint pipelines, one request per call.
+        """
+        if self.model is not ModelName.QWEN_IMAGE or self.input_image_count or self.has_mask:
+            return None
+        size = generation_size(self.width, self.height)
+        cfg = "cfg" if self.uses_cfg else "nocfg"
+        return f"{self.model.value}:{size}:{self.num_inference_steps}:{cfg}:{self.guidance_scale}"
+
     @model_validator(mode="before")
     @classmethod
     def _fill_defaults(cls, data: Any) -> Any:
@@ -403,6 +420,17 @@ class RenderedImage(Protocol):
     outside the engine, overlapped with the next generation."""
 
     def encode(self) -> ImageResult: ...
+
+
+@dataclass(frozen=True)
+class BatchEntry:
+    """One request in an engine call that may run several requests together (`Engine.render_batch`):
+    its own progress, previews and cancel flag; a cancel stops this request's rows only."""
+
+    request: GenerationRequest
+    on_step: Callable[[StepProgress], None] | None = None
+    on_partial: Callable[[ImageResult], None] | None = None
+    cancel: threading.Event | None = None
 
 
 @dataclass(frozen=True)

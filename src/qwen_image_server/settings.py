@@ -27,6 +27,8 @@ from qwen_image_server.errors import InvalidParameter
 
 Offload = Literal["none", "model", "sequential", "group"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
+EvictTo = Literal["host", "drop"]
+Quantization = Literal["none", "fp8"]
 
 DEFAULT_CHECKPOINTS: dict[ModelName, str] = {
     ModelName.QWEN_IMAGE: "Qwen/Qwen-Image",
@@ -70,6 +72,54 @@ class Settings(BaseSettings):
     share_components: bool = Field(
         default=True,
         description="Load the text encoder and VAE once and share them between the models (they are the same).",
+    )
+    cfg_batching: bool = Field(
+        default=True,
+        description="Run the conditional and unconditional passes of true CFG as one transformer call of twice "
+        "the batch (the shorter prompt padded and masked) instead of two calls.",
+    )
+    max_batch_size: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Queued tasks a worker claims together and runs as one pipeline call when they can share it "
+        "(text-to-image, same size on the model's grid, steps, CFG on or off). The images of one request always "
+        "run as one call.",
+    )
+    resident_models: int = Field(
+        default=0,
+        ge=0,
+        description="How many models' transformers stay on the GPU at once; the least recently used one leaves "
+        "when another is needed. 0: as many as fit in the GPU's memory.",
+    )
+    evict_to: EvictTo = Field(
+        default="host",
+        description="Where a transformer that leaves the GPU goes: `host` (pinned host memory; back in seconds) or "
+        "`drop` (freed; loaded again from disk when next needed).",
+    )
+    compile: bool = Field(
+        default=False,
+        description="`torch.compile` the transformer's repeated blocks (compiled once per size at first use; "
+        "see warmup_sizes).",
+    )
+    attention_backend: str = Field(
+        default="native",
+        description="Attention kernel (diffusers' attention backends): `native` (PyTorch SDPA), `_native_cudnn`, "
+        "`flash`, `_flash_3`, `sage`, ...; a backend whose package is missing stops the start with a message.",
+    )
+    quantization: Quantization = Field(
+        default="none",
+        description="`fp8`: FP8 dynamic quantization of the transformer's linear layers (torchao; GPUs with FP8, "
+        "compute capability 8.9+), halving its memory.",
+    )
+    fp8_skip: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=("img_mlp",),
+        description="Names (substrings of module paths) of linear layers kept in bf16 under `quantization=fp8`.",
+    )
+    warmup_sizes: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Sizes (`1024x1024,1328x1328`) the worker generates once at start, before it reports ready, so "
+        "the first request of each size does not pay compilation or autotuning.",
     )
 
     data_dir: Path = Field(
@@ -233,7 +283,13 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
 
     @field_validator(
-        "models", "allowed_fetch_networks", "cors_allowed_origins", "callback_retry_seconds", mode="before"
+        "models",
+        "allowed_fetch_networks",
+        "cors_allowed_origins",
+        "callback_retry_seconds",
+        "fp8_skip",
+        "warmup_sizes",
+        mode="before",
     )
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
@@ -246,6 +302,28 @@ class Settings(BaseSettings):
     def _non_negative_waits(cls, value: tuple[float, ...]) -> tuple[float, ...]:
         if any(wait < 0 for wait in value):
             raise ValueError("callback waits cannot be negative")
+        return value
+
+    @field_validator("dtype")
+    @classmethod
+    def _no_float16(cls, value: DType) -> DType:
+        if value == "float16":
+            raise ValueError(
+                "float16 is refused: Qwen-Image's activations overflow its range and the images come out black "
+                "(NaN); use bfloat16 (the default on a GPU) or float32"
+            )
+        return value
+
+    @field_validator("warmup_sizes")
+    @classmethod
+    def _sizes_parse(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from qwen_image_server.domain import parse_size
+
+        for text in value:
+            try:
+                parse_size(text)
+            except InvalidParameter as exc:
+                raise ValueError(exc.message) from None
         return value
 
     @field_validator("webhook_secret")

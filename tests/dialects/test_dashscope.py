@@ -429,6 +429,9 @@ class FailingEngine:
     def load(self, model: ModelName) -> object:
         return None
 
+    def warm_up(self) -> None:
+        """Nothing to warm."""
+
     def is_loaded(self, model: ModelName) -> bool:
         return False  # so the API process leaves every check to the worker
 

@@ -15,12 +15,12 @@ from __future__ import annotations
 import copy
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from qwen_image_server.domain import ImageResult, ModelName, StepProgress
-from qwen_image_server.errors import PromptTooLong
+from qwen_image_server.domain import BatchEntry, ImageResult, ModelName, StepProgress
+from qwen_image_server.errors import PromptTooLong, QwenImageError
 from qwen_image_server.settings import Settings
 
 if TYPE_CHECKING:
@@ -184,6 +184,23 @@ class Engine:
                 run.raise_if_canceled()
                 pictures.append(RenderedPicture(request, run.image(index, seed), index, seed))
             return pictures
+
+    def render_batch(self, entries: Sequence[BatchEntry]) -> list[list[RenderedPicture] | QwenImageError]:
+        """Run several requests, as one pipeline call where they share a `batch_key`; per entry, its
+        pictures or its own error (`GenerationCanceled` for one canceled while the others went on)."""
+        outcomes: list[list[RenderedPicture] | QwenImageError] = []
+        for entry in entries:
+            try:
+                outcomes.append(
+                    self.render(entry.request, on_step=entry.on_step, on_partial=entry.on_partial, cancel=entry.cancel)
+                )
+            except QwenImageError as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    def warm_up(self) -> None:
+        """Generate each of `settings.warmup_sizes` once, so that compilation and autotuning happen
+        before the first request."""
 
 
 @dataclass(frozen=True)

@@ -142,6 +142,6 @@ class WorkerInfo:
     hostname: str
     pid: int
     models: tuple[ModelName, ...]
-    state: str  # "loading" | "ready" | "draining"
+    state: str  # "loading" | "warming" | "ready" | "draining"
     last_seen: datetime
     problem: str | None = None  # what keeps it from finishing tasks now (results storage failing...)

@@ -61,6 +61,9 @@ class GenerationEngine(Protocol):
     def validate(self, request: GenerationRequest) -> None:
         """The checks that need the model (prompt length in tokens)."""
 
+    def warm_up(self) -> None:
+        """Run the sizes the deployment names once (compilation, autotuning) before taking work."""
+
     def render(
         self,
         request: GenerationRequest,
@@ -138,6 +141,8 @@ class Worker:
             await self._announce("loading")
             for model in self.settings.models:
                 await asyncio.to_thread(self.engine.load, model)
+            await self._announce("warming")  # not ready yet: /readyz answers 200 only after warm-up
+            await asyncio.to_thread(self.engine.warm_up)
             await self._announce("ready")
             while await self._until_engine_wants_work():
                 if await self._holding_claims():
