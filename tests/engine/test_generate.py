@@ -53,8 +53,10 @@ def test_each_image_of_a_batch_is_reproduced_alone_by_its_seed(engine: Engine) -
     assert [result.seed for result in batch] == [40, 41]
     assert not np.array_equal(pixels(batch[0].data), pixels(batch[1].data))
     for result in batch:
+        # The rows of a batch round their matrix products differently from a batch of one: the
+        # latents agree to ~2e-6 (tests/engine/test_batching.py), pixels to one level at most.
         [alone] = engine.generate(request(seed=result.seed))
-        assert np.array_equal(pixels(alone.data), pixels(result.data))
+        assert np.abs(pixels(alone.data) - pixels(result.data)).max() <= 1
 
 
 def test_rendered_pictures_are_encoded_later_on_another_thread_to_the_same_images(engine: Engine) -> None:
@@ -101,12 +103,10 @@ def test_lossy_formats(engine: Engine, fmt: str, pil_name: str) -> None:
     assert result.content_type == OutputFormat(fmt).content_type
 
 
-def test_progress_is_reported_after_every_step_across_all_images(engine: Engine) -> None:
+def test_progress_is_reported_after_every_step_of_the_images_made_together(engine: Engine) -> None:
     seen: list[StepProgress] = []
     engine.generate(request(num_inference_steps=3, num_images_per_prompt=2), on_step=seen.append)
-    assert [(p.step, p.total, p.image_index) for p in seen] == [
-        (1, 6, 0), (2, 6, 0), (3, 6, 0), (4, 6, 1), (5, 6, 1), (6, 6, 1),
-    ]  # fmt: skip
+    assert [(p.step, p.total, p.image_index) for p in seen] == [(1, 3, 1), (2, 3, 1), (3, 3, 1)]
     assert seen[-1].percent == 100.0
 
 

@@ -173,30 +173,46 @@ class Engine:
         """As `generate`, but the images come back not yet encoded: the engine is free again as soon
         as the last pipeline call returns, and the caller encodes them on another thread while the
         next request runs (the worker does; see docs/performance.md, duty cycle)."""
-        from qwen_image_server.engine.run import Generation
-
-        with self._lock:
-            self.validate(request)
-            pipeline = self._pipeline(request.model, inpaint=request.is_inpaint)
-            run = Generation(pipeline, request, on_step=on_step, on_partial=on_partial, cancel=cancel)
-            pictures = []
-            for index, seed in enumerate(request.image_seeds):
-                run.raise_if_canceled()
-                pictures.append(RenderedPicture(request, run.image(index, seed), index, seed))
-            return pictures
+        [outcome] = self.render_batch([BatchEntry(request, on_step, on_partial, cancel)])
+        if isinstance(outcome, QwenImageError):
+            raise outcome
+        return outcome
 
     def render_batch(self, entries: Sequence[BatchEntry]) -> list[list[RenderedPicture] | QwenImageError]:
-        """Run several requests, as one pipeline call where they share a `batch_key`; per entry, its
-        pictures or its own error (`GenerationCanceled` for one canceled while the others went on)."""
-        outcomes: list[list[RenderedPicture] | QwenImageError] = []
-        for entry in entries:
-            try:
-                outcomes.append(
-                    self.render(entry.request, on_step=entry.on_step, on_partial=entry.on_partial, cancel=entry.cancel)
-                )
-            except QwenImageError as exc:
-                outcomes.append(exc)
-        return outcomes
+        """Run several requests, those that share a `batch_key` as one call; per entry, its pictures
+        or its own error (`InvalidParameter` from validation, `GenerationCanceled` for one canceled
+        while the others went on, `GenerationFailed` for every entry of a call that failed)."""
+        outcomes: dict[int, list[RenderedPicture] | QwenImageError] = {}
+        with self._lock:
+            runnable: list[int] = []
+            for position, entry in enumerate(entries):
+                try:
+                    self.validate(entry.request)
+                    runnable.append(position)
+                except QwenImageError as exc:
+                    outcomes[position] = exc
+            for group in _calls(entries, runnable):
+                outcomes.update(zip(group, self._run_call([entries[i] for i in group]), strict=True))
+        return [outcomes[position] for position in range(len(entries))]
+
+    def _run_call(self, entries: list[BatchEntry]) -> list[list[RenderedPicture] | QwenImageError]:
+        """One pipeline call: text-to-image rows in our loop, or one request through a stock pipeline."""
+        from qwen_image_server.engine.denoise import TextToImageBatch
+        from qwen_image_server.engine.run import StockGeneration, failures_translated
+
+        first = entries[0].request
+        pictures: list[list[Image.Image] | QwenImageError]
+        try:
+            with failures_translated():
+                pipeline = self._pipeline(first.model, inpaint=first.is_inpaint)
+                if first.batch_key is not None:
+                    batch = TextToImageBatch(pipeline, entries, cfg_batching=self.settings.cfg_batching)
+                    pictures = batch.run()
+                else:
+                    pictures = [StockGeneration(pipeline, entries[0]).pictures()]
+        except QwenImageError as exc:
+            return [exc for _ in entries]
+        return [_rendered(entry.request, outcome) for entry, outcome in zip(entries, pictures, strict=True)]
 
     def warm_up(self) -> None:
         """Generate each of `settings.warmup_sizes` once, so that compilation and autotuning happen
@@ -217,6 +233,32 @@ class RenderedPicture:
         from qwen_image_server.engine.run import encode_result
 
         return encode_result(self.request, self.picture, self.index, self.seed)
+
+
+def _calls(entries: Sequence[BatchEntry], positions: list[int]) -> list[list[int]]:
+    """The positions of `entries` grouped into pipeline calls: those of one `batch_key` together (in
+    order), every request without a key alone."""
+    calls: list[list[int]] = []
+    by_key: dict[str, list[int]] = {}
+    for position in positions:
+        key = entries[position].request.batch_key
+        if key is None:
+            calls.append([position])
+        elif key in by_key:
+            by_key[key].append(position)
+        else:
+            by_key[key] = [position]
+            calls.append(by_key[key])
+    return calls
+
+
+def _rendered(
+    request: GenerationRequest, outcome: list[Image.Image] | QwenImageError
+) -> list[RenderedPicture] | QwenImageError:
+    if isinstance(outcome, QwenImageError):
+        return outcome
+    return [RenderedPicture(request, picture, index, seed) for index, (picture, seed) in
+            enumerate(zip(outcome, request.image_seeds, strict=True))]  # fmt: skip
 
 
 def _quiet_libraries() -> None:

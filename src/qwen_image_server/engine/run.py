@@ -1,4 +1,10 @@
-"""One generation: the diffusers call per image, its step callback, previews and encoding.
+"""Running the engine's calls: the stock diffusers pipelines for edits and inpainting, the failures
+of either path translated once, and the encoding of pictures.
+
+Text-to-image runs our own loop (`denoise.py`); the edit and inpaint pipelines run as diffusers
+ships them, all images of a request in one call of batch n (one CPU generator per image, so image i
+is the image of a one-image request with seed `seed + i`; the prompt and the input images are
+encoded once).
 
 The pipelines make sides in multiples of their grid (16 for Qwen-Image) and would silently round
 any other size down; a request of another size is generated at the next multiple up and its centre
@@ -6,81 +12,83 @@ cropped back to the asked size, results and previews alike (`domain.generation_s
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
-from qwen_image_server.domain import GenerationRequest, ImageResult, ModelName, Size, StepProgress, generation_size
+from qwen_image_server.domain import (
+    BatchEntry,
+    GenerationRequest,
+    ImageResult,
+    ModelName,
+    Size,
+    StepProgress,
+    generation_size,
+)
+from qwen_image_server.engine.latents import decode_latents
 from qwen_image_server.errors import GenerationCanceled, GenerationFailed, QwenImageError
 from qwen_image_server.images import crop_centre, decode_input_image, decode_mask, encode_image
 
 
-class Generation:
-    """The state of one request's run: inputs decoded once, callbacks, the cancel flag."""
+@contextlib.contextmanager
+def failures_translated() -> Iterator[None]:
+    """Any error of a pipeline run as the project's `GenerationFailed` (ours pass through)."""
+    try:
+        yield
+    except QwenImageError:
+        raise
+    except torch.OutOfMemoryError as exc:
+        raise GenerationFailed(
+            "out of GPU memory; try a smaller size, fewer images, or an offload setting (QWEN_IMAGE_OFFLOAD)"
+        ) from exc
+    except Exception as exc:
+        raise GenerationFailed(f"the pipeline failed: {type(exc).__name__}: {exc}") from exc
 
-    def __init__(
-        self,
-        pipeline: DiffusionPipeline,
-        request: GenerationRequest,
-        *,
-        on_step: Callable[[StepProgress], None] | None,
-        on_partial: Callable[[ImageResult], None] | None,
-        cancel: threading.Event | None,
-    ) -> None:
+
+class StockGeneration:
+    """One request through a stock diffusers pipeline: all its images in one call."""
+
+    def __init__(self, pipeline: DiffusionPipeline, entry: BatchEntry) -> None:
         self.pipeline = pipeline
-        self.request = request
-        self.on_step = on_step
-        self.on_partial = on_partial
-        self.cancel = cancel
-        self.generated = generation_size(request.width, request.height, grid_multiple(pipeline))
-        self.arguments = pipeline_arguments(pipeline, request, self.generated)
-        self.partial_steps = request.partial_steps() if on_partial is not None else []
+        self.entry = entry
+        self.request = entry.request
+        self.generated = generation_size(self.request.width, self.request.height, grid_multiple(pipeline))
+        self.arguments = pipeline_arguments(pipeline, self.request, self.generated)
+        self.partial_steps = self.request.partial_steps() if entry.on_partial is not None else []
 
-    def raise_if_canceled(self) -> None:
-        if self.cancel is not None and self.cancel.is_set():
+    def pictures(self) -> list[Image.Image]:
+        """The request's images, cropped to its size; raises `GenerationCanceled` at the step after a cancel."""
+        seeds = self.request.image_seeds
+        # CPU generators make the starting noise the same on every device for a given seed.
+        generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
+        with torch.inference_mode():
+            output = self.pipeline(
+                **self.arguments,
+                num_images_per_prompt=len(seeds),
+                generator=generators,
+                callback_on_step_end=self._step_end,
+                output_type="pil",
+            )
+        return [crop_centre(picture, self.request.width, self.request.height) for picture in output.images]
+
+    def _step_end(self, _pipe: Any, step: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        request, entry = self.request, self.entry
+        if entry.on_step is not None:
+            count = request.num_images_per_prompt
+            entry.on_step(StepProgress(step=step + 1, total=request.num_inference_steps, image_index=count - 1))
+        if entry.cancel is not None and entry.cancel.is_set():
             raise GenerationCanceled("the generation was canceled")
-
-    def image(self, index: int, seed: int) -> Image.Image:
-        """Image `index` of the request, from its own seed."""
-        # A CPU generator makes the starting noise the same on every device for a given seed.
-        generator = torch.Generator(device="cpu").manual_seed(seed)
-        step_end = self._step_callback(index, seed)
-        try:
-            with torch.inference_mode():
-                output = self.pipeline(
-                    **self.arguments, generator=generator, callback_on_step_end=step_end, output_type="pil"
-                )
-        except QwenImageError:
-            raise
-        except torch.OutOfMemoryError as exc:
-            raise GenerationFailed(
-                "out of GPU memory; try a smaller size, fewer images, or an offload setting (QWEN_IMAGE_OFFLOAD)"
-            ) from exc
-        except Exception as exc:
-            raise GenerationFailed(f"the pipeline failed: {type(exc).__name__}: {exc}") from exc
-        picture: Image.Image = output.images[0]
-        return crop_centre(picture, self.request.width, self.request.height)
-
-    def _step_callback(self, index: int, seed: int) -> Callable[..., dict[str, Any]]:
-        steps = self.request.num_inference_steps
-        total = steps * self.request.num_images_per_prompt
-
-        def step_end(_pipe: Any, step: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-            if self.on_step is not None:
-                self.on_step(StepProgress(step=index * steps + step + 1, total=total, image_index=index))
-            self.raise_if_canceled()
-            if self.on_partial is not None and step + 1 in self.partial_steps:
-                partial_index = self.partial_steps.index(step + 1)
-                preview = decode_preview(self.pipeline, tensors["latents"], self.generated)
-                preview = crop_centre(preview, self.request.width, self.request.height)
-                self.on_partial(encode_result(self.request, preview, index, seed, partial_index=partial_index))
-            return {}
-
-        return step_end
+        if entry.on_partial is not None and step + 1 in self.partial_steps:
+            partial_index = self.partial_steps.index(step + 1)
+            for index, (row, seed) in enumerate(zip(tensors["latents"], request.image_seeds, strict=True)):
+                preview = crop_centre(decode_latents(self.pipeline, row[None], self.generated), request.width,
+                                      request.height)  # fmt: skip
+                entry.on_partial(encode_result(request, preview, index, seed, partial_index=partial_index))
+        return {}
 
 
 def grid_multiple(pipeline: Any) -> int:
@@ -90,14 +98,13 @@ def grid_multiple(pipeline: Any) -> int:
 
 
 def pipeline_arguments(pipeline: Any, request: GenerationRequest, generated: Size) -> dict[str, Any]:
-    """The pipeline call for `request`, made at `generated` (the asked size on the model's grid)."""
+    """The stock pipeline call for `request`, made at `generated` (the asked size on the model's grid)."""
     arguments: dict[str, Any] = {
         "prompt": request.prompt,
         "width": generated.width,
         "height": generated.height,
         "num_inference_steps": request.num_inference_steps,
         "true_cfg_scale": request.true_cfg_scale,
-        "num_images_per_prompt": 1,
         "max_sequence_length": request.max_sequence_length,
     }
     if request.uses_cfg:
@@ -114,21 +121,6 @@ def pipeline_arguments(pipeline: Any, request: GenerationRequest, generated: Siz
     elif request.model is ModelName.QWEN_IMAGE_EDIT_PLUS:
         arguments["image"] = inputs
     return arguments
-
-
-def decode_preview(pipeline: Any, latents: torch.Tensor, generated: Size) -> Image.Image:
-    """Decode the current (still noisy) latents, made at `generated`, the way the pipeline decodes
-    its final ones."""
-    with torch.inference_mode():
-        unpacked = pipeline._unpack_latents(latents, generated.height, generated.width, pipeline.vae_scale_factor)
-        unpacked = unpacked.to(pipeline.vae.dtype)
-        config = pipeline.vae.config
-        shape = (1, config.z_dim, 1, 1, 1)
-        mean = torch.tensor(config.latents_mean).view(shape).to(unpacked.device, unpacked.dtype)
-        std = torch.tensor(config.latents_std).view(shape).to(unpacked.device, unpacked.dtype)
-        decoded = pipeline.vae.decode(unpacked * std + mean, return_dict=False)[0][:, :, 0]
-        picture: Image.Image = pipeline.image_processor.postprocess(decoded, output_type="pil")[0]
-        return picture
 
 
 def encode_result(

@@ -1,0 +1,76 @@
+"""Qwen-Image's components at full size with random weights, made directly on a device.
+
+No real checkpoint can be downloaded where the benchmarks run; a random-weight model of the real
+shapes times like the real one (the kernels do not look at the values). The transformer is
+`gpu_step.FULL` (20.4 B parameters), the text encoder a Qwen2.5-VL-7B (its text model runs the
+prompt; the vision tower is built but unused by text-to-image), the VAE the real configuration.
+The tokenizer is the tiny model's (prompt token counts differ a little; the prompt length is not
+what is measured). `layers` shrinks every depth, so the code can be checked on a CPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.gpu_step import FULL, build_transformer, default_dtype
+
+
+def full_size_components(device: Any, dtype: Any, *, layers: int | None = None) -> dict[str, Any]:
+    """A text-to-image pipeline's components at full width (and full depth unless `layers`)."""
+    import dataclasses
+
+    import torch
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler
+
+    from qwen_image_server.engine.tiny import QWEN_IMAGE_SCHEDULER_CONFIG
+    from qwen_image_server.engine.tiny_tokenizer import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    shape = FULL if layers is None else dataclasses.replace(FULL, num_layers=layers)
+    transformer = build_transformer(shape, device, dtype)
+    with torch.device(device), default_dtype(dtype):
+        text_encoder = _text_encoder(tokenizer, layers)
+        vae = AutoencoderKLQwenImage()  # the defaults are Qwen-Image's VAE
+    return {
+        "transformer": transformer,
+        "text_encoder": text_encoder.eval().requires_grad_(False),
+        "vae": vae.eval().requires_grad_(False),
+        "tokenizer": tokenizer,
+        "scheduler": FlowMatchEulerDiscreteScheduler(**QWEN_IMAGE_SCHEDULER_CONFIG),
+    }
+
+
+def _text_encoder(tokenizer: Any, layers: int | None) -> Any:
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    def token(text: str) -> int:
+        return int(tokenizer.convert_tokens_to_ids(text))
+
+    config = Qwen2_5_VLConfig(
+        text_config={  # Qwen2.5-VL-7B-Instruct
+            "vocab_size": 152064,
+            "hidden_size": 3584,
+            "intermediate_size": 18944,
+            "num_hidden_layers": layers or 28,
+            "num_attention_heads": 28,
+            "num_key_value_heads": 4,
+            "max_position_embeddings": 128000,
+            "bos_token_id": token("<|endoftext|>"),
+            "eos_token_id": token("<|im_end|>"),
+            "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24], "rope_theta": 1000000.0},
+        },
+        vision_config={
+            "depth": layers or 32,
+            "hidden_size": 1280,
+            "intermediate_size": 3420,
+            "num_heads": 16,
+            "out_hidden_size": 3584,
+            "fullatt_block_indexes": [7, 15, 23, 31],
+            "window_size": 112,
+        },
+        image_token_id=token("<|image_pad|>"),
+        video_token_id=token("<|video_pad|>"),
+        vision_start_token_id=token("<|vision_start|>"),
+        vision_end_token_id=token("<|vision_end|>"),
+    )
+    return Qwen2_5_VLForConditionalGeneration(config)

@@ -1,0 +1,268 @@
+"""Text-to-image as our own denoising loop: several requests, and all their images, in one batch.
+
+Diffusers' `QwenImagePipeline` runs one prompt per call and true CFG as two transformer calls per
+step. This loop uses the same components and the same arithmetic (prompt encoding, starting noise,
+timesteps, the CFG combination with its norm rescale, the scheduler step, VAE decoding), but on
+*rows*: one row per output image, of one or several requests that share a `batch_key` (same latent
+grid, same timesteps). So:
+
+- the images of a request run together, each row from its own CPU generator, so image *i* is the
+  image a one-image request with seed `seed + i` makes (to float rounding: batched matrix products
+  round differently, see tests/engine/test_batching.py);
+- each request's prompt is encoded once, whatever its image count;
+- with `cfg_batching`, the conditional and unconditional passes run as one transformer call of
+  twice the rows: prompts of different lengths are zero-padded to the longest and masked, which the
+  transformer supports (`encoder_hidden_states_mask`);
+- each request keeps its own CFG scale, progress callback, previews and cancel flag: a canceled
+  request's rows leave the batch at the next step and the others go on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers.pipelines.qwenimage.pipeline_qwenimage import calculate_shift, retrieve_timesteps
+from PIL import Image
+
+from qwen_image_server.domain import BatchEntry, Size, StepProgress, generation_size
+from qwen_image_server.engine.latents import decode_latents
+from qwen_image_server.engine.run import encode_result
+from qwen_image_server.errors import GenerationCanceled, QwenImageError
+from qwen_image_server.images import crop_centre
+
+
+@dataclass
+class _Prompt:
+    """A request's encoded prompt (or negative prompt): `[1, tokens, dim]` and its token count."""
+
+    embeds: torch.Tensor
+
+    @property
+    def length(self) -> int:
+        return int(self.embeds.shape[1])
+
+
+@dataclass
+class _Request:
+    """One request's part of the batch."""
+
+    entry: BatchEntry
+    positive: _Prompt
+    negative: _Prompt | None
+    partial_steps: list[int]
+    outcome: QwenImageError | None = None  # set when it leaves the batch early (canceled)
+
+    @property
+    def rows(self) -> int:
+        return self.entry.request.num_images_per_prompt
+
+    @property
+    def canceled(self) -> bool:
+        cancel = self.entry.cancel
+        return cancel is not None and cancel.is_set()
+
+
+class TextToImageBatch:
+    """One run of the loop over the requests of `entries` (all with the same `batch_key`)."""
+
+    def __init__(self, pipeline: Any, entries: Sequence[BatchEntry], *, cfg_batching: bool) -> None:
+        self.pipeline = pipeline
+        self.device = pipeline._execution_device
+        self.cfg_batching = cfg_batching
+        first = entries[0].request
+        self.steps = first.num_inference_steps
+        self.uses_cfg = first.uses_cfg
+        multiple = int(pipeline.vae_scale_factor) * 2
+        self.generated: Size = generation_size(first.width, first.height, multiple)
+        self.requests = [self._encode(entry) for entry in entries]
+
+    def run(self) -> list[list[Image.Image] | QwenImageError]:
+        """Each request's pictures (cropped to its size), or its error; errors that stop the whole
+        batch (a pipeline failure) raise."""
+        active = [request for request in self.requests if not self._leaves(request)]
+        if not active:  # all canceled before the start: run nothing
+            return self._finish(active, torch.empty(0))
+        latents = self._starting_noise(active)
+        timesteps = self._timesteps(latents)
+        guidance = self._guidance(latents.shape[0])
+        for index, t in enumerate(timesteps):
+            if not active:
+                break
+            noise = self._predict(active, latents, t, guidance)
+            latents = self.pipeline.scheduler.step(noise, t, latents, return_dict=False)[0]
+            latents, active, guidance = self._after_step(active, latents, guidance, index + 1)
+        return self._finish(active, latents)
+
+    # -- preparation -----------------------------------------------------------------------------
+
+    def _encode(self, entry: BatchEntry) -> _Request:
+        request = entry.request
+        if entry.cancel is not None and entry.cancel.is_set():  # canceled before the start: encode nothing
+            return _Request(entry, _Prompt(torch.empty(0)), None, [], GenerationCanceled("the generation was canceled"))
+        positive = self._prompt(request.prompt, request.max_sequence_length)
+        negative = None
+        if request.uses_cfg:
+            # " " is the models' own default negative prompt (diffusers skips CFG without one).
+            negative = self._prompt(request.negative_prompt or " ", request.max_sequence_length)
+        partial_steps = request.partial_steps() if entry.on_partial is not None else []
+        return _Request(entry, positive, negative, partial_steps)
+
+    def _prompt(self, text: str, max_sequence_length: int) -> _Prompt:
+        embeds, _mask = self.pipeline.encode_prompt(
+            prompt=text, device=self.device, num_images_per_prompt=1, max_sequence_length=max_sequence_length
+        )
+        return _Prompt(embeds)  # one prompt: no padding, so every token is real
+
+    def _starting_noise(self, requests: list[_Request]) -> torch.Tensor:
+        """One row per image, each from a CPU generator seeded with that image's seed (the same noise
+        on every device, and the same as a one-image request with that seed)."""
+        channels = self.pipeline.transformer.config.in_channels // 4
+        dtype = self.requests[0].positive.embeds.dtype
+        rows = []
+        for request in requests:
+            for seed in request.entry.request.image_seeds:
+                generator = torch.Generator(device="cpu").manual_seed(seed)
+                size = self.generated
+                rows.append(
+                    self.pipeline.prepare_latents(1, channels, size.height, size.width, dtype, self.device, generator)
+                )
+        return torch.cat(rows)
+
+    def _timesteps(self, latents: torch.Tensor) -> torch.Tensor:
+        """The pipeline's own schedule: sigmas from 1 to 1/steps, shifted for the image's size."""
+        config = self.pipeline.scheduler.config
+        sigmas = np.linspace(1.0, 1 / self.steps, self.steps)
+        mu = calculate_shift(
+            latents.shape[1],
+            config.get("base_image_seq_len", 256),
+            config.get("max_image_seq_len", 4096),
+            config.get("base_shift", 0.5),
+            config.get("max_shift", 1.15),
+        )
+        timesteps: torch.Tensor
+        timesteps, _ = retrieve_timesteps(self.pipeline.scheduler, self.steps, self.device, sigmas=sigmas, mu=mu)
+        self.pipeline.scheduler.set_begin_index(0)
+        return timesteps
+
+    def _guidance(self, rows: int) -> torch.Tensor | None:
+        """Guidance-distilled transformers take a guidance value per row; the released ones none."""
+        if not self.pipeline.transformer.config.guidance_embeds:
+            return None
+        scale = self.requests[0].entry.request.guidance_scale  # part of the batch key
+        return torch.full([rows], 1.0 if scale is None else scale, device=self.device, dtype=torch.float32)
+
+    # -- one step --------------------------------------------------------------------------------
+
+    def _predict(
+        self, active: list[_Request], latents: torch.Tensor, t: torch.Tensor, guidance: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The noise prediction of every row, CFG applied per request with its own scale."""
+        positive = [request.positive for request in active for _ in range(request.rows)]
+        if not self.uses_cfg:
+            return self._forward(latents, positive, t, guidance)
+        negative = [request.negative for request in active for _ in range(request.rows) if request.negative]
+        if self.cfg_batching:
+            doubled = None if guidance is None else torch.cat([guidance, guidance])
+            both = self._forward(torch.cat([latents, latents]), positive + negative, t, doubled)
+            cond, uncond = both.chunk(2)
+        else:
+            cond = self._forward(latents, positive, t, guidance)
+            uncond = self._forward(latents, negative, t, guidance)
+        scales = [request.entry.request.true_cfg_scale for request in active for _ in range(request.rows)]
+        scale = torch.tensor(scales, device=cond.device, dtype=cond.dtype).view(-1, 1, 1)
+        combined = uncond + scale * (cond - uncond)
+        # Qwen-Image's rescale: each token keeps the norm of its conditional prediction.
+        cond_norm = torch.norm(cond, dim=-1, keepdim=True)
+        guided: torch.Tensor = combined * (cond_norm / torch.norm(combined, dim=-1, keepdim=True))
+        return guided
+
+    def _forward(
+        self, latents: torch.Tensor, prompts: list[_Prompt], t: torch.Tensor, guidance: torch.Tensor | None
+    ) -> torch.Tensor:
+        embeds, mask = _padded(prompts)
+        rows = latents.shape[0]
+        grid = (1, self.generated.height // 16, self.generated.width // 16)
+        prediction: torch.Tensor = self.pipeline.transformer(
+            hidden_states=latents,
+            timestep=t.expand(rows).to(latents.dtype) / 1000,
+            guidance=guidance,
+            encoder_hidden_states=embeds,
+            encoder_hidden_states_mask=mask,
+            img_shapes=[[grid]] * rows,
+            return_dict=False,
+        )[0]
+        return prediction
+
+    def _after_step(
+        self, active: list[_Request], latents: torch.Tensor, guidance: torch.Tensor | None, step: int
+    ) -> tuple[torch.Tensor, list[_Request], torch.Tensor | None]:
+        """Report progress and previews, then drop the rows of requests canceled meanwhile."""
+        start = 0
+        keep: list[int] = []
+        still: list[_Request] = []
+        for request in active:
+            rows = range(start, start + request.rows)
+            start += request.rows
+            self._report(request, latents[rows.start : rows.stop], step)
+            if not self._leaves(request):
+                keep.extend(rows)
+                still.append(request)
+        if len(keep) == latents.shape[0]:
+            return latents, still, guidance
+        index = torch.tensor(keep, device=latents.device, dtype=torch.long)
+        return latents[index], still, None if guidance is None else guidance[index]
+
+    def _report(self, request: _Request, latents: torch.Tensor, step: int) -> None:
+        entry = request.entry
+        if entry.on_step is not None:
+            entry.on_step(StepProgress(step=step, total=self.steps, image_index=request.rows - 1))
+        if entry.on_partial is None or step not in request.partial_steps or request.canceled:
+            return
+        partial_index = request.partial_steps.index(step)
+        for image_index, (row, seed) in enumerate(zip(latents, entry.request.image_seeds, strict=True)):
+            preview = self._picture(request, row[None])
+            entry.on_partial(encode_result(entry.request, preview, image_index, seed, partial_index=partial_index))
+
+    def _leaves(self, request: _Request) -> bool:
+        if request.outcome is None and request.canceled:
+            request.outcome = GenerationCanceled("the generation was canceled")
+        return request.outcome is not None
+
+    # -- the end ---------------------------------------------------------------------------------
+
+    def _finish(self, active: list[_Request], latents: torch.Tensor) -> list[list[Image.Image] | QwenImageError]:
+        """Decode the rows that ran to the end, one at a time (the VAE's peak memory is that of one image)."""
+        pictures: dict[int, list[Image.Image]] = {}
+        start = 0
+        for request in active:
+            rows = latents[start : start + request.rows]
+            start += request.rows
+            pictures[id(request)] = [self._picture(request, row[None]) for row in rows]
+        outcomes: list[list[Image.Image] | QwenImageError] = []
+        for request in self.requests:
+            outcome = request.outcome or GenerationCanceled("the generation was canceled")
+            outcomes.append(pictures.get(id(request), outcome))
+        return outcomes
+
+    def _picture(self, request: _Request, latents: torch.Tensor) -> Image.Image:
+        picture = decode_latents(self.pipeline, latents, self.generated)
+        return crop_centre(picture, request.entry.request.width, request.entry.request.height)
+
+
+def _padded(prompts: list[_Prompt]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Stack prompts of different lengths: zero-padded to the longest, with the mask that tells the
+    transformer which tokens are real (None when none is padded, as diffusers passes it)."""
+    longest = max(prompt.length for prompt in prompts)
+    if all(prompt.length == longest for prompt in prompts):
+        return torch.cat([prompt.embeds for prompt in prompts]), None
+    first = prompts[0].embeds
+    embeds = first.new_zeros(len(prompts), longest, first.shape[2])
+    mask = torch.zeros(len(prompts), longest, dtype=torch.long, device=first.device)
+    for row, prompt in enumerate(prompts):
+        embeds[row, : prompt.length] = prompt.embeds[0]
+        mask[row, : prompt.length] = 1
+    return embeds, mask
