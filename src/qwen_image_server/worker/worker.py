@@ -322,7 +322,7 @@ class Worker:
         the queue)."""
         await self._watch(task, run, job)
         if job.future.cancelled():  # withdrawn before it started: the worker is draining
-            run.stop(StopReason.DRAIN)  # (maybe by the watch of another task of the batch)
+            run.stop(StopReason.DRAIN)  # also when the watch of another task of the batch withdrew it
             await self._after_stop(task, run)
             return
         try:
