@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from qwen_image_server.domain import ModelName, OutputFormat
 from qwen_image_server.errors import InvalidParameter
 from qwen_image_server.tasks.migrations import alembic_config
-from qwen_image_server.tasks.model import Progress, StoredImage, Task, TaskError, TaskStatus, WorkerInfo
+from qwen_image_server.tasks.model import NewTask, Progress, StoredImage, Task, TaskError, TaskStatus, WorkerInfo
 from qwen_image_server.tasks.schema import metadata
 from qwen_image_server.tasks.sql import SqlTaskStore
 from qwen_image_server.tasks.store import LeaseLost, TaskConflict, TaskNotFound
@@ -267,6 +267,85 @@ async def test_concurrent_claimers_on_two_stores_take_each_task_once(
     owners = {task_id: f"w{n}" for n, ids in enumerate(claimed) for task_id in ids}
     for task_id in created:
         assert (await other_store.get(task_id)).worker_id == owners[task_id]
+
+
+# -- batch claims -----------------------------------------------------------------------------------
+
+
+def batchable(prompt: str = "a red fox", *, priority: int = 0, cfg: bool = True) -> NewTask:
+    """A text-to-image task; those with the same `cfg` share a batch key."""
+    request = make_request(QWEN, prompt, true_cfg_scale=4.0 if cfg else 1.0)
+    assert request.batch_key is not None
+    return new_task(request=request, priority=priority)
+
+
+async def _ids(claims: Awaitable[list[Task]]) -> list[str]:
+    return [task.id for task in await claims]
+
+
+async def test_claim_batch_takes_the_next_task_and_due_partners_of_its_key(store: SqlTaskStore) -> None:
+    backing_off = await store.create(batchable("backing off"))  # the oldest, but waiting out a retry
+    await claim_one(store)
+    await store.retry_later(backing_off.id, "w1", TaskError("storage_unavailable", "disk full"), 60)
+    head = await store.create(batchable("head", priority=2))
+    other_key = await store.create(batchable("no cfg", cfg=False))
+    edit = await store.create(new_task(EDIT))
+    older = await store.create(batchable("older partner"))
+    urgent = await store.create(batchable("urgent partner", priority=1))
+    newest = await store.create(batchable("newest partner"))
+    assert head.request.batch_key == older.request.batch_key != other_key.request.batch_key
+
+    claimed = await store.claim_batch("w2", (QWEN, EDIT), LEASE, limit=3)
+
+    assert [task.id for task in claimed] == [head.id, urgent.id, older.id], "the claim's task first, then by its order"
+    for task in claimed:
+        assert (task.status, task.worker_id, task.attempts) == (TaskStatus.RUNNING, "w2", 1)
+        assert task.started_at is not None and task.lease_expires_at == task.started_at + timedelta(seconds=LEASE)
+        assert await store.get(task.id) == task
+    left = [backing_off, other_key, edit, newest]
+    assert {(await store.get(task.id)).status for task in left} == {TaskStatus.QUEUED}
+    # What is left comes one batch key at a time: a task without a key alone, though others are queued.
+    assert await _ids(store.claim_batch("w3", (QWEN, EDIT), LEASE, limit=3)) == [other_key.id]
+    assert await _ids(store.claim_batch("w3", (QWEN, EDIT), LEASE, limit=3)) == [edit.id]
+    assert await _ids(store.claim_batch("w3", (QWEN, EDIT), LEASE, limit=3)) == [newest.id]
+    assert await store.claim_batch("w3", (QWEN, EDIT), LEASE, limit=3) == [], "backing_off is not due yet"
+
+
+async def test_claim_batch_of_one_is_claim(store: SqlTaskStore) -> None:
+    first, second = [await store.create(batchable(f"fox {n}")) for n in range(2)]
+    assert await _ids(store.claim_batch("w1", (QWEN,), LEASE, limit=1)) == [first.id]
+    assert await store.claim_batch("w1", (EDIT,), LEASE, limit=4) == [], "only the models given"
+    assert await _ids(store.claim_batch("w1", (QWEN,), LEASE, limit=4)) == [second.id]
+    assert await store.claim_batch("w1", (QWEN,), LEASE, limit=4) == []
+
+
+async def test_tasks_without_a_batch_key_are_never_claimed_together(store: SqlTaskStore) -> None:
+    edits = [await store.create(new_task(EDIT)) for _ in range(3)]
+    for edit in edits:
+        assert await _ids(store.claim_batch("w1", (EDIT,), LEASE, limit=3)) == [edit.id]
+
+
+async def _claim_batches(store: SqlTaskStore, worker: str) -> list[str]:
+    ids: list[str] = []
+    while claimed := await store.claim_batch(worker, [QWEN], LEASE, limit=3):
+        assert {task.worker_id for task in claimed} == {worker} and len(claimed) <= 3
+        ids += [task.id for task in claimed]
+    return ids
+
+
+@pytest.mark.parametrize("two_stores", [False, True], ids=["one store", "two stores"])
+async def test_concurrent_batch_claims_take_each_task_once(
+    store: SqlTaskStore, other_store: SqlTaskStore, two_stores: bool
+) -> None:
+    created = {(await store.create(batchable(f"fox {n}", cfg=n % 3 > 0))).id for n in range(30)}
+    stores = [store, other_store] * 2 if two_stores else [store] * 4
+    claimed = await asyncio.gather(*(_claim_batches(s, f"w{n}") for n, s in enumerate(stores)))
+    flat = [task_id for ids in claimed for task_id in ids]
+    assert sorted(flat) == sorted(created)
+    owners = {task_id: f"w{n}" for n, ids in enumerate(claimed) for task_id in ids}
+    for task_id in created:
+        task = await other_store.get(task_id)
+        assert (task.status, task.worker_id, task.attempts) == (TaskStatus.RUNNING, owners[task_id], 1)
 
 
 # -- terminal states and leases ---------------------------------------------------------------------

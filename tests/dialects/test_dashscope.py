@@ -9,7 +9,7 @@ import base64
 import io
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from qwen_image_server.api.dashscope.translate import (
     resolve_model,
     to_generation_request,
 )
-from qwen_image_server.domain import GenerationRequest, ModelName, RenderedImage
+from qwen_image_server.domain import BatchEntry, GenerationRequest, ModelName, RenderedImage
 from qwen_image_server.engine import Engine
 from qwen_image_server.errors import (
     CheckpointUnavailable,
@@ -439,9 +439,15 @@ class FailingEngine:
         if "long" in request.prompt:
             raise PromptTooLong("prompt is 2000 tokens long; the limit is 1024 tokens", param="prompt")
 
-    def render(self, request: GenerationRequest, **_: object) -> list[RenderedImage]:
-        self.validate(request)
-        raise GenerationFailed("CUDA out of memory")
+    def render_batch(self, entries: Sequence[BatchEntry]) -> list[list[RenderedImage] | QwenImageError]:
+        return [self._failure(entry.request) for entry in entries]
+
+    def _failure(self, request: GenerationRequest) -> QwenImageError:
+        try:
+            self.validate(request)
+        except QwenImageError as exc:
+            return exc
+        return GenerationFailed("CUDA out of memory")
 
 
 @pytest.mark.parametrize(

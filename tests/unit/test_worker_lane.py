@@ -9,13 +9,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from bench.fake_engine import Encoded, InstantEngine
+from bench.fake_engine import InstantEngine
 
-from qwen_image_server.domain import GenerationRequest, ImageResult, ModelName, RenderedImage
+from qwen_image_server.domain import BatchEntry, GenerationRequest, ImageResult, ModelName, RenderedImage
+from qwen_image_server.errors import QwenImageError
 from qwen_image_server.service import Service
 from qwen_image_server.settings import Settings
 from qwen_image_server.tasks.model import NewTask, Task, TaskStatus
@@ -87,20 +89,22 @@ class GatedEncodingEngine(InstantEngine):
         self.threads: dict[str, str] = {}  # what ran -> the thread it ran on
         self.overlapped: bool | None = None
 
-    def render(self, request: GenerationRequest, **options: object) -> list[RenderedImage]:
-        self.threads[f"render {request.seed}"] = threading.current_thread().name
-        if request.seed == 2:
+    def render_batch(self, entries: Sequence[BatchEntry]) -> list[Sequence[RenderedImage] | QwenImageError]:
+        [entry] = entries  # max_batch_size is 1
+        seed = entry.request.seed
+        self.threads[f"render {seed}"] = threading.current_thread().name
+        if seed == 2:
             self.second_started.set()
-        rendered = super().render(request, **options)  # type: ignore[arg-type]
-        if request.seed != 1:
-            return list(rendered)
-        return [_Gated(self, image) for image in rendered]
+        [rendered] = super().render_batch(entries)
+        if seed != 1 or isinstance(rendered, QwenImageError):
+            return [rendered]
+        return [[_Gated(self, image) for image in rendered]]
 
 
 @dataclass
 class _Gated:
     engine: GatedEncodingEngine
-    image: Encoded
+    image: RenderedImage
 
     def encode(self) -> ImageResult:
         self.engine.threads["encode 1"] = threading.current_thread().name

@@ -80,11 +80,16 @@ tasks = Table(
     Column("updated_at", UtcDateTime, nullable=False),
     # A queued task is not claimed before this time (set when a transient failure retries it later).
     Column("not_before", UtcDateTime, nullable=True),
+    # Queued tasks with the same key can run as one pipeline call (`GenerationRequest.batch_key`);
+    # NULL: the task runs alone.
+    Column("batch_key", String(128), nullable=True),
     # The claim: WHERE status = 'queued' ORDER BY priority DESC, created_at, id (also the queue position
     # count and the expired-lease sweep, which filter on status first).
     Index("ix_tasks_status_priority_created", "status", "priority", "created_at"),
     # Listing newest first (keyset pagination on created_at, id), for everyone or for one owner.
     Index("ix_tasks_created_id", "created_at", "id"),
+    # A batch claim's partners: WHERE status = 'queued' AND batch_key = ... in the claim's order.
+    Index("ix_tasks_status_batch_key", "status", "batch_key", "priority", "created_at"),
     Index("ix_tasks_owner_created", "owner", "created_at"),
     # Retention: terminal tasks that finished before a cutoff.
     Index("ix_tasks_finished_at", "finished_at"),

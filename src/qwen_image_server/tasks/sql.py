@@ -16,7 +16,8 @@ transaction.
 
 The claim selects the next queued task with `FOR UPDATE SKIP LOCKED` and updates it in the same
 transaction: on PostgreSQL concurrent claimers skip each other's row; on SQLite the clause is dropped
-and BEGIN IMMEDIATE serialises the claimers.
+and BEGIN IMMEDIATE serialises the claimers. A batch claim (`claim_batch`) selects that task, then,
+the same way, the queued tasks that share its batch key, and leases them all with one UPDATE.
 """
 
 from __future__ import annotations
@@ -271,41 +272,32 @@ class SqlTaskStore:
     # -- worker side -----------------------------------------------------------------------------
 
     async def claim(self, worker_id: str, models: Collection[ModelName], lease_seconds: float) -> Task | None:
+        claimed = await self.claim_batch(worker_id, models, lease_seconds, limit=1)
+        return claimed[0] if claimed else None
+
+    async def claim_batch(
+        self, worker_id: str, models: Collection[ModelName], lease_seconds: float, *, limit: int
+    ) -> list[Task]:
+        """The task `claim` would take, then up to `limit - 1` due queued partners of its batch key
+        (in the same order), all leased to `worker_id` by one UPDATE in the claim's transaction."""
         names = sorted({ModelName(model).value for model in models})
-        if not names:
-            return None
+        if not names or limit < 1:
+            return []
         now = self._clock()
-        next_task = (
-            select(tasks.c.id)
-            .where(tasks.c.status == QUEUED, tasks.c.model.in_(names), _due(now))
-            .order_by(tasks.c.priority.desc(), tasks.c.created_at.asc(), tasks.c.id.asc())
-            .limit(1)
-            .with_for_update(skip_locked=True)
-        )
+        queued = (tasks.c.status == QUEUED, tasks.c.model.in_(names), _due(now))
         async with self.write() as conn:
-            task_id = (await conn.execute(next_task)).scalar_one_or_none()
-            if task_id is None:
-                return None
-            claimed = (
-                update(tasks)
-                .where(tasks.c.id == task_id, tasks.c.status == QUEUED)
-                .values(
-                    status=RUNNING,
-                    worker_id=worker_id,
-                    lease_expires_at=now + timedelta(seconds=lease_seconds),
-                    attempts=tasks.c.attempts + 1,
-                    started_at=func.coalesce(tasks.c.started_at, now),
-                    progress_step=0,
-                    updated_at=now,
-                    not_before=None,
-                )
-                .returning(*tasks.c)
-            )
-            row = (await conn.execute(claimed)).mappings().first()
-        if row is None:
-            return None
-        self._changes.changed(task_id)
-        return task_from_row(row)
+            head = (await conn.execute(_next_queued(*queued).add_columns(tasks.c.batch_key).limit(1))).first()
+            if head is None:
+                return []
+            task_ids = [head.id]
+            if head.batch_key is not None and limit > 1:
+                partners = _next_queued(*queued, tasks.c.batch_key == head.batch_key, tasks.c.id != head.id)
+                task_ids += (await conn.execute(partners.limit(limit - 1))).scalars().all()
+            rows = (await conn.execute(_lease(task_ids, worker_id, now, lease_seconds))).mappings().all()
+        for row in rows:
+            self._changes.changed(row["id"])
+        order = {task_id: position for position, task_id in enumerate(task_ids)}
+        return [task_from_row(row) for row in sorted(rows, key=lambda row: order[row["id"]])]
 
     async def with_inputs(self, task: Task) -> Task:
         """The claimed task with the bytes of its input images, which task reads leave out."""
@@ -468,6 +460,36 @@ async def _ended(conn: AsyncConnection, row: Row, now: datetime) -> None:
     if TaskStatus(row["status"]).is_terminal:
         await enqueue_final_callback(conn, row, now)
         await delete_inputs_of(conn, [row["id"]])
+
+
+def _next_queued(*conditions: ColumnElement[bool]) -> Select[tuple[str]]:
+    """The ids of tasks matching `conditions` in claim order (highest priority, then oldest), locked;
+    on PostgreSQL rows another claim has locked are skipped (SQLite serialises the claims)."""
+    return (
+        select(tasks.c.id)
+        .where(*conditions)
+        .order_by(tasks.c.priority.desc(), tasks.c.created_at.asc(), tasks.c.id.asc())
+        .with_for_update(skip_locked=True)
+    )
+
+
+def _lease(task_ids: Sequence[str], worker_id: str, now: datetime, lease_seconds: float) -> Any:
+    """The claim's one UPDATE: the tasks, if still queued, become running under `worker_id`'s lease."""
+    return (
+        update(tasks)
+        .where(tasks.c.id.in_(task_ids), tasks.c.status == QUEUED)
+        .values(
+            status=RUNNING,
+            worker_id=worker_id,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            attempts=tasks.c.attempts + 1,
+            started_at=func.coalesce(tasks.c.started_at, now),
+            progress_step=0,
+            updated_at=now,
+            not_before=None,
+        )
+        .returning(*tasks.c)
+    )
 
 
 def _due(now: datetime) -> ColumnElement[bool]:

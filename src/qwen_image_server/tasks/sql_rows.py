@@ -50,6 +50,7 @@ def new_task_row(new: NewTask, now: datetime) -> dict[str, Any]:
         "started_at": None,
         "finished_at": None,
         "updated_at": now,
+        "batch_key": new.request.batch_key,
     }
 
 

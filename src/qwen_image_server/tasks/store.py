@@ -104,6 +104,13 @@ class TaskStore(Protocol):
         """Take the next queued task for one of `models` (highest priority, then oldest): it becomes
         running with `attempts` + 1, `started_at` set on the first attempt, and a lease."""
 
+    async def claim_batch(
+        self, worker_id: str, models: Collection[ModelName], lease_seconds: float, *, limit: int
+    ) -> list[Task]:
+        """The task `claim` would take (first), and, when it has a `batch_key`, up to `limit - 1`
+        more due queued tasks of the same key for one of `models`, in claim order (highest
+        priority, then oldest); all claimed as `claim` does, at once. [] when none is queued."""
+
     async def heartbeat(
         self,
         task_id: str,

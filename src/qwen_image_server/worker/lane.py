@@ -1,12 +1,13 @@
 """The engine lane: one thread that runs the engine's calls back to back, so the engine never waits
 for the worker between two tasks.
 
-The worker claims the next task while the current one is in its last denoising step and queues it
-here at once; when the current call returns, this thread starts the next one straight away, without
-a trip through the event loop. Everything else between two tasks (storing the images, the completion
-write, the claim) runs on the event loop meanwhile, overlapped with the next task's pipeline.
+The worker claims the next task (or batch of tasks: one call) while the current call is in its last
+denoising step and queues it here at once; when the current call returns, this thread starts the
+next one straight away, without a trip through the event loop. Everything else between two calls
+(storing the images, the completion writes, the claim) runs on the event loop meanwhile, overlapped
+with the next call's pipeline.
 
-A queued call that has not started can be withdrawn (a draining worker hands its task back at once).
+A queued call that has not started can be withdrawn (a draining worker hands its tasks back at once).
 """
 
 from __future__ import annotations

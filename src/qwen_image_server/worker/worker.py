@@ -1,19 +1,30 @@
-"""The worker: claim a task -> run the engine -> encode and store the images -> complete the task.
+"""The worker: claim a batch of tasks -> run the engine once for all of them -> encode and store
+each task's images -> complete each task.
 
-The engine call blocks, so it runs in a thread; the event loop meanwhile writes progress (throttled
-to `progress_interval_seconds`), extends the task's lease, and picks up cancel requests, which it
-passes to the engine through a `threading.Event` that the engine checks after every step.
+A claim takes the next queued task and, with `max_batch_size` > 1, up to `max_batch_size - 1`
+queued tasks that can share its pipeline call (the same `batch_key`: text-to-image, the same size
+on the model's grid, steps, CFG on or off); with the default of 1, every batch is one task. The
+batch is one engine call (`render_batch`), but each task in it keeps a run of its own (`_Run`):
+its progress, previews, lease and cancel, and its own end (completed, failed, canceled, retried)
+from its own outcome of the call. A user's cancel sets the cancel event of that task only; the
+engine drops its rows and the others go on.
 
-Between two tasks the engine does not wait for the worker: the next task is claimed while the
-current one runs its last step and is queued in the engine's lane (worker/lane.py), which starts it
-as soon as the current call returns. Encoding the finished task's images (the engine hands them
-back unencoded; they are encoded on a thread of the loop's pool), storing them and the completion
-write run meanwhile, overlapped with the next task's pipeline. So a worker holds at most one task
-beyond the one running, for about one step, and at most `MAX_IN_FLIGHT` tasks in all.
+The engine call blocks, so it runs in a thread; the event loop meanwhile writes each task's
+progress (throttled to `progress_interval_seconds`), extends its lease, and picks up cancel
+requests, which it passes to the engine through the task's `threading.Event`, checked after every
+step.
 
-On stop (SIGTERM), the worker claims nothing more, hands a task that has not started back to the
-queue at once, and gives the running task `drain_seconds` to finish; after that it stops the task at
-its next step and hands it back to the queue.
+Between two batches the engine does not wait for the worker: the next batch is claimed once every
+task of the current one is in its last step (or stopped), and is queued in the engine's lane
+(worker/lane.py), which starts it as soon as the current call returns. Encoding the finished
+images (the engine hands them back unencoded; they are encoded on threads of the loop's pool),
+storing them and the completion writes run meanwhile, overlapped with the next batch's pipeline.
+So a worker holds at most one batch beyond the one running, for about one step, and at most
+`MAX_IN_FLIGHT` batches in all.
+
+On stop (SIGTERM), the worker claims nothing more, hands a batch that has not started back to the
+queue at once (every task of it), and gives the running batch `drain_seconds` to finish; after
+that it stops every task of it at its next step and hands them back to the queue.
 
 When the task database cannot be reached (down, restarting), the worker waits instead of ending: it
 claims again at its next poll, skips heartbeats (the running task goes on; if the outage outlasts
@@ -35,7 +46,14 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
-from qwen_image_server.domain import GenerationRequest, ImageResult, ModelName, RenderedImage, StepProgress
+from qwen_image_server.domain import (
+    BatchEntry,
+    GenerationRequest,
+    ImageResult,
+    ModelName,
+    RenderedImage,
+    StepProgress,
+)
 from qwen_image_server.errors import GenerationCanceled, QwenImageError, RetryLater, StorageUnavailable
 from qwen_image_server.results.store import ResultStore
 from qwen_image_server.settings import Settings
@@ -46,9 +64,17 @@ from qwen_image_server.worker.lane import EngineLane, Job
 
 log = logging.getLogger(__name__)
 
-# Tasks a worker holds at once: one whose images are being stored, one in its last step, and the
-# next one queued behind it (more would only pile up unstored images when storing is slow).
+# Batches (engine calls) a worker holds at once: one whose images are being stored, one in its last
+# step, and the next one queued behind it (more would only pile up unstored images when storing is
+# slow). Counted in batches, not tasks: the engine makes a batch's images together and the worker
+# stores them together, so a batch is the unit that piles up; at most MAX_IN_FLIGHT x max_batch_size
+# tasks' images wait. (A limit in tasks would keep a worker with batches of 3 or more from claiming
+# the next batch during the last step: the engine would wait for the worker between two batches.)
 MAX_IN_FLIGHT = 3
+
+# Per task of a batch: its images, or the error that ended it alone (GenerationCanceled for a
+# task canceled while the others went on).
+Outcome = Sequence[RenderedImage] | QwenImageError
 
 
 class GenerationEngine(Protocol):
@@ -64,15 +90,10 @@ class GenerationEngine(Protocol):
     def warm_up(self) -> None:
         """Run the sizes the deployment names once (compilation, autotuning) before taking work."""
 
-    def render(
-        self,
-        request: GenerationRequest,
-        *,
-        on_step: Callable[[StepProgress], None] | None = None,
-        on_partial: Callable[[ImageResult], None] | None = None,
-        cancel: threading.Event | None = None,
-    ) -> Sequence[RenderedImage]:
-        """Run the request; the images come back unencoded (the worker encodes them off the engine)."""
+    def render_batch(self, entries: Sequence[BatchEntry]) -> Sequence[Outcome]:
+        """Run the requests (as one pipeline call where they share a `batch_key`); per entry, in
+        order, its images unencoded (the worker encodes them off the engine) or its own error. Each
+        entry's `cancel` stops that entry only."""
 
 
 class StopReason(StrEnum):
@@ -119,7 +140,7 @@ class Worker:
         self._changed = asyncio.Event()  # a task reached its last step or ended, or stop(): claim now?
         self._lane = EngineLane(on_change=self._changed.set)
         self._in_flight: set[asyncio.Task[None]] = set()
-        self.max_in_flight = MAX_IN_FLIGHT  # 1 runs tasks strictly one after another (bench/duty_cycle.py)
+        self.max_in_flight = MAX_IN_FLIGHT  # 1 runs batches strictly one after another (bench/duty_cycle.py)
         self._crash: BaseException | None = None  # an unexpected error of a task's run stops the worker
         self._problem: str | None = None  # what keeps us from finishing tasks now, announced for /readyz
         self._claims_held_until = 0.0  # monotonic time: after a transient failure, claim nothing before
@@ -129,8 +150,8 @@ class Worker:
         self._wake.set()
 
     def stop(self) -> None:
-        """Claim nothing more; a claimed task that has not started goes back to the queue, the running
-        one gets `drain_seconds` to finish."""
+        """Claim nothing more; a claimed batch that has not started goes back to the queue, the
+        running one gets `drain_seconds` to finish."""
         self._stopping.set()
         self._wake.set()
         self._changed.set()
@@ -147,11 +168,11 @@ class Worker:
             while await self._until_engine_wants_work():
                 if await self._holding_claims():
                     continue
-                task = await self._claim()
-                if task is None:
+                batch = await self._claim()
+                if not batch:
                     await self._idle()
                     continue
-                self._start(task)
+                self._start(batch)
             await asyncio.gather(*self._in_flight, return_exceptions=True)  # the drain
             if self._crash is not None:
                 raise self._crash
@@ -167,8 +188,8 @@ class Worker:
                     raise  # else our row simply ages out of /readyz
 
     async def _until_engine_wants_work(self) -> bool:
-        """Wait until the engine is idle or in the last step of its task, with room for one more
-        task in flight; False once the worker is stopping."""
+        """Wait until the engine is idle or in the last step of its batch, with room for one more
+        batch in flight; False once the worker is stopping."""
         while True:
             self._changed.clear()
             if self._stopping.is_set():
@@ -177,12 +198,13 @@ class Worker:
                 return True
             await self._changed.wait()
 
-    def _start(self, task: Task) -> None:
-        """Queue the task's engine call in the lane now (so the lane knows it is taken before the next
-        claim is considered), and see the task through on the loop."""
-        run = _Run(cancel=threading.Event())
-        job = self._lane.submit(lambda near_end: self._generate(task, run, near_end))
-        execution = asyncio.create_task(self._see_through(task, run, job), name=f"task {task.id}")
+    def _start(self, batch: Sequence[Task]) -> None:
+        """Queue the batch's engine call in the lane now (so the lane knows it is taken before the
+        next claim is considered), and see each of its tasks through on the loop."""
+        runs = [_Run(cancel=threading.Event()) for _ in batch]
+        job = self._lane.submit(lambda near_end: self._generate(batch, runs, near_end))
+        name = "tasks " + ", ".join(task.id for task in batch)
+        execution = asyncio.create_task(self._see_batch_through(batch, runs, job), name=name)
         self._in_flight.add(execution)
         execution.add_done_callback(self._ended)
 
@@ -193,22 +215,31 @@ class Worker:
             self._stopping.set()
         self._changed.set()
 
-    async def _claim(self) -> Task | None:
-        """The next task, with its input images; None when there is none, or when the database
-        cannot be reached or is busy (a task claimed whose inputs could not be read then comes back
-        to the queue when its lease lapses)."""
+    async def _claim(self) -> list[Task]:
+        """The next batch (up to `max_batch_size` tasks that can share one engine call), each task
+        with its input images; [] when none is queued, or when the database cannot be reached or is
+        busy (tasks claimed whose inputs could not be read then come back to the queue when their
+        leases lapse)."""
+        settings = self.settings
         try:
-            task = await self.store.claim(self.id, self.settings.models, self.settings.lease_seconds)
-            task = await self.store.with_inputs(task) if task is not None else None
-        except LeaseLost as exc:  # it ended between the claim and the read of its inputs
-            log.info("%s", exc.message)
-            return None
+            claimed = await self.store.claim_batch(
+                self.id, settings.models, settings.lease_seconds, limit=settings.max_batch_size
+            )
+            batch = [task for task in [await self._with_inputs(task) for task in claimed] if task is not None]
         except Exception as exc:
             if not self._database_unreachable(exc, "claiming a task"):
                 raise
-            return None
+            return []
         self._database_reached()
-        return task
+        return batch
+
+    async def _with_inputs(self, task: Task) -> Task | None:
+        """The task with its input images; None when it ended between the claim and this read."""
+        try:
+            return await self.store.with_inputs(task)
+        except LeaseLost as exc:
+            log.info("%s", exc.message)
+            return None
 
     async def _holding_claims(self) -> bool:
         """After a transient failure, wait out its backoff before claiming (interrupted by stop);
@@ -274,16 +305,32 @@ class Worker:
             if not self._database_unreachable(exc, "announcing this worker"):
                 raise  # else the next announcement, a third of a lease later, tries again
 
-    async def _see_through(self, task: Task, run: _Run, job: Job[Sequence[RenderedImage]]) -> None:
-        """Follow a claimed task in the lane to a final state (or back to the queue)."""
+    async def _see_batch_through(
+        self, batch: Sequence[Task], runs: Sequence[_Run], job: Job[Sequence[Outcome]]
+    ) -> None:
+        """See every task of the batch through, each on its own: one that crashes (an unexpected
+        error, which stops the worker) does not cut the others' final writes short."""
+        seen = [
+            self._see_through(task, run, job, index) for index, (task, run) in enumerate(zip(batch, runs, strict=True))
+        ]
+        for outcome in await asyncio.gather(*seen, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    async def _see_through(self, task: Task, run: _Run, job: Job[Sequence[Outcome]], index: int) -> None:
+        """Follow a claimed task (entry `index` of its batch's call) to a final state (or back to
+        the queue)."""
         await self._watch(task, run, job)
         if job.future.cancelled():  # withdrawn before it started: the worker is draining
+            run.stop(StopReason.DRAIN)  # also when the watch of another task of the batch withdrew it
             await self._after_stop(task, run)
             return
         try:
-            rendered = await job.result
-            # Off the engine's thread: the lane starts the next task while these are encoded.
-            images = await asyncio.to_thread(_encode_all, rendered)
+            outcome = (await job.result)[index]
+            if isinstance(outcome, QwenImageError):
+                raise outcome
+            # Off the engine's thread: the lane starts the next batch while these are encoded.
+            images = await asyncio.to_thread(_encode_all, outcome)
         except GenerationCanceled:
             await self._after_stop(task, run)
             return
@@ -299,17 +346,17 @@ class Worker:
             return
         await self._complete(task, images, run)
 
-    def _generate(self, task: Task, run: _Run, near_end: Callable[[], None]) -> Sequence[RenderedImage]:
-        def on_step(progress: StepProgress) -> None:
-            run.latest = progress
-            if progress.step == progress.total - 1:
-                near_end()  # the last step starts: claim the next task while it runs
+    def _generate(self, batch: Sequence[Task], runs: Sequence[_Run], near_end: Callable[[], None]) -> Sequence[Outcome]:
+        steps = _BatchSteps(runs, near_end)
+        entries = [
+            BatchEntry(task.request, on_step=steps.relay(index), on_partial=run.partials.append, cancel=run.cancel)
+            for index, (task, run) in enumerate(zip(batch, runs, strict=True))
+        ]
+        return self.engine.render_batch(entries)
 
-        return self.engine.render(task.request, on_step=on_step, on_partial=run.partials.append, cancel=run.cancel)
-
-    async def _watch(self, task: Task, run: _Run, job: Job[Sequence[RenderedImage]]) -> None:
+    async def _watch(self, task: Task, run: _Run, job: Job[Sequence[Outcome]]) -> None:
         """While the task waits in the lane and while it runs: write progress, keep the lease, relay
-        cancel and drain (a task that has not started yet is withdrawn at once)."""
+        cancel and drain (a batch that has not started yet is withdrawn at once, with all its tasks)."""
         generation = job.result
         interval = self.settings.progress_interval_seconds
         heartbeat_every = self.settings.lease_seconds / 3
@@ -417,6 +464,33 @@ class Worker:
             await self._until_written(f"failing task {task.id}", lambda: self.store.fail(task.id, self.id, error))
         except TaskConflict:
             log.warning("task %s failed after its lease was lost", task.id)
+
+
+class _BatchSteps:
+    """Relays each task's steps to its run (from the engine's thread), and calls `near_end` once
+    every task of the batch is in its last step or stopped: the engine is about to be free, time to
+    claim the next batch. (Also right for an engine that runs the requests one after another: the
+    first request's last step is not the batch's.)"""
+
+    def __init__(self, runs: Sequence[_Run], near_end: Callable[[], None]) -> None:
+        self._runs = runs
+        self._near_end = near_end
+        self._in_last_step = [False] * len(runs)
+        self._told = False
+
+    def relay(self, index: int) -> Callable[[StepProgress], None]:
+        def on_step(progress: StepProgress) -> None:
+            self._runs[index].latest = progress
+            if progress.step == progress.total - 1:
+                self._in_last_step[index] = True
+            if not self._told and self._all_near_end():
+                self._told = True
+                self._near_end()
+
+        return on_step
+
+    def _all_near_end(self) -> bool:
+        return all(last or run.cancel.is_set() for last, run in zip(self._in_last_step, self._runs, strict=True))
 
 
 def _encode_all(rendered: Sequence[RenderedImage]) -> list[ImageResult]:
