@@ -175,9 +175,8 @@ class Bench:
 
 def _use_full_size_components(device: Any, dtype: Any, layers: int | None) -> None:
     """Make the engine's `tiny` checkpoint the full-size random model (see bench/full_size.py)."""
-    from qwen_image_server.engine import loading
-
     from bench.full_size import full_size_components
+    from qwen_image_server.engine import loading
 
     def load(self: Any, model: Any, checkpoint: Any) -> dict[str, Any]:
         return full_size_components(device, dtype, layers=layers)
@@ -287,10 +286,18 @@ def report(rows: list[Row], args: argparse.Namespace) -> float:
     print(f"best: {best.variant} {best.mode}, {best_seconds:.3f} s/image")
     record = {
         "machine": machine(),
-        "settings": {key: getattr(args, key) for key in ("size", "steps", "batch", "rounds", "device", "dtype", "tiny")},
+        "settings": {
+            key: getattr(args, key) for key in ("size", "steps", "batch", "rounds", "device", "dtype", "tiny")
+        },
         "rows": [
-            {"variant": row.variant, "mode": row.mode, "seconds_per_image": row.seconds_per_image,
-             "step_ms": row.step_ms, "peak_gb": row.peak_gb, "note": row.note}  # fmt: skip
+            {
+                "variant": row.variant,
+                "mode": row.mode,
+                "seconds_per_image": row.seconds_per_image,
+                "step_ms": row.step_ms,
+                "peak_gb": row.peak_gb,
+                "note": row.note,
+            }
             for row in rows
         ],
         "best": {"variant": best.variant, "mode": best.mode},

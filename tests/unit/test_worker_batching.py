@@ -213,5 +213,7 @@ async def test_a_task_batched_with_others_makes_the_pixels_it_makes_alone(
     alone = await _run_all(tmp_path / "alone", engine, requests, batch=1)
     assert engine.sizes == [3, 1, 1, 1]
     for together, by_itself in zip(batched, alone, strict=True):
-        np.testing.assert_allclose(together, by_itself, rtol=0, atol=1e-5)
+        # Batched rows round their matrix products differently: the latents agree to ~2e-6
+        # (tests/engine/test_batching.py), the 8-bit pixels to one level at most.
+        np.testing.assert_allclose(together, by_itself, rtol=0, atol=1 / 255 + 1e-9)
     assert not np.array_equal(batched[0], batched[1]), "each task got its own picture"
