@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format serve demo clean
+.PHONY: install test lint format serve demo clean gpu-wheels
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,3 +37,9 @@ demo: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Wheels a GPU machine without network needs to run bench/gpu_run.sh (it has torch, transformers
+# and accelerate; see docs/performance.md). torchao 0.18 loads its C++ kernels on torch >= 2.11 (its own check).
+gpu-wheels: $(STAMP)
+	$(BIN)/python -m pip download --quiet --no-deps -d gpu-wheels diffusers==0.42.1 torchao==0.18.0 \
+		pydantic-settings python-dotenv typing-inspection httpx httpcore h11 anyio sniffio certifi
