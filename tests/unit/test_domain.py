@@ -187,3 +187,22 @@ def test_requests_are_immutable() -> None:
 def test_cfg_is_on_only_above_one() -> None:
     assert make(true_cfg_scale=4.0).uses_cfg
     assert not make(true_cfg_scale=1.0).uses_cfg
+
+
+def test_requests_that_can_share_a_call_have_one_batch_key() -> None:
+    def key(**fields: object) -> str | None:
+        base: dict[str, object] = {"model": "qwen-image", "prompt": "a fox", "width": 1024, "height": 1024,
+                                   "num_inference_steps": 20, "seed": 1}  # fmt: skip
+        return GenerationRequest.create(**{**base, **fields}).batch_key
+
+    shared = key()
+    assert shared is not None
+    # Another prompt, seed, count, CFG scale, format, or a size on the same 16-pixel grid: same call.
+    assert key(prompt="a city", negative_prompt="fog", seed=9, num_images_per_prompt=3, true_cfg_scale=2.0,
+               output_format="jpeg", width=1020) == shared  # fmt: skip
+    # Another grid, step count, CFG on or off, or input images: another call.
+    assert key(width=1040) != shared
+    assert key(num_inference_steps=30) != shared
+    assert key(true_cfg_scale=1.0) != shared
+    assert key(images=(picture_bytes(),), mask=picture_bytes()) is None
+    assert key(model="qwen-image-edit", images=(picture_bytes(),)) is None

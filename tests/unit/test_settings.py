@@ -94,3 +94,17 @@ def test_every_command_is_documented() -> None:
     for command in app.registered_commands:
         name = command.name or (command.callback.__name__ if command.callback else "")
         assert f"`qwen-image {name}" in text, f"docs/cli.md does not explain {name}"
+
+
+def test_float16_is_refused_with_the_reason(clean_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QWEN_IMAGE_DTYPE", "float16")
+    with pytest.raises(ValueError, match=r"black.*bfloat16"):
+        Settings()
+
+
+def test_warmup_sizes_are_read_as_sizes(clean_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QWEN_IMAGE_WARMUP_SIZES", "1024x1024, 16:9")
+    assert Settings().warmup_sizes == ("1024x1024", "16:9")
+    monkeypatch.setenv("QWEN_IMAGE_WARMUP_SIZES", "big")
+    with pytest.raises(ValueError, match="WIDTHxHEIGHT"):
+        Settings()
