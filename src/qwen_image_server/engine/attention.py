@@ -87,8 +87,10 @@ def backend_problem(name: str, device: torch.device, dtype: torch.dtype) -> str 
 
 def _capability_problem(name: str, device: torch.device) -> str | None:
     needed = _MIN_CAPABILITY.get(name)
+    if needed is None:
+        return None
     have = torch.cuda.get_device_capability(device)
-    if needed is None or have >= needed:
+    if have >= needed:
         return None
     return (
         f"it needs a GPU of compute capability {needed[0]}.{needed[1]} or newer; "
