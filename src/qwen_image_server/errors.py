@@ -114,6 +114,15 @@ class CheckpointUnavailable(QwenImageError):
     code = "model_unavailable"
 
 
+class EngineSetupError(QwenImageError):
+    """The engine cannot start as configured: a speed setting this machine cannot honour (an attention
+    backend or package missing, a GPU too old, no compiler) or a warm-up that failed. Raised when the
+    engine starts, so a deployment fails at once instead of at its first request."""
+
+    status = 503
+    code = "engine_unavailable"
+
+
 class GenerationCanceled(QwenImageError):
     status = 409
     code = "canceled"

@@ -99,8 +99,8 @@ class Settings(BaseSettings):
     )
     compile: bool = Field(
         default=False,
-        description="`torch.compile` the transformer's repeated blocks (compiled once per size at first use; "
-        "see warmup_sizes).",
+        description="`torch.compile` the transformer's repeated blocks (compiled once, with dynamic shapes, at the "
+        "first generation; see warmup_sizes).",
     )
     attention_backend: str = Field(
         default="native",

@@ -105,11 +105,13 @@ class Engine:
         if self._pool is None:
             from qwen_image_server.engine import devices
             from qwen_image_server.engine.loading import ComponentPool
+            from qwen_image_server.engine.speedups import check_speedups
 
             _quiet_libraries()
             self._device = devices.choose_device(self.settings.device)
             self._dtype = devices.choose_dtype(self.settings.dtype, self._device)
             devices.check_offload(self.settings.offload, self._device)
+            check_speedups(self.settings, self._device, self._dtype)
             self._pool = ComponentPool(self._dtype, share_components=self.settings.share_components)
         return self._pool
 
@@ -117,8 +119,10 @@ class Engine:
         if self._active == key:
             return
         from qwen_image_server.engine.devices import place_pipeline
+        from qwen_image_server.engine.speedups import apply_speedups
 
         place_pipeline(pipeline, self._device, self.settings.offload, placed_modules=self._placed_modules)
+        apply_speedups(pipeline.transformer, self.settings, self._device)  # once per transformer
         if self.settings.vae_tiling:
             pipeline.vae.enable_tiling()
         self._active = key
@@ -217,8 +221,12 @@ class Engine:
         return [_rendered(entry.request, outcome) for entry, outcome in zip(entries, pictures, strict=True)]
 
     def warm_up(self) -> None:
-        """Generate each of `settings.warmup_sizes` once, so that compilation and autotuning happen
-        before the first request."""
+        """Generate each of `settings.warmup_sizes` once with each served model, through `render`, so
+        that compilation and autotuning happen before the first request (engine/warmup.py); raises
+        `EngineSetupError` if one fails."""
+        from qwen_image_server.engine.warmup import warm_up
+
+        warm_up(self.render, self.settings)
 
 
 @dataclass(frozen=True)
