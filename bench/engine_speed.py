@@ -189,35 +189,33 @@ class Unavailable(Exception):
 
 
 def enable(bench: Bench, variant: str) -> str:
-    """Turn on a cumulative option for the engine's transformer; the detail for the table."""
+    """Turn on a cumulative option for the engine's transformer, through the engine's own code (the
+    checks that refuse it at start, then the same call); the detail for the table."""
+    from qwen_image_server.engine import attention, speedups
     from qwen_image_server.errors import QwenImageError
 
-    try:
-        from qwen_image_server.engine import speedups
-    except ImportError as exc:
-        raise Unavailable(f"engine/speedups.py missing ({exc})") from None
     transformer = bench.pipeline.transformer
-    device = bench.torch.device(bench.args.device)
+    device, dtype = bench.torch.device(bench.args.device), getattr(bench.torch, bench.args.dtype)
     if variant == "attention":
         for backend in ATTENTION_BACKENDS:
             settings = bench.default_settings.model_copy(update={"attention_backend": backend})
             try:
-                speedups.check_speedups(settings, device)
+                speedups.check_speedups(settings, device, dtype)
             except QwenImageError:
                 continue
-            speedups.set_attention_backend(transformer, backend)
+            attention.set_backend(transformer, backend)
             return f"attention backend {backend}"
         raise Unavailable("no attention backend beyond native SDPA is usable here")
     update = {"compile": True} if variant == "compile" else {"quantization": "fp8"}
     settings = bench.default_settings.model_copy(update=update)
     try:
-        speedups.check_speedups(settings, device)
+        speedups.check_speedups(settings, device, dtype)
     except QwenImageError as exc:
         raise Unavailable(exc.message) from None
     if variant == "compile":
-        speedups.compile_transformer(transformer)
+        speedups.compile_blocks(transformer)
         return "compile_repeated_blocks"
-    speedups.quantize_fp8(transformer, settings.fp8_skip)
+    speedups.quantize_fp8(transformer, settings.fp8_skip, device)
     return f"fp8 (kept in bf16: {', '.join(settings.fp8_skip)})"
 
 

@@ -68,11 +68,16 @@ def apply_speedups(transformer: Any, settings: Settings, device: torch.device) -
     except (RuntimeError, ValueError) as exc:  # e.g. a hub kernel that could not be downloaded
         raise EngineSetupError(f"attention_backend={settings.attention_backend} could not be set: {exc}") from exc
     if settings.compile:
-        # The RoPE multiplies complex numbers, which inductor leaves to eager code; it says so once
-        # per compilation, which tells an operator nothing to act on.
-        warnings.filterwarnings("ignore", message="Torchinductor does not support code generation for complex")
-        transformer.compile_repeated_blocks(fullgraph=True, dynamic=True)
+        compile_blocks(transformer)
     setattr(transformer, _APPLIED, True)
+
+
+def compile_blocks(transformer: Any) -> None:
+    """Regional compilation: the 60 blocks share one compiled code (see the module docstring)."""
+    # The RoPE multiplies complex numbers, which inductor leaves to eager code; it says so once
+    # per compilation, which tells an operator nothing to act on.
+    warnings.filterwarnings("ignore", message="Torchinductor does not support code generation for complex")
+    transformer.compile_repeated_blocks(fullgraph=True, dynamic=True)
 
 
 # -- attention ---------------------------------------------------------------------------------------
