@@ -78,8 +78,10 @@ class TextToImageBatch:
         self.uses_cfg = first.uses_cfg
         multiple = int(pipeline.vae_scale_factor) * 2
         self.generated: Size = generation_size(first.width, first.height, multiple)
-        self.requests = [self._encode(entry) for entry in entries]
+        with torch.inference_mode():
+            self.requests = [self._encode(entry) for entry in entries]
 
+    @torch.inference_mode()
     def run(self) -> list[list[Image.Image] | QwenImageError]:
         """Each request's pictures (cropped to its size), or its error; errors that stop the whole
         batch (a pipeline failure) raise."""
