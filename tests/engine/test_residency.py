@@ -15,7 +15,13 @@ from PIL import Image
 
 from qwen_image_server.domain import GenerationRequest
 from qwen_image_server.engine import Engine
-from qwen_image_server.engine.residency import choose_evictions, clear_rope_caches, module_bytes, tensor_bytes
+from qwen_image_server.engine.residency import (
+    PinnedArena,
+    choose_evictions,
+    clear_rope_caches,
+    module_bytes,
+    tensor_bytes,
+)
 from tests.conftest import picture_bytes
 from tests.engine.conftest import EDIT, TEXT, two_model_settings
 
@@ -51,6 +57,20 @@ def test_sizes_count_the_inner_tensors_of_quantized_weights() -> None:
     fake: Any = Float8Like()
     assert tensor_bytes(fake) == 100 + 4
     assert module_bytes(torch.nn.Linear(10, 10, dtype=torch.bfloat16)) == (100 + 10) * 2
+
+
+def test_host_copies_are_packed_into_shared_aligned_chunks() -> None:
+    arena = PinnedArena(pin=False)
+    arena.CHUNK_BYTES = 4096  # type: ignore[misc]
+    sources = [torch.randn(10, 7), torch.arange(450, dtype=torch.int64), torch.ones((), dtype=torch.bfloat16)]
+    copies = [arena.copy(tensor) for tensor in sources]
+    for source, copy in zip(sources, copies, strict=True):
+        assert torch.equal(source, copy) and copy.dtype == source.dtype and copy.shape == source.shape
+        assert copy.storage_offset() * copy.element_size() % PinnedArena.ALIGNMENT == 0
+    pointers = {copy.untyped_storage().data_ptr() for copy in copies}
+    assert len(pointers) == 2  # 280 bytes; 3600 more at offset 512 do not fit in 4096; then 2 bytes do
+    big = torch.randn(2000)  # larger than a chunk: its own allocation
+    assert torch.equal(arena.copy(big), big)
 
 
 def test_rope_caches_are_emptied(engine: Engine) -> None:
