@@ -214,3 +214,21 @@ def test_compiled_images_match_and_other_sizes_compile_nothing_more(cpu_engine: 
     wider = picture(engine, request(width=320))
     assert counters["stats"]["unique_graphs"] == graphs, "dynamic shapes: a new size is not compiled again"
     assert np.abs(wider - picture(cpu_engine, request(width=320))).max() <= MAX_LEVEL_DIFFERENCE
+
+
+def test_fp8_is_applied_again_after_a_dropped_transformer_is_loaded_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    # residency.py's `drop` reloads bf16 weights into the same module; the marker that keeps
+    # apply_speedups from running twice must not keep it from quantizing those weights again.
+    from qwen_image_server.engine import speedups
+    from qwen_image_server.engine.tiny import build_tiny_transformer
+
+    quantized: list[object] = []
+    monkeypatch.setattr(speedups, "quantize_fp8", lambda module, skip, device: quantized.append(module))
+    transformer = build_tiny_transformer()
+    settings = Settings(checkpoint_qwen_image="tiny", quantization="fp8")
+    speedups.apply_speedups(transformer, settings, torch.device("cpu"))
+    speedups.apply_speedups(transformer, settings, torch.device("cpu"))
+    assert quantized == [transformer]
+    speedups.weights_replaced(transformer)
+    speedups.apply_speedups(transformer, settings, torch.device("cpu"))
+    assert quantized == [transformer, transformer]

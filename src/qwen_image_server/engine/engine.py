@@ -10,6 +10,11 @@ inpainting run the stock diffusers pipelines (`run.py`), all images of a request
 image starts from its own seed's noise, so image i of a request is reproduced by a request for one
 image with seed i. Progress is reported after every denoising step; a cancel stops its request at
 the next step, so nothing of it is decoded after a cancel.
+
+Memory: with `offload=none` the transformers of the served models are kept on the device by a
+least-recently-used policy (`residency.py`: `resident_models`, `evict_to`); the shared text encoder
+and VAE stay. `render_batch` frees memory after a CUDA out-of-memory error and fails only that request
+(`memory.recover_from_oom`).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from qwen_image_server.domain import BatchEntry, ImageResult, ModelName, StepProgress
 from qwen_image_server.errors import PromptTooLong, QwenImageError
@@ -31,11 +36,14 @@ if TYPE_CHECKING:
 
     from qwen_image_server.domain import GenerationRequest
     from qwen_image_server.engine.loading import Checkpoint, ComponentPool
+    from qwen_image_server.engine.residency import Residency, ResidencyStats
 
 log = logging.getLogger(__name__)
 
 StepCallback = Callable[[StepProgress], None]
 PartialCallback = Callable[[ImageResult], None]
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,7 @@ class Engine:
         self.settings = settings or Settings()
         self._lock = threading.RLock()
         self._pool: ComponentPool | None = None
+        self._residency: Residency | None = None
         self._pipelines: dict[tuple[ModelName, bool], DiffusionPipeline] = {}  # (model, inpaint)
         self._checkpoints: dict[ModelName, Checkpoint] = {}
         self._active: tuple[ModelName, bool] | None = None
@@ -87,24 +96,28 @@ class Engine:
         )
 
     def _pipeline(self, model: ModelName, *, inpaint: bool = False) -> DiffusionPipeline:
-        key = (model, inpaint)
-        if key not in self._pipelines:
-            from qwen_image_server.engine.loading import resolve_checkpoint
+        from qwen_image_server.engine.loading import resolve_checkpoint
 
-            checkpoint = self._checkpoints.get(model) or resolve_checkpoint(self.settings.checkpoint_for(model))
-            self._pipelines[key] = self._component_pool().pipeline(model, checkpoint, inpaint=inpaint)
+        key = (model, inpaint)
+        pool = self._component_pool()
+        checkpoint = self._checkpoints.get(model) or resolve_checkpoint(self.settings.checkpoint_for(model))
+        residency = self._residency_policy()
+        residency.prepare(checkpoint)  # before loading: a new transformer may need the room
+        if key not in self._pipelines:
+            self._pipelines[key] = pool.pipeline(model, checkpoint, inpaint=inpaint)
             if model not in self._checkpoints:
                 self._checkpoints[model] = checkpoint
                 self._token_counters[model] = copy.deepcopy(self._pipelines[key].tokenizer)
                 log.info("loaded %s from %s", model, checkpoint.describe())
         pipeline = self._pipelines[key]
+        residency.loaded(checkpoint, pipeline.transformer)
         self._activate(key, pipeline)
         return pipeline
 
     def _component_pool(self) -> ComponentPool:
         if self._pool is None:
             from qwen_image_server.engine import devices
-            from qwen_image_server.engine.loading import ComponentPool
+            from qwen_image_server.engine.loading import ComponentPool, direct_load_device
             from qwen_image_server.engine.speedups import check_speedups
 
             _quiet_libraries()
@@ -112,8 +125,44 @@ class Engine:
             self._dtype = devices.choose_dtype(self.settings.dtype, self._device)
             devices.check_offload(self.settings.offload, self._device)
             check_speedups(self.settings, self._device, self._dtype)
-            self._pool = ComponentPool(self._dtype, share_components=self.settings.share_components)
+            self._pool = ComponentPool(
+                self._dtype,
+                share_components=self.settings.share_components,
+                load_to=direct_load_device(self._device, self.settings.offload),
+            )
         return self._pool
+
+    def _residency_policy(self) -> Residency:
+        if self._residency is None:
+            from qwen_image_server.engine.residency import Residency
+
+            self._residency = Residency(
+                self._device,
+                self._component_pool(),
+                limit=self.settings.resident_models,
+                evict_to=self.settings.evict_to,
+                active=self.settings.offload == "none",
+            )
+        return self._residency
+
+    def residency_stats(self) -> ResidencyStats:
+        """Model swaps so far and their seconds, and which transformers are on the device (for
+        benchmarks and logs)."""
+        from qwen_image_server.engine.residency import ResidencyStats
+
+        with self._lock:
+            if self._residency is None:
+                return ResidencyStats(0, 0.0, 0.0, ())
+            return self._residency.stats()
+
+    def _free_after_oom(self) -> None:
+        """After an out-of-memory error: evict every transformer but the active model's."""
+        if self._residency is None:
+            return
+        keep = self._checkpoints[self._active[0]].ref if self._active and self._active[0] in self._checkpoints else None
+        evicted = self._residency.evict_idle(keep)
+        if evicted:
+            log.warning("out of GPU memory: evicted the idle models' transformers %s", ", ".join(evicted))
 
     def _activate(self, key: tuple[ModelName, bool], pipeline: DiffusionPipeline) -> None:
         if self._active == key:
@@ -204,12 +253,15 @@ class Engine:
     def _run_call(self, entries: list[BatchEntry]) -> list[list[RenderedPicture] | QwenImageError]:
         """One pipeline call: text-to-image rows in our loop, or one request through a stock pipeline."""
         from qwen_image_server.engine.denoise import TextToImageBatch
+        from qwen_image_server.engine.memory import recover_from_oom
         from qwen_image_server.engine.run import StockGeneration, failures_translated
 
         first = entries[0].request
         pictures: list[list[Image.Image] | QwenImageError]
         try:
-            with failures_translated():
+            # One call above the functions whose locals hold the activations, so that an out-of-
+            # memory error can free them (memory.py) and fail this call only.
+            with failures_translated(), recover_from_oom(self.settings, free=self._free_after_oom):
                 pipeline = self._pipeline(first.model, inpaint=first.is_inpaint)
                 if first.batch_key is not None:
                     batch = TextToImageBatch(pipeline, entries, cfg_batching=self.settings.cfg_batching)

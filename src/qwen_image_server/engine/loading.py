@@ -4,11 +4,21 @@ A checkpoint is `tiny` (built in memory), a local folder in the diffusers layout
 repo id (resolved to a local snapshot first, so everything loads from a folder by one code path).
 Components are pooled: the text encoder and VAE are the same for every Qwen-Image model and are
 loaded once and shared; a checkpoint used by several model names loads its transformer once.
+
+Loading goes straight to the GPU when nothing is offloaded (`direct_load_device`): diffusers'
+`device_map` makes each component's weights land on the device as they are read, instead of
+passing the whole model (~58 GB for Qwen-Image in bf16) through host memory first. The offload
+modes and the CPU load to host memory, as diffusers does by default.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import math
 import re
+import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,12 +30,14 @@ from diffusers import (
     QwenImageEditPlusPipeline,
     QwenImageInpaintPipeline,
     QwenImagePipeline,
+    QwenImageTransformer2DModel,
 )
 
 from qwen_image_server.domain import ModelName
 from qwen_image_server.engine.processor import load_processor
-from qwen_image_server.engine.tiny import TINY_CHECKPOINT, build_tiny_components
+from qwen_image_server.engine.tiny import TINY_CHECKPOINT, build_tiny_components, build_tiny_transformer
 from qwen_image_server.errors import CheckpointUnavailable
+from qwen_image_server.settings import Offload
 
 PIPELINE_CLASSES: dict[ModelName, type[DiffusionPipeline]] = {
     ModelName.QWEN_IMAGE: QwenImagePipeline,
@@ -83,12 +95,25 @@ def _hub_snapshot(repo_id: str) -> Path:
         ) from exc
 
 
-class ComponentPool:
-    """Loads each component once; hands out pipelines built from shared components."""
+def direct_load_device(device: torch.device, offload: Offload) -> torch.device | None:
+    """The device weights load straight onto, or None to load into host memory (as diffusers does by
+    default). Only without offload on CUDA: the offload modes want the weights in host memory, and
+    on the CPU there is nothing to skip."""
+    if offload == "none" and device.type == "cuda":
+        return device
+    return None
 
-    def __init__(self, dtype: torch.dtype, *, share_components: bool) -> None:
+
+class ComponentPool:
+    """Loads each component once; hands out pipelines built from shared components.
+
+    `load_to` is where checkpoint folders load their weights (None: host memory); the tiny model is
+    built in memory and moved later by the engine."""
+
+    def __init__(self, dtype: torch.dtype, *, share_components: bool, load_to: torch.device | None = None) -> None:
         self._dtype = dtype
         self._share = share_components
+        self._load_to = load_to
         self._shared: dict[str, Any] = {}
         self._by_checkpoint: dict[str, dict[str, Any]] = {}
 
@@ -104,6 +129,27 @@ class ComponentPool:
         pipeline = pipeline_class(**{name: components[name] for name in wanted})
         pipeline.set_progress_bar_config(disable=True)
         return pipeline
+
+    def transformer_bytes(self, checkpoint: Checkpoint) -> int:
+        """What `checkpoint`'s transformer will take once loaded in the pool's dtype (0 for `tiny`)."""
+        if checkpoint.folder is None:
+            return 0
+        return checkpoint_tensor_elements(checkpoint.folder / "transformer") * self._dtype.itemsize
+
+    def fresh_transformer(self, checkpoint: Checkpoint) -> torch.nn.Module:
+        """`checkpoint`'s transformer loaded anew (for a dropped one coming back)."""
+        if checkpoint.is_tiny:
+            tiny: torch.nn.Module = build_tiny_transformer().to(self._dtype)
+            return tiny
+        assert checkpoint.folder is not None
+        with _loading_onto(self._load_to) as device_map:
+            try:
+                loaded: torch.nn.Module = QwenImageTransformer2DModel.from_pretrained(
+                    checkpoint.folder, subfolder="transformer", dtype=self._dtype, **device_map
+                )
+                return loaded
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise CheckpointUnavailable(f"could not reload the transformer in {checkpoint.folder}: {exc}") from exc
 
     def _components(self, model: ModelName, checkpoint: Checkpoint) -> dict[str, Any]:
         if checkpoint.ref not in self._by_checkpoint:
@@ -133,7 +179,8 @@ class ComponentPool:
         # processor, which we load ourselves (see processor.py). One loading path serves all models.
         reuse = {name: self._shared[name] for name in SHARED_COMPONENTS if name in self._shared}
         try:
-            pipeline = QwenImagePipeline.from_pretrained(folder, dtype=self._dtype, **reuse)
+            with _loading_onto(self._load_to) as device_map:
+                pipeline = QwenImagePipeline.from_pretrained(folder, dtype=self._dtype, **device_map, **reuse)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise CheckpointUnavailable(f"could not load the checkpoint in {folder}: {exc}") from exc
         components: dict[str, Any] = dict(pipeline.components)
@@ -142,6 +189,33 @@ class ComponentPool:
         elif model is not ModelName.QWEN_IMAGE:
             raise CheckpointUnavailable(f"{folder} has no processor/ folder, so it cannot serve the edit model {model}")
         return components
+
+
+@contextlib.contextmanager
+def _loading_onto(device: torch.device | None) -> Iterator[dict[str, str]]:
+    """The `device_map` argument that loads onto `device`. Diffusers' pipeline loader accepts only a
+    bare device type ("cuda", "cpu"); for `cuda:N` the current CUDA device says which card."""
+    if device is None:
+        yield {}
+    elif device.type == "cuda" and device.index is not None:
+        with torch.cuda.device(device.index):
+            yield {"device_map": "cuda"}
+    else:
+        yield {"device_map": device.type}
+
+
+def checkpoint_tensor_elements(folder: Path) -> int:
+    """How many elements the tensors of the safetensors files in `folder` have, read from the files'
+    headers (a JSON table of names, dtypes and shapes) without loading any weight."""
+    elements = 0
+    for path in folder.glob("*.safetensors"):
+        with path.open("rb") as file:
+            (length,) = struct.unpack("<Q", file.read(8))
+            header = json.loads(file.read(length))
+        for name, entry in header.items():
+            if name != "__metadata__":
+                elements += math.prod(entry["shape"])
+    return elements
 
 
 def _component_names(pipeline_class: type[DiffusionPipeline]) -> set[str]:

@@ -39,12 +39,8 @@ def failures_translated() -> Iterator[None]:
     """Any error of a pipeline run as the project's `GenerationFailed` (ours pass through)."""
     try:
         yield
-    except QwenImageError:
+    except QwenImageError:  # ours, and out-of-memory already turned into one (memory.recover_from_oom)
         raise
-    except torch.OutOfMemoryError as exc:
-        raise GenerationFailed(
-            "out of GPU memory; try a smaller size, fewer images, or an offload setting (QWEN_IMAGE_OFFLOAD)"
-        ) from exc
     except Exception as exc:
         raise GenerationFailed(f"the pipeline failed: {type(exc).__name__}: {exc}") from exc
 

@@ -42,6 +42,7 @@ from qwen_image_server.settings import Settings
 log = logging.getLogger(__name__)
 
 _APPLIED = "_qwen_image_server_speedups"  # set on a transformer once its speed-ups are applied
+_QUANTIZED = "_qwen_image_server_fp8"  # its weights are FP8 (cleared when they are loaded again)
 FP8_CAPABILITY = (8, 9)  # Ada and Hopper and newer have FP8 matrix units
 ROWWISE_CAPABILITY = (9, 0)  # torch's row-wise scaled FP8 matmul is a Hopper kernel; Ada gets per-tensor scales
 FP8_INSTALL = "pip install 'qwen-image-server[fp8]' (torchao>=0.17)"
@@ -58,11 +59,13 @@ def check_speedups(settings: Settings, device: torch.device, dtype: torch.dtype)
 
 
 def apply_speedups(transformer: Any, settings: Settings, device: torch.device) -> None:
-    """FP8, the attention backend and compilation, once per transformer (see the module docstring)."""
+    """FP8, the attention backend and compilation, once per transformer (see the module docstring);
+    FP8 again after `weights_replaced`."""
+    if settings.quantization == "fp8" and not getattr(transformer, _QUANTIZED, False):
+        quantize_fp8(transformer, settings.fp8_skip, device)
+        setattr(transformer, _QUANTIZED, True)
     if getattr(transformer, _APPLIED, False):
         return
-    if settings.quantization == "fp8":
-        quantize_fp8(transformer, settings.fp8_skip, device)
     try:
         attention.set_backend(transformer, settings.attention_backend.lower())
     except (RuntimeError, ValueError) as exc:  # e.g. a hub kernel that could not be downloaded
@@ -70,6 +73,14 @@ def apply_speedups(transformer: Any, settings: Settings, device: torch.device) -
     if settings.compile:
         compile_blocks(transformer)
     setattr(transformer, _APPLIED, True)
+
+
+def weights_replaced(transformer: Any) -> None:
+    """The transformer's weights were loaded again (a dropped model coming back, engine/residency.py):
+    they are bf16 again, so FP8 must be applied again; the attention processors and the compiled
+    blocks are the module's own and stay."""
+    if hasattr(transformer, _QUANTIZED):
+        delattr(transformer, _QUANTIZED)
 
 
 def compile_blocks(transformer: Any) -> None:

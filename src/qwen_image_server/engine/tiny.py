@@ -46,7 +46,8 @@ def _seeded(seed: int) -> torch.Generator:
     return torch.manual_seed(seed)
 
 
-def _transformer() -> QwenImageTransformer2DModel:
+def build_tiny_transformer() -> QwenImageTransformer2DModel:
+    """The tiny transformer alone, the same weights every time (a dropped one is rebuilt by this)."""
     _seeded(1)
     return QwenImageTransformer2DModel(
         patch_size=2,
@@ -106,7 +107,7 @@ def build_tiny_components() -> dict[str, Any]:
     # Few vision tokens per input image keep the tiny edit pipeline fast on a CPU.
     image_processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=16 * 28 * 28)
     return {
-        "transformer": _transformer(),
+        "transformer": build_tiny_transformer(),
         "vae": _vae().eval(),
         "text_encoder": _text_encoder(len(tokenizer), special_ids),
         "tokenizer": tokenizer,
