@@ -31,6 +31,24 @@ def test_only_unoffloaded_cuda_loads_straight_to_the_device(device: str, offload
     assert target == (torch.device(expected) if expected else None)
 
 
+def test_fp8_loads_into_host_memory_to_be_quantized_on_its_way_to_the_gpu() -> None:
+    # The bf16 transformer whole on a 48 GB card beside the text encoder would not fit.
+    assert direct_load_device(torch.device("cuda"), "none", "fp8") is None
+
+
+def test_fp8_quantizes_before_the_transformer_is_placed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from qwen_image_server.engine import devices, speedups
+    from qwen_image_server.engine.engine import Engine
+    from qwen_image_server.settings import Settings
+
+    order: list[str] = []
+    monkeypatch.setattr(speedups, "quantize_fp8", lambda *_: order.append("quantize"))
+    monkeypatch.setattr(devices, "place_pipeline", lambda *_, **__: order.append("place"))
+    monkeypatch.setattr(speedups, "check_speedups", lambda *_: None)  # FP8 cannot run on a CPU
+    Engine(Settings(checkpoint_qwen_image="tiny", quantization="fp8")).load(ModelName.QWEN_IMAGE)
+    assert order == ["quantize", "place"]
+
+
 def states_equal(first: torch.nn.Module, second: torch.nn.Module) -> bool:
     one, two = first.state_dict(), second.state_dict()
     return one.keys() == two.keys() and all(torch.equal(one[name], two[name]) for name in one)

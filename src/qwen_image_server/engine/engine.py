@@ -128,7 +128,7 @@ class Engine:
             self._pool = ComponentPool(
                 self._dtype,
                 share_components=self.settings.share_components,
-                load_to=direct_load_device(self._device, self.settings.offload),
+                load_to=direct_load_device(self._device, self.settings.offload, self.settings.quantization),
             )
         return self._pool
 
@@ -168,8 +168,9 @@ class Engine:
         if self._active == key:
             return
         from qwen_image_server.engine.devices import place_pipeline
-        from qwen_image_server.engine.speedups import apply_speedups
+        from qwen_image_server.engine.speedups import apply_speedups, quantize_weights
 
+        quantize_weights(pipeline.transformer, self.settings, self._device)  # before: never whole in bf16 there
         place_pipeline(pipeline, self._device, self.settings.offload, placed_modules=self._placed_modules)
         apply_speedups(pipeline.transformer, self.settings, self._device)  # once per transformer
         if self.settings.vae_tiling:

@@ -37,7 +37,7 @@ from qwen_image_server.domain import ModelName
 from qwen_image_server.engine.processor import load_processor
 from qwen_image_server.engine.tiny import TINY_CHECKPOINT, build_tiny_components, build_tiny_transformer
 from qwen_image_server.errors import CheckpointUnavailable
-from qwen_image_server.settings import Offload
+from qwen_image_server.settings import Offload, Quantization
 
 PIPELINE_CLASSES: dict[ModelName, type[DiffusionPipeline]] = {
     ModelName.QWEN_IMAGE: QwenImagePipeline,
@@ -95,11 +95,14 @@ def _hub_snapshot(repo_id: str) -> Path:
         ) from exc
 
 
-def direct_load_device(device: torch.device, offload: Offload) -> torch.device | None:
+def direct_load_device(
+    device: torch.device, offload: Offload, quantization: Quantization = "none"
+) -> torch.device | None:
     """The device weights load straight onto, or None to load into host memory (as diffusers does by
     default). Only without offload on CUDA: the offload modes want the weights in host memory, and
-    on the CPU there is nothing to skip."""
-    if offload == "none" and device.type == "cuda":
+    on the CPU there is nothing to skip. Under FP8 the transformer is quantized layer by layer on
+    its way to the GPU (speedups.quantize_weights), so it loads into host memory first."""
+    if offload == "none" and quantization == "none" and device.type == "cuda":
         return device
     return None
 

@@ -58,12 +58,19 @@ def check_speedups(settings: Settings, device: torch.device, dtype: torch.dtype)
         _check_compile(device)
 
 
-def apply_speedups(transformer: Any, settings: Settings, device: torch.device) -> None:
-    """FP8, the attention backend and compilation, once per transformer (see the module docstring);
-    FP8 again after `weights_replaced`."""
+def quantize_weights(transformer: Any, settings: Settings, device: torch.device) -> None:
+    """FP8 (when asked), before the transformer is placed: each quantized layer moves to `device` as
+    it is quantized, so the bf16 transformer is never whole on the GPU (41 GB would not fit beside
+    the text encoder on a 48 GB card). Again after `weights_replaced`."""
     if settings.quantization == "fp8" and not getattr(transformer, _QUANTIZED, False):
         quantize_fp8(transformer, settings.fp8_skip, device)
         setattr(transformer, _QUANTIZED, True)
+
+
+def apply_speedups(transformer: Any, settings: Settings, device: torch.device) -> None:
+    """The attention backend and compilation, once per transformer, once it is on its device (see
+    the module docstring); FP8 too if `quantize_weights` has not run."""
+    quantize_weights(transformer, settings, device)
     if getattr(transformer, _APPLIED, False):
         return
     try:
@@ -171,7 +178,7 @@ def quantize_fp8(transformer: Any, skip: tuple[str, ...], device: torch.device) 
     quantize_, config = fp8_config(device)
     chosen = fp8_layer_filter(skip)
     count = sum(chosen(module, name) for name, module in transformer.named_modules())
-    quantize_(transformer, config, filter_fn=chosen)
+    quantize_(transformer, config, filter_fn=chosen, device=device)  # each chosen layer moves, then quantizes
     log.info("fp8: %d linear layers of the blocks quantized; kept in bf16: %s", count, ", ".join(skip) or "none")
 
 
