@@ -311,7 +311,7 @@ def _fmt(value: float | None, form: str) -> str:
 def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--size", type=int, help="square side in pixels [1024; --tiny 256]")
-    parser.add_argument("--steps", type=int, help="denoising steps [20; --tiny 4]")
+    parser.add_argument("--steps", type=int, help="denoising steps [20; --tiny 50, the models' default]")
     parser.add_argument("--batch", type=int, default=4, help="images of the batch modes [4]")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per variant and mode [3]")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"a subset of {','.join(VARIANTS)}")
@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> float:
     elif torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         parser.error("no CUDA GPU here; run with --tiny to check the script on the CPU")
     args.size = args.size or (256 if args.tiny else 1024)
-    args.steps = args.steps or (4 if args.tiny else 20)
+    args.steps = args.steps or (50 if args.tiny else 20)
     variants = [name.strip() for name in args.variants.split(",") if name.strip()]
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown or "default" not in variants:

@@ -41,13 +41,13 @@ def request(**fields: object) -> GenerationRequest:
 def decoded(monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
     """The final latents of every image the text-to-image loop decodes, in order."""
     seen: list[torch.Tensor] = []
-    original = denoise.decode_latents
+    original = denoise.decode_rows
 
     def capture(pipeline: object, latents: torch.Tensor, generated: object) -> object:
-        seen.append(latents.detach().clone())
+        seen.extend(row[None].clone() for row in latents)
         return original(pipeline, latents, generated)
 
-    monkeypatch.setattr(denoise, "decode_latents", capture)
+    monkeypatch.setattr(denoise, "decode_rows", capture)
     return seen
 
 
@@ -219,3 +219,20 @@ def test_each_request_of_a_batch_gets_its_own_previews(engine: Engine) -> None:
 def test_requests_that_cannot_share_a_call_run_apart(engine: Engine, forwards: list[int]) -> None:
     engine.render_batch([BatchEntry(request(seed=1)), BatchEntry(request(seed=2, width=320))])
     assert forwards == [2] * 3 + [2] * 3
+
+
+def test_rows_decoded_together_are_the_pictures_decoded_alone(engine: Engine) -> None:
+    import numpy as np
+
+    from qwen_image_server.domain import Size
+    from qwen_image_server.engine.latents import decode_latents, decode_rows, rows_per_decode
+
+    pipeline = engine.pipeline(ModelName.QWEN_IMAGE)
+    generated = Size(256, 256)
+    assert rows_per_decode(generated) == 16 and rows_per_decode(Size(1024, 1024)) == 1
+    latents = torch.randn(3, 256, 64, generator=torch.Generator().manual_seed(0))
+    together = decode_rows(pipeline, latents, generated)
+    alone = [decode_latents(pipeline, row[None], generated)[0] for row in latents]
+    for one, other in zip(together, alone, strict=True):
+        difference = np.abs(np.asarray(one, dtype=np.int16) - np.asarray(other, dtype=np.int16))
+        assert difference.max() <= 1

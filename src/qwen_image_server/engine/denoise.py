@@ -29,7 +29,7 @@ from diffusers.pipelines.qwenimage.pipeline_qwenimage import calculate_shift, re
 from PIL import Image
 
 from qwen_image_server.domain import BatchEntry, Size, StepProgress, generation_size
-from qwen_image_server.engine.latents import decode_latents
+from qwen_image_server.engine.latents import decode_rows
 from qwen_image_server.engine.run import encode_result
 from qwen_image_server.errors import GenerationCanceled, QwenImageError
 from qwen_image_server.images import crop_centre
@@ -225,8 +225,8 @@ class TextToImageBatch:
         if entry.on_partial is None or step not in request.partial_steps or request.canceled:
             return
         partial_index = request.partial_steps.index(step)
-        for image_index, (row, seed) in enumerate(zip(latents, entry.request.image_seeds, strict=True)):
-            preview = self._picture(request, row[None])
+        pictures = self._pictures(request, decode_rows(self.pipeline, latents, self.generated))
+        for image_index, (preview, seed) in enumerate(zip(pictures, entry.request.image_seeds, strict=True)):
             entry.on_partial(encode_result(entry.request, preview, image_index, seed, partial_index=partial_index))
 
     def _leaves(self, request: _Request) -> bool:
@@ -237,22 +237,24 @@ class TextToImageBatch:
     # -- the end ---------------------------------------------------------------------------------
 
     def _finish(self, active: list[_Request], latents: torch.Tensor) -> list[list[Image.Image] | QwenImageError]:
-        """Decode the rows that ran to the end, one at a time (the VAE's peak memory is that of one image)."""
+        """Decode the rows that ran to the end (several per VAE call where the size allows,
+        `latents.DECODE_PIXELS_PER_CALL`), each cropped to its request's size."""
+        decoded = decode_rows(self.pipeline, latents, self.generated) if active else []
         pictures: dict[int, list[Image.Image]] = {}
         start = 0
         for request in active:
-            rows = latents[start : start + request.rows]
+            pictures[id(request)] = self._pictures(request, decoded[start : start + request.rows])
             start += request.rows
-            pictures[id(request)] = [self._picture(request, row[None]) for row in rows]
         outcomes: list[list[Image.Image] | QwenImageError] = []
         for request in self.requests:
             outcome = request.outcome or GenerationCanceled("the generation was canceled")
             outcomes.append(pictures.get(id(request), outcome))
         return outcomes
 
-    def _picture(self, request: _Request, latents: torch.Tensor) -> Image.Image:
-        picture = decode_latents(self.pipeline, latents, self.generated)
-        return crop_centre(picture, request.entry.request.width, request.entry.request.height)
+    @staticmethod
+    def _pictures(request: _Request, pictures: list[Image.Image]) -> list[Image.Image]:
+        asked = request.entry.request
+        return [crop_centre(picture, asked.width, asked.height) for picture in pictures]
 
 
 def _padded(prompts: list[_Prompt]) -> tuple[torch.Tensor, torch.Tensor | None]:

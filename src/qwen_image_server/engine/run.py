@@ -29,7 +29,7 @@ from qwen_image_server.domain import (
     StepProgress,
     generation_size,
 )
-from qwen_image_server.engine.latents import decode_latents
+from qwen_image_server.engine.latents import decode_rows
 from qwen_image_server.errors import GenerationCanceled, GenerationFailed, QwenImageError
 from qwen_image_server.images import crop_centre, decode_input_image, decode_mask, encode_image
 
@@ -80,9 +80,9 @@ class StockGeneration:
             raise GenerationCanceled("the generation was canceled")
         if entry.on_partial is not None and step + 1 in self.partial_steps:
             partial_index = self.partial_steps.index(step + 1)
-            for index, (row, seed) in enumerate(zip(tensors["latents"], request.image_seeds, strict=True)):
-                preview = crop_centre(decode_latents(self.pipeline, row[None], self.generated), request.width,
-                                      request.height)  # fmt: skip
+            pictures = decode_rows(self.pipeline, tensors["latents"], self.generated)
+            for index, (picture, seed) in enumerate(zip(pictures, request.image_seeds, strict=True)):
+                preview = crop_centre(picture, request.width, request.height)
                 entry.on_partial(encode_result(request, preview, index, seed, partial_index=partial_index))
         return {}
 
