@@ -236,3 +236,19 @@ def test_rows_decoded_together_are_the_pictures_decoded_alone(engine: Engine) ->
     for one, other in zip(together, alone, strict=True):
         difference = np.abs(np.asarray(one, dtype=np.int16) - np.asarray(other, dtype=np.int16))
         assert difference.max() <= 1
+
+
+def test_a_request_canceled_first_does_not_decide_the_others_precision(tiny_settings: Settings) -> None:
+    # The starting noise takes the text encoder's dtype from a request that was encoded; one
+    # canceled before the start encoded nothing (a float32 placeholder), which bf16 weights refuse.
+    engine = Engine(tiny_settings.model_copy(update={"dtype": "bfloat16"}))
+    cancel = threading.Event()
+    cancel.set()
+    first, second = engine.render_batch(
+        [
+            BatchEntry(request(seed=1, num_inference_steps=2), cancel=cancel),
+            BatchEntry(request(seed=2, num_inference_steps=2)),
+        ]
+    )
+    assert isinstance(first, GenerationCanceled)
+    assert not isinstance(second, Exception), second

@@ -76,8 +76,8 @@ class TextToImageBatch:
         first = entries[0].request
         self.steps = first.num_inference_steps
         self.uses_cfg = first.uses_cfg
-        multiple = int(pipeline.vae_scale_factor) * 2
-        self.generated: Size = generation_size(first.width, first.height, multiple)
+        self.multiple = int(pipeline.vae_scale_factor) * 2  # pixels per latent patch, each way
+        self.generated: Size = generation_size(first.width, first.height, self.multiple)
         with torch.inference_mode():
             self.requests = [self._encode(entry) for entry in entries]
 
@@ -123,7 +123,7 @@ class TextToImageBatch:
         """One row per image, each from a CPU generator seeded with that image's seed (the same noise
         on every device, and the same as a one-image request with that seed)."""
         channels = self.pipeline.transformer.config.in_channels // 4
-        dtype = self.requests[0].positive.embeds.dtype
+        dtype = requests[0].positive.embeds.dtype  # the text encoder's (a canceled request encoded nothing)
         rows = []
         for request in requests:
             for seed in request.entry.request.image_seeds:
@@ -175,8 +175,9 @@ class TextToImageBatch:
             cond = self._forward(latents, positive, t, guidance)
             uncond = self._forward(latents, negative, t, guidance)
         scales = [request.entry.request.true_cfg_scale for request in active for _ in range(request.rows)]
-        scale = torch.tensor(scales, device=cond.device, dtype=cond.dtype).view(-1, 1, 1)
-        combined = uncond + scale * (cond - uncond)
+        # One scale for all: a Python number, as the stock pipeline multiplies (exact in bf16 too).
+        scale = scales[0] if len(set(scales)) == 1 else torch.tensor(scales, device=cond.device).view(-1, 1, 1)
+        combined = (uncond + scale * (cond - uncond)).to(cond.dtype)
         # Qwen-Image's rescale: each token keeps the norm of its conditional prediction.
         cond_norm = torch.norm(cond, dim=-1, keepdim=True)
         guided: torch.Tensor = combined * (cond_norm / torch.norm(combined, dim=-1, keepdim=True))
@@ -187,7 +188,7 @@ class TextToImageBatch:
     ) -> torch.Tensor:
         embeds, mask = _padded(prompts)
         rows = latents.shape[0]
-        grid = (1, self.generated.height // 16, self.generated.width // 16)
+        grid = (1, self.generated.height // self.multiple, self.generated.width // self.multiple)  # patches
         prediction: torch.Tensor = self.pipeline.transformer(
             hidden_states=latents,
             timestep=t.expand(rows).to(latents.dtype) / 1000,
