@@ -79,7 +79,8 @@ def test_two_images_each_reproduced_alone_by_their_reported_seed(tmp_path: Path)
     for path, seed in zip((first, second), reported_seeds(stdout), strict=True):
         alone = tmp_path / f"alone-{seed}.png"
         assert qwen_image("generate", "a red fox in snow", *FAST, "--seed", str(seed), "-o", alone)[0] == 0
-        assert np.array_equal(pixels(alone), pixels(path))
+        # Batched rows round differently: one 8-bit level at most (tests/engine/test_batching.py).
+        assert np.abs(pixels(alone) - pixels(path)).max() <= 1
 
 
 def test_the_format_follows_the_file_name_or_the_flag(tmp_path: Path) -> None:

@@ -90,7 +90,7 @@ def test_a_worker_killed_mid_task_leaves_one_rerun_and_one_set_of_results(
     done = wait_for(port, task_id, "succeeded", "failed", timeout=120)
     assert done["status"] == "succeeded", rescuer.output()
     assert done["attempts"] == 2, "the killed run and the rerun"
-    assert done["progress"]["total"] == 120 and mid_run["progress"]["step"] < 120, "killed mid-run"
+    assert done["progress"]["total"] == 60 and mid_run["progress"]["step"] < 60, "killed mid-run"
     # What the client sees: the rerun's two images and two previews. Keys are `<task>/<index>...`, the
     # same in every run, so the rerun overwrote the preview the killed run had stored: the store
     # holds exactly the files the task names, none left over from the killed run.
