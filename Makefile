@@ -42,4 +42,5 @@ clean:
 # and accelerate; see docs/performance.md). torchao 0.18 loads its C++ kernels on torch >= 2.11 (its own check).
 gpu-wheels: $(STAMP)
 	$(BIN)/python -m pip download --quiet --no-deps -d gpu-wheels diffusers==0.42.1 torchao==0.18.0 \
-		pydantic-settings python-dotenv typing-inspection httpx httpcore h11 anyio sniffio certifi
+		pydantic pydantic-core annotated-types pydantic-settings python-dotenv typing-inspection httpx httpcore h11 \
+		anyio sniffio certifi importlib-metadata zipp
