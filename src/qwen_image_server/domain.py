@@ -86,6 +86,15 @@ MODEL_SPECS: dict[ModelName, ModelSpec] = {
 }
 
 
+class Acceleration(StrEnum):
+    """How much speed a request trades for fidelity (kie's `acceleration`; docs/engine.md says what
+    each level runs)."""
+
+    NONE = "none"
+    REGULAR = "regular"
+    HIGH = "high"
+
+
 class OutputFormat(StrEnum):
     PNG = "png"
     JPEG = "jpeg"
@@ -218,6 +227,9 @@ class GenerationRequest(BaseModel):
     mask: bytes | None = None
     # Previews decoded from intermediate steps, per image, evenly spread over the denoising.
     partial_images: int = Field(default=0, ge=0, le=MAX_PARTIAL_IMAGES)
+    acceleration: Acceleration = Acceleration.NONE
+    # Image-to-image: how far from the input image the result may go (1: all the way, a new picture).
+    strength: float | None = Field(default=None, gt=0.0, le=1.0)
     # How many input images, and whether a mask, the request has. Filled from `images` and `mask`, and
     # kept when their bytes are held apart: the task store keeps them out of the task row
     # (`without_inputs`), so a request read back for a poll or a list carries only these counts.
@@ -292,7 +304,7 @@ class GenerationRequest(BaseModel):
             return None
         size = generation_size(self.width, self.height)
         cfg = "cfg" if self.uses_cfg else "nocfg"
-        return f"{self.model.value}:{size}:{self.num_inference_steps}:{cfg}:{self.guidance_scale}"
+        return f"{self.model.value}:{size}:{self.num_inference_steps}:{cfg}:{self.guidance_scale}:{self.acceleration}"
 
     @model_validator(mode="before")
     @classmethod
