@@ -12,10 +12,11 @@ changes slowly, mostly the middle and late steps), needs no calibration per mode
 registers Qwen-Image's block for it. The thresholds come from the literature, not from the tiny
 model (its random weights make the residuals move differently; docs/engine.md has both):
 
-- `regular` = 0.08, ParaAttention's setting for FLUX.1-dev ("almost lossless", about 1.5-1.8x);
-- `high` = 0.2, diffusers' own example threshold and the far end of cache-dit/Nunchaku's tables
-  (about 2-3x, visibly softer detail). Once LoRA loading lands, `high` becomes the Lightning 8-step
-  LoRA with its scheduler settings when its weights are configured: `plan_for` is the one seam.
+- `regular` = 0.08, ParaAttention's default for FLUX (diffusers' guide: about 2x on FLUX.1-dev
+  "with very good quality"; cache-dit runs Qwen-Image at a similar 0.12);
+- `high` = 0.2, the threshold of diffusers' own example (third-party FLUX.1-dev tables: about 3x,
+  more drift from `none`). Once LoRA loading lands, `high` becomes the Lightning 8-step LoRA with
+  its scheduler settings when its weights are configured: `plan_for` is the one seam.
 
 The hook keeps its state per cache context (`transformer.cache_context(name)`): our loop names one
 context for a CFG call of both halves and "cond"/"uncond" for two passes, as the stock pipelines

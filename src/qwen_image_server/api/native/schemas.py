@@ -62,9 +62,9 @@ class CreateTaskBody(BaseModel):
         default=Acceleration.NONE,
         description="Speed traded for fidelity. `none`: every block of the transformer at every step. `regular`: "
         "First Block Cache at threshold 0.08 (skips the other blocks at steps where the first block's output barely "
-        "moved; close to `none`, about 1.5x faster on the real model). `high`: the same at threshold 0.2 (about 2x, "
-        "softer detail); it becomes the Lightning 8-step LoRA once LoRA weights can be configured. A level this server "
-        "cannot run (with `compile` on) fails the task with `invalid_parameter`. See docs/engine.md.",
+        "moved; close to `none`, up to about 2x faster). `high`: the same at threshold 0.2 (faster still, more drift "
+        "from `none`); it becomes the Lightning 8-step LoRA once LoRA weights can be configured. A server that cannot "
+        "run a level (`compile` on) refuses it: 400 `invalid_parameter`, param `acceleration`. See docs/engine.md.",
     )
     images: list[str] = Field(
         default_factory=list,
