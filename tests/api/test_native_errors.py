@@ -63,6 +63,7 @@ BAD_BODIES: dict[str, tuple[dict[str, Any], str, str | None]] = {
     "image to t2i": ({**TINY_TASK, "images": [PNG]}, "invalid_parameter", "images"),
     "long prompt": ({**TINY_TASK, "prompt": "fox " * 600}, "prompt_too_long", "prompt"),
     "seed negative": ({**TINY_TASK, "seed": -5}, "invalid_parameter", "seed"),
+    "acceleration max": ({**TINY_TASK, "acceleration": "max"}, "invalid_parameter", "acceleration"),
 }
 
 
@@ -81,6 +82,15 @@ async def test_an_allow_listed_dead_url_is_unavailable(tmp_path: Path) -> None:
     body = {**TINY_TASK, "model": "qwen-image-edit", "images": [DEAD_LOOPBACK_URL]}
     async with Service.build(settings, run_worker=False).running() as service, asgi_client(service) as client:
         assert_native_error(await client.post("/v1/tasks", json=body), 400, "image_unavailable", "images[0]")
+
+
+async def test_a_level_this_server_cannot_run_is_refused_naming_acceleration(tmp_path: Path) -> None:
+    settings = Settings(**TINY_EVERYWHERE, **FAST_SERVICE, data_dir=tmp_path / "data", compile=True)
+    async with Service.build(settings, run_worker=False).running() as service, asgi_client(service) as client:
+        refused = await client.post("/v1/tasks", json={**TINY_TASK, "acceleration": "high"})
+        assert_native_error(refused, 400, "invalid_parameter", "acceleration")
+        assert "compile" in refused.json()["error"]["message"]
+        assert (await client.get("/v1/tasks")).json()["data"] == []
 
 
 async def test_invalid_json_is_400(client: httpx.AsyncClient) -> None:

@@ -71,6 +71,14 @@ async def test_the_same_seed_gives_the_same_pixels(client: httpx.AsyncClient) ->
     assert not np.array_equal(pixels[0], pixels[2])
 
 
+async def test_each_acceleration_level_runs_and_is_echoed(client: httpx.AsyncClient) -> None:
+    for level in ("none", "regular", "high"):
+        task = await run_task(client, acceleration=level, num_inference_steps=4)
+        assert task["status"] == "succeeded", task["error"]
+        assert task["request"]["acceleration"] == level
+        assert len(task["results"]) == 1
+
+
 @pytest.mark.parametrize(("fmt", "pil_format"), [("jpeg", "JPEG"), ("webp", "WEBP")])
 async def test_lossy_formats(client: httpx.AsyncClient, fmt: str, pil_format: str) -> None:
     task = await run_task(client, output_format=fmt)

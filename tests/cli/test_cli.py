@@ -95,6 +95,24 @@ def test_the_format_follows_the_file_name_or_the_flag(tmp_path: Path) -> None:
         written.unlink()
 
 
+def test_acceleration_reaches_the_engine_on_generate_and_edit(
+    fox: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qwen_image_server.domain import Acceleration
+    from qwen_image_server.engine import acceleration
+
+    # A threshold the tiny model's random weights reach (the shipped ones are for the real model).
+    regular = acceleration.AccelerationPlan(Acceleration.REGULAR, 0.3)
+    monkeypatch.setitem(acceleration.PLANS, Acceleration.REGULAR, regular)
+    steps = ["--model", "tiny", "--size", "256x256", "--steps", "12", "--seed", "7"]
+    for command, inputs in (("generate", []), ("edit", ["-i", fox])):
+        plain, fast = tmp_path / f"{command}-none.png", tmp_path / f"{command}-regular.png"
+        assert qwen_image(command, "a red fox", *inputs, *steps, "-o", plain)[0] == 0
+        code, _, stderr = qwen_image(command, "a red fox", *inputs, *steps, "--acceleration", "regular", "-o", fast)
+        assert code == 0, stderr
+        assert not np.array_equal(pixels(plain), pixels(fast))
+
+
 def test_edit_one_image(fox: Path, tmp_path: Path) -> None:
     out = tmp_path / "b.png"
     code, _, stderr = qwen_image("edit", "make it blue", "--image", fox, *FAST, "-o", out)

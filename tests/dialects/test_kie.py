@@ -132,7 +132,15 @@ def test_the_seed_example_replayed_over_http(live_server: LiveServer) -> None:
     assert param["callBackUrl"] == SEED_EXAMPLE["callBackUrl"]
     expected_input = {
         key: SEED_EXAMPLE["input"][key]
-        for key in ("prompt", "image_size", "num_inference_steps", "guidance_scale", "output_format", "negative_prompt")
+        for key in (
+            "prompt",
+            "image_size",
+            "num_inference_steps",
+            "guidance_scale",
+            "output_format",
+            "negative_prompt",
+            "acceleration",
+        )
     }
     assert {key: param["input"][key] for key in expected_input} == expected_input
     assert isinstance(param["input"]["seed"], int), "the seed used is reported"
@@ -166,6 +174,24 @@ async def poll_until_done(client: httpx.AsyncClient, task_id: str) -> dict[str, 
             return data
         assert time.monotonic() < deadline, f"stuck in {data['state']}"
         await asyncio.sleep(0.05)
+
+
+async def test_acceleration_runs_the_level_and_is_echoed(client: httpx.AsyncClient, service: Service) -> None:
+    created = await client.post(CREATE, json=tiny_t2i(acceleration="high", seed=4))
+    task_id = assert_envelope(created, 200)["data"]["taskId"]
+    data = await poll_until_done(client, task_id)
+    assert data["state"] == "success", data["failMsg"]
+    assert json.loads(data["param"])["input"]["acceleration"] == "high"
+    assert (await service.store.get(task_id)).request.acceleration == "high"
+
+
+async def test_a_level_this_server_cannot_run_is_refused_in_the_envelope(tmp_path: Path, engine: Engine) -> None:
+    settings = Settings(**TINY_EVERYWHERE, **FAST_SERVICE, data_dir=tmp_path / "data", compile=True)
+    service = Service.build(settings, engine=engine, run_worker=False)
+    async with service.running(), asgi_client(service, headers=AUTH) as client:
+        body = assert_envelope(await client.post(CREATE, json=tiny_t2i(acceleration="regular")), 422)
+        assert "acceleration" in body["msg"] and "compile" in body["msg"]
+        assert (await service.store.list_tasks()).tasks == []
 
 
 async def test_an_edit_as_jpeg_with_a_callback_url(client: httpx.AsyncClient, service: Service) -> None:
@@ -339,6 +365,7 @@ def test_record_states_and_failures() -> None:
             "seed": 5,
             "guidance_scale": 2.5,
             "output_format": "png",
+            "acceleration": "none",
         },
     }
     running = record_data(make_task(TaskStatus.RUNNING, size=(512, 768)), link)

@@ -17,6 +17,7 @@ from fastapi import Request
 
 from qwen_image_server.api.dialect import Caller
 from qwen_image_server.domain import MAX_INPUT_IMAGES, GenerationRequest
+from qwen_image_server.engine.acceleration import plan_for
 from qwen_image_server.errors import InvalidParameter, QueueFull, QwenImageError, RateLimited
 from qwen_image_server.results.links import SignedLinks
 from qwen_image_server.safe_fetch import IPNetwork, check_url
@@ -57,6 +58,7 @@ async def submit(
     if request.model not in served:
         names = ", ".join(model.value for model in served)
         raise InvalidParameter(f"model {request.model} is not served here; this server serves {names}", param="model")
+    plan_for(request, service.settings)  # a level this server cannot run is refused now, in the dialect's shape
     if callback_url is not None:
         check_url(callback_url)  # a mistyped URL is refused now, not found out by a failed delivery
     if idempotency is not None and (earlier := await service.store.replay(owner, idempotency)) is not None:

@@ -17,6 +17,7 @@ from qwen_image_server.cli.main import app, err, friendly_errors, invalid_settin
 from qwen_image_server.domain import (
     MODEL_SPECS,
     SIZE_PRESETS,
+    Acceleration,
     GenerationRequest,
     ImageResult,
     ModelName,
@@ -56,6 +57,14 @@ FormatOpt = Annotated[
     OutputFormat | None, typer.Option("--format", "-f", help="png, jpeg or webp (default: from -o, else png).")
 ]
 QualityOpt = Annotated[int, typer.Option("--quality", help="JPEG/WebP quality, 1-100.")]
+AccelerationOpt = Annotated[
+    Acceleration,
+    typer.Option(
+        "--acceleration",
+        help="none, regular (skips transformer blocks at steps that change little; close to none) or high "
+        "(skips more, softer detail). See docs/engine.md.",
+    ),
+]
 OutputOpt = Annotated[
     Path | None,
     typer.Option(
@@ -97,6 +106,7 @@ class ImageOptions:
     seed: int | None
     count: int
     quality: int
+    acceleration: Acceleration = Acceleration.NONE
 
     def request(self, model: ModelName, images: tuple[bytes, ...], fmt: OutputFormat) -> GenerationRequest:
         size = parse_size(self.size) if self.size else None
@@ -112,6 +122,7 @@ class ImageOptions:
             num_images_per_prompt=self.count,
             output_format=fmt,
             output_quality=self.quality,
+            acceleration=self.acceleration,
             images=images,
         )
 
@@ -195,13 +206,14 @@ def generate(
     count: CountOpt = 1,
     output_format: FormatOpt = None,
     quality: QualityOpt = 90,
+    acceleration: AccelerationOpt = Acceleration.NONE,
     output: OutputOpt = None,
     device: DeviceOpt = None,
     dtype: DTypeOpt = None,
     offload: OffloadOpt = None,
 ) -> None:
     """Generate images from a text prompt."""
-    options = ImageOptions(prompt, negative, size, steps, cfg, seed, count, quality)
+    options = ImageOptions(prompt, negative, size, steps, cfg, seed, count, quality, acceleration)
     with friendly_errors():
         name, source = _choose_model(model, checkpoint, ModelName.QWEN_IMAGE)
         _execute(name, source, options, [], output, output_format, Placement(device, dtype, offload))
@@ -224,13 +236,14 @@ def edit(
     count: CountOpt = 1,
     output_format: FormatOpt = None,
     quality: QualityOpt = 90,
+    acceleration: AccelerationOpt = Acceleration.NONE,
     output: OutputOpt = None,
     device: DeviceOpt = None,
     dtype: DTypeOpt = None,
     offload: OffloadOpt = None,
 ) -> None:
     """Edit one image, or combine up to three (qwen-image-edit-plus is chosen for more than one)."""
-    options = ImageOptions(prompt, negative, size, steps, cfg, seed, count, quality)
+    options = ImageOptions(prompt, negative, size, steps, cfg, seed, count, quality, acceleration)
     with friendly_errors():
         default = ModelName.QWEN_IMAGE_EDIT if len(image) == 1 else ModelName.QWEN_IMAGE_EDIT_PLUS
         name, source = _choose_model(model, checkpoint, default)

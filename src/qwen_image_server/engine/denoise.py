@@ -14,7 +14,10 @@ grid, same timesteps). So:
   twice the rows: prompts of different lengths are zero-padded to the longest and masked, which the
   transformer supports (`encoder_hidden_states_mask`);
 - each request keeps its own CFG scale, progress callback, previews and cancel flag: a canceled
-  request's rows leave the batch at the next step and the others go on.
+  request's rows leave the batch at the next step and the others go on;
+- every transformer call runs in a cache context (`acceleration.CacheContexts`: one for a CFG call
+  of both halves, "cond"/"uncond" for two passes, renamed when the rows change), so the cache hooks
+  of an acceleration level keep apart what must not mix.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from diffusers.pipelines.qwenimage.pipeline_qwenimage import calculate_shift, re
 from PIL import Image
 
 from qwen_image_server.domain import BatchEntry, Size, StepProgress, generation_size
+from qwen_image_server.engine.acceleration import CacheContexts
 from qwen_image_server.engine.latents import decode_rows
 from qwen_image_server.engine.run import encode_result
 from qwen_image_server.errors import GenerationCanceled, QwenImageError
@@ -78,6 +82,7 @@ class TextToImageBatch:
         self.uses_cfg = first.uses_cfg
         self.multiple = int(pipeline.vae_scale_factor) * 2  # pixels per latent patch, each way
         self.generated: Size = generation_size(first.width, first.height, self.multiple)
+        self.contexts = CacheContexts(pipeline.transformer)
         with torch.inference_mode():
             self.requests = [self._encode(entry) for entry in entries]
 
@@ -165,15 +170,19 @@ class TextToImageBatch:
         """The noise prediction of every row, CFG applied per request with its own scale."""
         positive = [request.positive for request in active for _ in range(request.rows)]
         if not self.uses_cfg:
-            return self._forward(latents, positive, t, guidance)
+            with self.contexts("cond"):
+                return self._forward(latents, positive, t, guidance)
         negative = [request.negative for request in active for _ in range(request.rows) if request.negative]
         if self.cfg_batching:
             doubled = None if guidance is None else torch.cat([guidance, guidance])
-            both = self._forward(torch.cat([latents, latents]), positive + negative, t, doubled)
+            with self.contexts("cfg"):
+                both = self._forward(torch.cat([latents, latents]), positive + negative, t, doubled)
             cond, uncond = both.chunk(2)
         else:
-            cond = self._forward(latents, positive, t, guidance)
-            uncond = self._forward(latents, negative, t, guidance)
+            with self.contexts("cond"):
+                cond = self._forward(latents, positive, t, guidance)
+            with self.contexts("uncond"):
+                uncond = self._forward(latents, negative, t, guidance)
         scales = [request.entry.request.true_cfg_scale for request in active for _ in range(request.rows)]
         # One scale for all: a Python number, as the stock pipeline multiplies (exact in bf16 too).
         scale = scales[0] if len(set(scales)) == 1 else torch.tensor(scales, device=cond.device).view(-1, 1, 1)
@@ -216,6 +225,7 @@ class TextToImageBatch:
                 still.append(request)
         if len(keep) == latents.shape[0]:
             return latents, still, guidance
+        self.contexts.rows_changed()  # what the cache hooks hold is of the old rows
         index = torch.tensor(keep, device=latents.device, dtype=torch.long)
         return latents[index], still, None if guidance is None else guidance[index]
 

@@ -190,7 +190,11 @@ class Engine:
             return len(self._token_counters[model](text, add_special_tokens=False).input_ids)
 
     def validate(self, request: GenerationRequest) -> None:
-        """Checks that need the model (its tokenizer): prompts fit in max_sequence_length tokens."""
+        """Checks that need the model (its tokenizer) or this server's settings: prompts fit in
+        max_sequence_length tokens, the acceleration level can run here."""
+        from qwen_image_server.engine.acceleration import plan_for
+
+        plan_for(request, self.settings)
         limit = request.max_sequence_length
         for param, text in (("prompt", request.prompt), ("negative_prompt", request.negative_prompt)):
             if text is None:
@@ -253,6 +257,7 @@ class Engine:
 
     def _run_call(self, entries: list[BatchEntry]) -> list[list[RenderedPicture] | QwenImageError]:
         """One pipeline call: text-to-image rows in our loop, or one request through a stock pipeline."""
+        from qwen_image_server.engine.acceleration import accelerated, plan_for
         from qwen_image_server.engine.denoise import TextToImageBatch
         from qwen_image_server.engine.memory import recover_from_oom
         from qwen_image_server.engine.run import StockGeneration, failures_translated
@@ -264,11 +269,13 @@ class Engine:
             # memory error can free them (memory.py) and fail this call only.
             with failures_translated(), recover_from_oom(self.settings, free=self._free_after_oom):
                 pipeline = self._pipeline(first.model, inpaint=first.is_inpaint)
-                if first.batch_key is not None:
-                    batch = TextToImageBatch(pipeline, entries, cfg_batching=self.settings.cfg_batching)
-                    pictures = batch.run()
-                else:
-                    pictures = [StockGeneration(pipeline, entries[0]).pictures()]
+                # One level per call: it is part of the batch key, and a request without a key runs alone.
+                with accelerated(pipeline.transformer, plan_for(first, self.settings)):
+                    if first.batch_key is not None:
+                        batch = TextToImageBatch(pipeline, entries, cfg_batching=self.settings.cfg_batching)
+                        pictures = batch.run()
+                    else:
+                        pictures = [StockGeneration(pipeline, entries[0]).pictures()]
         except QwenImageError as exc:
             return [exc for _ in entries]
         return [_rendered(entry.request, outcome) for entry, outcome in zip(entries, pictures, strict=True)]

@@ -87,6 +87,7 @@ def to_generation_request(body: CreateTaskBody, images: tuple[bytes, ...]) -> Ge
         output_format=fields.output_format,
         # The provider takes prompts of up to 5000 characters; let the tokenizer limit be the widest.
         max_sequence_length=MAX_SEQUENCE_LENGTH_CAP,
+        acceleration=fields.acceleration,
         images=images,
     )
 
@@ -98,7 +99,7 @@ def model_name(task: Task) -> str:
 
 def param_json(task: Task) -> str:
     """The create request as the provider echoes it, rebuilt from the stored request. What the task
-    does not keep is left out: `image_url` (the image is stored, not its URL), `acceleration` and
+    does not keep is left out: `image_url` (the image is stored, not its URL) and
     `enable_safety_checker` (ignored). `seed` is the one used, also when the caller gave none."""
     request = task.request
     size = Size(request.width, request.height)
@@ -109,6 +110,7 @@ def param_json(task: Task) -> str:
         "seed": request.seed,
         "guidance_scale": request.true_cfg_scale,
         "output_format": request.output_format.value,
+        "acceleration": request.acceleration.value,
     }
     if request.negative_prompt is not None:
         inputs["negative_prompt"] = request.negative_prompt

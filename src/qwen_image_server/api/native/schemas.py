@@ -18,6 +18,7 @@ from qwen_image_server.domain import (
     SEED_MAX,
     SIZE_PRESETS,
     SIZE_TEXT_PATTERN,
+    Acceleration,
     ModelName,
     OutputFormat,
 )
@@ -56,6 +57,14 @@ class CreateTaskBody(BaseModel):
         ge=0,
         le=MAX_PARTIAL_IMAGES,
         description="Previews per image, decoded from intermediate steps (see `previews`).",
+    )
+    acceleration: Acceleration = Field(
+        default=Acceleration.NONE,
+        description="Speed traded for fidelity. `none`: every block of the transformer at every step. `regular`: "
+        "First Block Cache at threshold 0.08 (skips the other blocks at steps where the first block's output barely "
+        "moved; close to `none`, up to about 2x faster). `high`: the same at threshold 0.2 (faster still, more drift "
+        "from `none`); it becomes the Lightning 8-step LoRA once LoRA weights can be configured. A server that cannot "
+        "run a level (`compile` on) refuses it: 400 `invalid_parameter`, param `acceleration`. See docs/engine.md.",
     )
     images: list[str] = Field(
         default_factory=list,
@@ -104,6 +113,7 @@ class RequestOut(BaseModel):
     n: int
     output_format: str
     input_images: int
+    acceleration: str
 
 
 class TaskOut(BaseModel):

@@ -41,6 +41,7 @@ def to_generation_request(body: CreateTaskBody, images: tuple[bytes, ...]) -> Ge
         output_quality=body.output_quality,
         max_sequence_length=body.max_sequence_length,
         partial_images=body.partial_images,
+        acceleration=body.acceleration,
         images=images,
     )
 
@@ -86,6 +87,7 @@ def to_task_out(task: Task, link: ResultLinker, queue_position: int | None = Non
             n=request.num_images_per_prompt,
             output_format=request.output_format.value,
             input_images=request.input_image_count,
+            acceleration=request.acceleration.value,
         ),
         results=[_result_out(image, task, link) for image in task.results],
         previews=[_result_out(image, task, link) for image in task.previews],
