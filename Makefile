@@ -43,4 +43,4 @@ clean:
 gpu-wheels: $(STAMP)
 	$(BIN)/python -m pip download --quiet --no-deps -d gpu-wheels diffusers==0.42.1 torchao==0.18.0 \
 		pydantic pydantic-core annotated-types pydantic-settings python-dotenv typing-inspection httpx httpcore h11 \
-		anyio sniffio certifi importlib-metadata zipp
+		anyio sniffio certifi importlib-metadata zipp pillow requests urllib3 idna charset-normalizer

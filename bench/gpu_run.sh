@@ -13,9 +13,11 @@ mkdir -p "$OUT"
 # Only what is missing: the machine's own torch, transformers and accelerate stay as they are.
 python3 - <<'PY'
 import glob, importlib.util, subprocess, sys
-# (Wheels with compiled code, pydantic-core's, are for the Python that ran `make gpu-wheels`.)
+# (Wheels with compiled code, pydantic-core's and Pillow's, are for the Python that ran `make gpu-wheels`.)
 wanted = {"diffusers": "diffusers", "torchao": "torchao", "pydantic": "pydantic", "pydantic_core": "pydantic_core",
           "annotated_types": "annotated_types", "importlib_metadata": "importlib_metadata", "zipp": "zipp",
+          "PIL": "pillow", "requests": "requests", "urllib3": "urllib3", "idna": "idna",
+          "charset_normalizer": "charset_normalizer",
           "pydantic_settings": "pydantic_settings",
           "dotenv": "python_dotenv", "typing_inspection": "typing_inspection", "httpx": "httpx",
           "httpcore": "httpcore", "h11": "h11", "anyio": "anyio", "sniffio": "sniffio", "certifi": "certifi"}
