@@ -60,7 +60,15 @@ BAD_BODIES: dict[str, tuple[dict[str, Any], str, str | None]] = {
         "url_not_allowed",
         "images[0]",
     ),
-    "image to t2i": ({**TINY_TASK, "images": [PNG]}, "invalid_parameter", "images"),
+    "two images to qwen-image": ({**TINY_TASK, "images": [PNG, PNG]}, "invalid_parameter", "images"),
+    "strength without an image": ({**TINY_TASK, "strength": 0.5}, "invalid_parameter", "strength"),
+    "strength 0": ({**TINY_TASK, "images": [PNG], "strength": 0}, "invalid_parameter", "strength"),
+    "strength above 1": ({**TINY_TASK, "images": [PNG], "strength": 1.5}, "invalid_parameter", "strength"),
+    "strength on an edit": (
+        {**TINY_TASK, "model": "qwen-image-edit", "images": [PNG], "strength": 0.5},
+        "invalid_parameter",
+        "strength",
+    ),
     "long prompt": ({**TINY_TASK, "prompt": "fox " * 600}, "prompt_too_long", "prompt"),
     "seed negative": ({**TINY_TASK, "seed": -5}, "invalid_parameter", "seed"),
 }

@@ -42,6 +42,7 @@ def to_generation_request(body: CreateTaskBody, images: tuple[bytes, ...]) -> Ge
         max_sequence_length=body.max_sequence_length,
         partial_images=body.partial_images,
         images=images,
+        strength=body.strength,
     )
 
 
@@ -86,6 +87,7 @@ def to_task_out(task: Task, link: ResultLinker, queue_position: int | None = Non
             n=request.num_images_per_prompt,
             output_format=request.output_format.value,
             input_images=request.input_image_count,
+            strength=request.strength,
         ),
         results=[_result_out(image, task, link) for image in task.results],
         previews=[_result_out(image, task, link) for image in task.previews],
