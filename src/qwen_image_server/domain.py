@@ -50,6 +50,10 @@ MAX_PARTIAL_IMAGES = 3
 # diffusers' edit-inpaint pipeline ignores the asked size (it always works at ~1 MP), so masks go
 # through QwenImageInpaintPipeline, with the text-to-image weights.
 MASKABLE_MODELS = frozenset({"qwen-image"})
+# How far image-to-image goes from its input: diffusers' `QwenImageImg2ImgPipeline` default. Inpainting
+# keeps full strength by default (the masked area is made anew from the prompt), as it always has.
+DEFAULT_IMAGE_TO_IMAGE_STRENGTH = 0.6
+DEFAULT_INPAINT_STRENGTH = 1.0
 MAX_PROMPT_CHARS = 20_000  # a cheap guard before the tokenizer measures the real limit
 EDIT_TARGET_AREA = 1024 * 1024  # an edit with no size keeps the input's aspect ratio at ~1 MP
 _TRUSTED = "trusted"  # validation context: the request was validated before it was stored
@@ -74,11 +78,14 @@ class ModelSpec:
 
     @property
     def is_edit(self) -> bool:
-        return self.max_input_images > 0
+        """An edit model needs an input image; qwen-image takes one only to start from (image-to-image)."""
+        return self.min_input_images > 0
 
 
 MODEL_SPECS: dict[ModelName, ModelSpec] = {
-    ModelName.QWEN_IMAGE: ModelSpec(ModelName.QWEN_IMAGE, 0, 0, 50, 4.0, "text-to-image"),
+    ModelName.QWEN_IMAGE: ModelSpec(
+        ModelName.QWEN_IMAGE, 0, 1, 50, 4.0, "text-to-image; image-to-image or inpainting from one input image"
+    ),
     ModelName.QWEN_IMAGE_EDIT: ModelSpec(ModelName.QWEN_IMAGE_EDIT, 1, 1, 50, 4.0, "edit one image"),
     ModelName.QWEN_IMAGE_EDIT_PLUS: ModelSpec(
         ModelName.QWEN_IMAGE_EDIT_PLUS, 1, 3, 40, 4.0, "edit or combine 1-3 images"
@@ -93,6 +100,14 @@ class Acceleration(StrEnum):
     NONE = "none"
     REGULAR = "regular"
     HIGH = "high"
+
+
+class PipelineMode(StrEnum):
+    """Which pipeline of a model a request runs; `GenerationRequest.pipeline_mode` decides it."""
+
+    STANDARD = "standard"  # the model's own: text-to-image for qwen-image, the edit for the edit models
+    IMAGE_TO_IMAGE = "image_to_image"  # qwen-image from one input image, `strength` of the way
+    INPAINT = "inpaint"  # qwen-image repainting the masked area of one input image
 
 
 class OutputFormat(StrEnum):
@@ -228,7 +243,10 @@ class GenerationRequest(BaseModel):
     # Previews decoded from intermediate steps, per image, evenly spread over the denoising.
     partial_images: int = Field(default=0, ge=0, le=MAX_PARTIAL_IMAGES)
     acceleration: Acceleration = Acceleration.NONE
-    # Image-to-image: how far from the input image the result may go (1: all the way, a new picture).
+    # Image-to-image and inpainting (qwen-image with one input image): how far from the input image
+    # the result may go (1: all the way, a new picture); the denoising starts that far in, so only
+    # about strength x num_inference_steps steps run (`denoising_steps`). Filled with the default of
+    # the mode (0.6 image-to-image, 1.0 inpainting); None for the other requests, which refuse it.
     strength: float | None = Field(default=None, gt=0.0, le=1.0)
     # How many input images, and whether a mask, the request has. Filled from `images` and `mask`, and
     # kept when their bytes are held apart: the task store keeps them out of the task row
@@ -279,12 +297,27 @@ class GenerationRequest(BaseModel):
         return [(self.seed + index) % (SEED_MAX + 1) for index in range(self.num_images_per_prompt)]
 
     @property
-    def is_inpaint(self) -> bool:
-        return self.has_mask
+    def pipeline_mode(self) -> PipelineMode:
+        if self.has_mask:
+            return PipelineMode.INPAINT
+        if self.model is ModelName.QWEN_IMAGE and self.input_image_count:
+            return PipelineMode.IMAGE_TO_IMAGE
+        return PipelineMode.STANDARD
+
+    @property
+    def denoising_steps(self) -> int:
+        """The steps that really run: with a `strength` s the stock pipelines skip the first
+        (1 - s) x num_inference_steps of the schedule; this is their arithmetic (`get_timesteps`)."""
+        steps = self.num_inference_steps
+        if self.strength is None:
+            return steps
+        skipped = int(max(steps - min(steps * self.strength, steps), 0))
+        return steps - skipped
 
     def partial_steps(self) -> list[int]:
-        """The 1-based steps (of each image) after which a preview is decoded, evenly spread."""
-        steps, count = self.num_inference_steps, self.partial_images
+        """The 1-based steps (of each image) after which a preview is decoded, evenly spread over
+        the steps that run."""
+        steps, count = self.denoising_steps, self.partial_images
         return sorted({max(1, round(steps * (i + 1) / (count + 1))) for i in range(count)})
 
     @property
@@ -321,6 +354,8 @@ class GenerationRequest(BaseModel):
             data["input_image_count"] = len(data["images"])
         if data.get("mask") is not None:
             data["has_mask"] = True
+        if spec.name is ModelName.QWEN_IMAGE and data.get("input_image_count") and "strength" not in data:
+            data["strength"] = DEFAULT_INPAINT_STRENGTH if data.get("has_mask") else DEFAULT_IMAGE_TO_IMAGE_STRENGTH
         data.setdefault("num_inference_steps", spec.default_steps)
         data.setdefault("true_cfg_scale", spec.default_true_cfg_scale)
         if "seed" not in data:
@@ -373,15 +408,41 @@ class GenerationRequest(BaseModel):
             return self
         if spec.min_input_images <= count <= spec.max_input_images:
             return self
-        if spec.max_input_images == 0:
-            hint = "use an edit model (qwen-image-edit or qwen-image-edit-plus) to change images"
-            raise InvalidParameter(f"{spec.name} takes no input images; {hint}", param="images")
+        if not spec.is_edit:
+            hint = "use qwen-image-edit-plus to edit or combine 2-3 images"
+            raise InvalidParameter(
+                f"{spec.name} takes at most one input image (image-to-image), got {count}; {hint}", param="images"
+            )
         allowed = (
             str(spec.max_input_images)
             if spec.min_input_images == spec.max_input_images
             else f"{spec.min_input_images} to {spec.max_input_images}"
         )
         raise InvalidParameter(f"{spec.name} takes {allowed} input image(s), got {count}", param="images")
+
+    @model_validator(mode="after")
+    def _strength_fits_mode(self) -> Self:
+        if self.strength is None:
+            return self
+        if self.pipeline_mode is PipelineMode.STANDARD:
+            if self.spec.is_edit:
+                raise InvalidParameter(
+                    f"strength is not used by {self.model}, which always edits from the whole input image; "
+                    "leave it out, or use qwen-image with one input image for image-to-image",
+                    param="strength",
+                )
+            raise InvalidParameter(
+                "strength is for image-to-image: give qwen-image one input image (images) to start from, "
+                "or leave strength out",
+                param="strength",
+            )
+        if self.denoising_steps < 1:
+            raise InvalidParameter(
+                f"strength {self.strength} of {self.num_inference_steps} steps leaves no step to run; "
+                "raise strength or num_inference_steps",
+                param="strength",
+            )
+        return self
 
 
 def _default_size(spec: ModelSpec, inputs: tuple[bytes, ...] | list[bytes]) -> Size:
@@ -392,7 +453,11 @@ def _default_size(spec: ModelSpec, inputs: tuple[bytes, ...] | list[bytes]) -> S
     return size_for_aspect(width, height)
 
 
-_BOUND_WORDS = {"greater_than_equal": ("ge", "at least"), "less_than_equal": ("le", "at most")}
+_BOUND_WORDS = {
+    "greater_than_equal": ("ge", "at least"),
+    "less_than_equal": ("le", "at most"),
+    "greater_than": ("gt", "more than"),
+}
 
 
 def _invalid_parameter(exc: ValidationError) -> InvalidParameter:

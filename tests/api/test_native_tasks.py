@@ -118,6 +118,20 @@ async def test_edit_with_a_base64_image_and_edit_plus_with_two(client: httpx.Asy
     assert one["request"]["input_images"] == 1 and two["request"]["input_images"] == 2
 
 
+async def test_image_to_image_with_strength_runs_the_steps_it_asks(client: httpx.AsyncClient) -> None:
+    png = base64.b64encode(picture_bytes((96, 64))).decode()
+    task = await run_task(client, images=[png], strength=0.5, num_inference_steps=4, size="256x256")
+    assert task["status"] == "succeeded", task["error"]
+    assert task["progress"] == {"step": 2, "total": 2, "percent": 100.0}  # 0.5 x 4 steps
+    assert task["request"]["input_images"] == 1 and task["request"]["strength"] == 0.5
+    [result] = task["results"]
+    assert picture((await download(client, result["url"])).content).size == (256, 256)
+    default = await run_task(client, images=[png], size="256x256")
+    assert default["request"]["strength"] == 0.6
+    plain = await run_task(client)
+    assert plain["request"]["strength"] is None
+
+
 async def test_listing_filters_by_status_and_pages(client: httpx.AsyncClient) -> None:
     ids = [(await client.post("/v1/tasks?wait=60", json=TINY_TASK)).json()["id"] for _ in range(3)]
     first = (await client.get("/v1/tasks", params={"limit": 2, "status": "succeeded"})).json()

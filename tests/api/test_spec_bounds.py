@@ -73,6 +73,9 @@ async def test_native_enums_and_patterns_are_in_the_spec(spec: dict[str, Any]) -
         assert size.match(text) and domain.parse_size(text)
     assert not size.match("big")
     assert fields["images"]["maxItems"] == domain.MAX_INPUT_IMAGES
+    strength = next(option for option in fields["strength"]["anyOf"] if "maximum" in option)
+    assert (strength["exclusiveMinimum"], strength["maximum"]) == (0.0, 1.0)
+    assert "Default 0.6" in fields["strength"]["description"]
 
 
 @pytest.mark.parametrize(

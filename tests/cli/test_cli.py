@@ -113,6 +113,22 @@ def test_acceleration_reaches_the_engine_on_generate_and_edit(
         assert not np.array_equal(pixels(plain), pixels(fast))
 
 
+def test_generate_from_an_image_with_a_strength(fox: Path, tmp_path: Path) -> None:
+    low, high = tmp_path / "low.png", tmp_path / "high.png"
+    steps = ["--model", "tiny", "--size", "256x256", "--steps", "4", "--seed", "7"]
+    code, stdout, stderr = qwen_image("generate", "a fox", "-i", fox, "--strength", "0.5", *steps, "-o", low)
+    assert code == 0, stderr
+    assert format_and_size(low) == ("PNG", (256, 256)) and reported_seeds(stdout) == [7]
+    assert qwen_image("generate", "a fox", "--image", fox, "--strength", "1", *steps, "-o", high)[0] == 0
+    assert not np.array_equal(pixels(low), pixels(high))
+
+
+def test_a_strength_without_an_image_is_refused_naming_it(tmp_path: Path) -> None:
+    code, _, stderr = qwen_image("generate", "fox", *FAST, "--strength", "0.5", "-o", tmp_path / "x.png")
+    assert code != 0
+    assert "strength" in stderr and not (tmp_path / "x.png").exists()
+
+
 def test_edit_one_image(fox: Path, tmp_path: Path) -> None:
     out = tmp_path / "b.png"
     code, _, stderr = qwen_image("edit", "make it blue", "--image", fox, *FAST, "-o", out)

@@ -10,6 +10,7 @@ from qwen_image_server.domain import (
     GenerationRequest,
     ModelName,
     OutputFormat,
+    PipelineMode,
     Size,
     generation_size,
     parse_size,
@@ -90,7 +91,12 @@ def test_each_image_gets_its_own_seed_wrapping_at_the_maximum() -> None:
         ({"output_quality": 0}, "output_quality", "at least 1"),
         ({"max_sequence_length": 2048}, "max_sequence_length", "at most 1024"),
         ({"colour": "red"}, "colour", "not a known parameter"),
-        ({"images": (picture_bytes(),)}, "images", "takes no input images"),
+        ({"images": (picture_bytes(),) * 2}, "images", "at most one input image"),
+        ({"strength": 0.5}, "strength", "give qwen-image one input image"),
+        ({"strength": 0, "images": (picture_bytes(),)}, "strength", "more than 0"),
+        ({"strength": 1.5, "images": (picture_bytes(),)}, "strength", "at most 1"),
+        ({"strength": 1e-20, "images": (picture_bytes(),)}, "strength", "raise strength or num_inference_steps"),
+        ({"model": "qwen-image-edit", "images": (picture_bytes(),), "strength": 0.5}, "strength", "leave it out"),
     ],
 )
 def test_bad_requests_fail_with_the_parameter_named(fields: dict[str, object], param: str, words: str) -> None:
@@ -205,4 +211,50 @@ def test_requests_that_can_share_a_call_have_one_batch_key() -> None:
     assert key(num_inference_steps=30) != shared
     assert key(true_cfg_scale=1.0) != shared
     assert key(images=(picture_bytes(),), mask=picture_bytes()) is None
+    assert key(images=(picture_bytes(),)) is None  # image-to-image
     assert key(model="qwen-image-edit", images=(picture_bytes(),)) is None
+
+
+def test_qwen_image_with_one_image_and_no_mask_is_image_to_image_at_diffusers_default_strength() -> None:
+    request = make(images=(picture_bytes(),), num_inference_steps=10)
+    assert request.pipeline_mode is PipelineMode.IMAGE_TO_IMAGE
+    assert request.strength == 0.6
+    assert make(images=(picture_bytes(),), strength=0.25).strength == 0.25
+
+
+def test_inpainting_keeps_full_strength_by_default_and_honours_a_given_one() -> None:
+    mask = picture_bytes()
+    assert make(images=(picture_bytes(),), mask=mask).pipeline_mode is PipelineMode.INPAINT
+    assert make(images=(picture_bytes(),), mask=mask).strength == 1.0
+    assert make(images=(picture_bytes(),), mask=mask, strength=0.5).strength == 0.5
+
+
+def test_requests_without_a_starting_image_have_no_strength() -> None:
+    assert make().pipeline_mode is PipelineMode.STANDARD and make().strength is None
+    edit = make(model="qwen-image-edit", images=(picture_bytes(),))
+    assert edit.pipeline_mode is PipelineMode.STANDARD and edit.strength is None
+
+
+@pytest.mark.parametrize(
+    ("steps", "strength", "run"),
+    [(10, None, 10), (10, 1.0, 10), (10, 0.6, 6), (4, 0.6, 3), (50, 0.3, 15), (2, 0.1, 1), (3, 0.5, 2)],
+)
+def test_denoising_steps_are_those_the_stock_pipelines_run(steps: int, strength: float | None, run: int) -> None:
+    images = (picture_bytes(),) if strength is not None else ()
+    request = make(num_inference_steps=steps, strength=strength, images=images)
+    assert request.denoising_steps == run
+
+
+def test_previews_are_spread_over_the_steps_that_run() -> None:
+    request = make(images=(picture_bytes(),), num_inference_steps=10, strength=0.6, partial_images=2)
+    assert request.denoising_steps == 6
+    assert request.partial_steps() == [2, 4]
+
+
+def test_a_stored_inpainting_request_from_before_strength_loads_at_full_strength() -> None:
+    stored = make(images=(picture_bytes(),), mask=picture_bytes()).to_stored_json()
+    old = stored.replace(',"strength":1.0', "")
+    assert '"strength"' not in old
+    assert GenerationRequest.from_stored_json(old).strength == 1.0
+    again = make(images=(picture_bytes(),), strength=0.3).to_stored_json()
+    assert GenerationRequest.from_stored_json(again).strength == 0.3

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from qwen_image_server.cli.main import app, err, friendly_errors, invalid_setting, out
 from qwen_image_server.domain import (
+    DEFAULT_IMAGE_TO_IMAGE_STRENGTH,
     MODEL_SPECS,
     SIZE_PRESETS,
     Acceleration,
@@ -107,6 +108,7 @@ class ImageOptions:
     count: int
     quality: int
     acceleration: Acceleration = Acceleration.NONE
+    strength: float | None = None
 
     def request(self, model: ModelName, images: tuple[bytes, ...], fmt: OutputFormat) -> GenerationRequest:
         size = parse_size(self.size) if self.size else None
@@ -124,6 +126,7 @@ class ImageOptions:
             output_quality=self.quality,
             acceleration=self.acceleration,
             images=images,
+            strength=self.strength,
         )
 
 
@@ -169,7 +172,7 @@ def _run(settings: Settings, request: GenerationRequest, output: Path | None) ->
             "note: the tiny model has random weights; its images are noise, made by the real pipeline",
             soft_wrap=True,
         )
-    with _step_progress(request.num_inference_steps * request.num_images_per_prompt) as on_step:
+    with _step_progress(request.denoising_steps) as on_step:  # the images of a request are made together
         results = engine.generate(request, on_step=on_step, cancel=threading.Event())
     for path, result in zip(paths, results, strict=True):
         _save(path, result)
@@ -211,12 +214,26 @@ def generate(
     device: DeviceOpt = None,
     dtype: DTypeOpt = None,
     offload: OffloadOpt = None,
+    image: Annotated[
+        str | None,
+        typer.Option(
+            "--image", "-i", help="Image-to-image: start from this image (a path, an http(s) URL or a data URI)."
+        ),
+    ] = None,
+    strength: Annotated[
+        float | None,
+        typer.Option(
+            "--strength",
+            help=f"With --image: how far from it to go, above 0 to 1 (default {DEFAULT_IMAGE_TO_IMAGE_STRENGTH}).",
+        ),
+    ] = None,
 ) -> None:
-    """Generate images from a text prompt."""
-    options = ImageOptions(prompt, negative, size, steps, cfg, seed, count, quality, acceleration)
+    """Generate images from a text prompt, or from a prompt and a starting image (--image)."""
+    options = ImageOptions(prompt, negative, size, steps, cfg, seed, count, quality, acceleration, strength)
     with friendly_errors():
         name, source = _choose_model(model, checkpoint, ModelName.QWEN_IMAGE)
-        _execute(name, source, options, [], output, output_format, Placement(device, dtype, offload))
+        refs = [image] if image is not None else []
+        _execute(name, source, options, refs, output, output_format, Placement(device, dtype, offload))
 
 
 @app.command()

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from qwen_image_server.domain import BatchEntry, ImageResult, ModelName, StepProgress
+from qwen_image_server.domain import BatchEntry, ImageResult, ModelName, PipelineMode, StepProgress
 from qwen_image_server.errors import PromptTooLong, QwenImageError
 from qwen_image_server.settings import Settings
 
@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 StepCallback = Callable[[StepProgress], None]
 PartialCallback = Callable[[ImageResult], None]
+# One pipeline per model and mode (image-to-image and inpainting are other pipelines on the same weights).
+PipelineKey = tuple[ModelName, PipelineMode]
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -62,9 +64,9 @@ class Engine:
         self._lock = threading.RLock()
         self._pool: ComponentPool | None = None
         self._residency: Residency | None = None
-        self._pipelines: dict[tuple[ModelName, bool], DiffusionPipeline] = {}  # (model, inpaint)
+        self._pipelines: dict[PipelineKey, DiffusionPipeline] = {}
         self._checkpoints: dict[ModelName, Checkpoint] = {}
-        self._active: tuple[ModelName, bool] | None = None
+        self._active: PipelineKey | None = None
         self._placed_modules: set[int] = set()
         # Tokenizers used only to count tokens, copied at load: counting must not wait for the
         # generation lock, and the pipelines change their tokenizer's padding state while running.
@@ -81,10 +83,10 @@ class Engine:
             self._pipeline(model)
             return self._describe(model)
 
-    def pipeline(self, model: ModelName) -> DiffusionPipeline:
-        """The diffusers pipeline behind `model`, loaded on first use (for inspection and tests)."""
+    def pipeline(self, model: ModelName, mode: PipelineMode = PipelineMode.STANDARD) -> DiffusionPipeline:
+        """The diffusers pipeline behind `model` in `mode`, loaded on first use (for inspection and tests)."""
         with self._lock:
-            return self._pipeline(model)
+            return self._pipeline(model, mode)
 
     def loaded(self) -> list[LoadedModel]:
         with self._lock:
@@ -95,16 +97,16 @@ class Engine:
             model, self._checkpoints[model].ref, str(self._device), str(self._dtype).removeprefix("torch.")
         )
 
-    def _pipeline(self, model: ModelName, *, inpaint: bool = False) -> DiffusionPipeline:
+    def _pipeline(self, model: ModelName, mode: PipelineMode = PipelineMode.STANDARD) -> DiffusionPipeline:
         from qwen_image_server.engine.loading import resolve_checkpoint
 
-        key = (model, inpaint)
+        key = (model, mode)
         pool = self._component_pool()
         checkpoint = self._checkpoints.get(model) or resolve_checkpoint(self.settings.checkpoint_for(model))
         residency = self._residency_policy()
         residency.prepare(checkpoint)  # before loading: a new transformer may need the room
         if key not in self._pipelines:
-            self._pipelines[key] = pool.pipeline(model, checkpoint, inpaint=inpaint)
+            self._pipelines[key] = pool.pipeline(model, checkpoint, mode)
             if model not in self._checkpoints:
                 self._checkpoints[model] = checkpoint
                 self._token_counters[model] = copy.deepcopy(self._pipelines[key].tokenizer)
@@ -164,7 +166,7 @@ class Engine:
         if evicted:
             log.warning("out of GPU memory: evicted the idle models' transformers %s", ", ".join(evicted))
 
-    def _activate(self, key: tuple[ModelName, bool], pipeline: DiffusionPipeline) -> None:
+    def _activate(self, key: PipelineKey, pipeline: DiffusionPipeline) -> None:
         if self._active == key:
             return
         from qwen_image_server.engine.devices import place_pipeline
@@ -268,7 +270,7 @@ class Engine:
             # One call above the functions whose locals hold the activations, so that an out-of-
             # memory error can free them (memory.py) and fail this call only.
             with failures_translated(), recover_from_oom(self.settings, free=self._free_after_oom):
-                pipeline = self._pipeline(first.model, inpaint=first.is_inpaint)
+                pipeline = self._pipeline(first.model, first.pipeline_mode)
                 # One level per call: it is part of the batch key, and a request without a key runs alone.
                 with accelerated(pipeline.transformer, plan_for(first, self.settings)):
                     if first.batch_key is not None:

@@ -1,4 +1,5 @@
-"""Latents to pictures, the way the Qwen-Image pipelines decode their final latents."""
+"""Latents to pictures, the way the Qwen-Image pipelines decode their final latents, and an input
+picture to the latents image-to-image starts from."""
 
 from __future__ import annotations
 
@@ -42,3 +43,24 @@ def decode_latents(pipeline: Any, latents: torch.Tensor, generated: Size) -> lis
         decoded = pipeline.vae.decode(unpacked / inverse_std + mean, return_dict=False)[0][:, :, 0]
         pictures: list[Image.Image] = pipeline.image_processor.postprocess(decoded, output_type="pil")
         return pictures
+
+
+def encode_picture(pipeline: Any, picture: Image.Image, generated: Size) -> torch.Tensor:
+    """`picture` resized to `generated` and encoded to normalized latents `[1, channels, h, w]`, the
+    form the image-to-image pipeline takes in place of a picture (it skips its own encoding then).
+
+    The latents are the mean of the VAE's posterior, as the edit pipelines encode their inputs; the
+    stock image-to-image pipeline would draw a sample with the first image's generator, so image i
+    of a request would not be the image of a one-image request with seed `seed + i`."""
+    with torch.inference_mode():
+        pixels = pipeline.image_processor.preprocess(picture, height=generated.height, width=generated.width)
+        vae = pipeline.vae
+        pixels = pixels.to(device=pipeline._execution_device, dtype=vae.dtype).unsqueeze(2)  # one frame
+        latents = vae.encode(pixels).latent_dist.mode()
+        config = vae.config
+        shape = (1, config.z_dim, 1, 1, 1)
+        mean = torch.tensor(config.latents_mean).view(shape).to(latents.device, latents.dtype)
+        # As the pipelines compute it (times 1/std), so that the latents match theirs bit for bit.
+        inverse_std = 1.0 / torch.tensor(config.latents_std).view(shape).to(latents.device, latents.dtype)
+        normalized: torch.Tensor = ((latents - mean) * inverse_std)[:, :, 0]
+        return normalized

@@ -28,12 +28,13 @@ from diffusers import (
     DiffusionPipeline,
     QwenImageEditPipeline,
     QwenImageEditPlusPipeline,
+    QwenImageImg2ImgPipeline,
     QwenImageInpaintPipeline,
     QwenImagePipeline,
     QwenImageTransformer2DModel,
 )
 
-from qwen_image_server.domain import ModelName
+from qwen_image_server.domain import ModelName, PipelineMode
 from qwen_image_server.engine.processor import load_processor
 from qwen_image_server.engine.tiny import TINY_CHECKPOINT, build_tiny_components, build_tiny_transformer
 from qwen_image_server.errors import CheckpointUnavailable
@@ -44,9 +45,10 @@ PIPELINE_CLASSES: dict[ModelName, type[DiffusionPipeline]] = {
     ModelName.QWEN_IMAGE_EDIT: QwenImageEditPipeline,
     ModelName.QWEN_IMAGE_EDIT_PLUS: QwenImageEditPlusPipeline,
 }
-# Inpainting (a mask) runs the same weights through these pipelines.
-INPAINT_PIPELINE_CLASSES: dict[ModelName, type[DiffusionPipeline]] = {
-    ModelName.QWEN_IMAGE: QwenImageInpaintPipeline,
+# Image-to-image and inpainting run the text-to-image weights through these pipelines.
+MODE_PIPELINE_CLASSES: dict[tuple[ModelName, PipelineMode], type[DiffusionPipeline]] = {
+    (ModelName.QWEN_IMAGE, PipelineMode.IMAGE_TO_IMAGE): QwenImageImg2ImgPipeline,
+    (ModelName.QWEN_IMAGE, PipelineMode.INPAINT): QwenImageInpaintPipeline,
 }
 SHARED_COMPONENTS = ("text_encoder", "vae")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -120,9 +122,11 @@ class ComponentPool:
         self._shared: dict[str, Any] = {}
         self._by_checkpoint: dict[str, dict[str, Any]] = {}
 
-    def pipeline(self, model: ModelName, checkpoint: Checkpoint, *, inpaint: bool = False) -> DiffusionPipeline:
+    def pipeline(
+        self, model: ModelName, checkpoint: Checkpoint, mode: PipelineMode = PipelineMode.STANDARD
+    ) -> DiffusionPipeline:
         components = self._components(model, checkpoint)
-        pipeline_class = INPAINT_PIPELINE_CLASSES[model] if inpaint else PIPELINE_CLASSES[model]
+        pipeline_class = pipeline_class_for(model, mode)
         wanted = _component_names(pipeline_class)
         missing = wanted - components.keys()
         if missing:
@@ -192,6 +196,12 @@ class ComponentPool:
         elif model is not ModelName.QWEN_IMAGE:
             raise CheckpointUnavailable(f"{folder} has no processor/ folder, so it cannot serve the edit model {model}")
         return components
+
+
+def pipeline_class_for(model: ModelName, mode: PipelineMode) -> type[DiffusionPipeline]:
+    if mode is PipelineMode.STANDARD:
+        return PIPELINE_CLASSES[model]
+    return MODE_PIPELINE_CLASSES[(model, mode)]  # the domain allows the other modes only where they are here
 
 
 @contextlib.contextmanager

@@ -1,10 +1,14 @@
-"""Running the engine's calls: the stock diffusers pipelines for edits and inpainting, the failures
-of either path translated once, and the encoding of pictures.
+"""Running the engine's calls: the stock diffusers pipelines for edits, image-to-image and
+inpainting, the failures of either path translated once, and the encoding of pictures.
 
-Text-to-image runs our own loop (`denoise.py`); the edit and inpaint pipelines run as diffusers
-ships them, all images of a request in one call of batch n (one CPU generator per image, so image i
-is the image of a one-image request with seed `seed + i`; the prompt and the input images are
+Text-to-image runs our own loop (`denoise.py`); the edit, image-to-image and inpaint pipelines run as
+diffusers ships them, all images of a request in one call of batch n (one CPU generator per image, so
+image i is the image of a one-image request with seed `seed + i`; the prompt and the input images are
 encoded once).
+
+With a `strength` s (image-to-image, inpainting) the pipelines start s of the way into the schedule
+and run only `request.denoising_steps` (about s x num_inference_steps) steps: progress counts those,
+so it ends at 100%, and previews are spread over them.
 
 The pipelines make sides in multiples of their grid (16 for Qwen-Image) and would silently round
 any other size down; a request of another size is generated at the next multiple up and its centre
@@ -25,11 +29,12 @@ from qwen_image_server.domain import (
     GenerationRequest,
     ImageResult,
     ModelName,
+    PipelineMode,
     Size,
     StepProgress,
     generation_size,
 )
-from qwen_image_server.engine.latents import decode_rows
+from qwen_image_server.engine.latents import decode_rows, encode_picture
 from qwen_image_server.errors import GenerationCanceled, GenerationFailed, QwenImageError
 from qwen_image_server.images import crop_centre, decode_input_image, decode_mask, encode_image
 
@@ -75,7 +80,7 @@ class StockGeneration:
         request, entry = self.request, self.entry
         if entry.on_step is not None:
             count = request.num_images_per_prompt
-            entry.on_step(StepProgress(step=step + 1, total=request.num_inference_steps, image_index=count - 1))
+            entry.on_step(StepProgress(step=step + 1, total=request.denoising_steps, image_index=count - 1))
         if entry.cancel is not None and entry.cancel.is_set():
             raise GenerationCanceled("the generation was canceled")
         if entry.on_partial is not None and step + 1 in self.partial_steps:
@@ -109,9 +114,14 @@ def pipeline_arguments(pipeline: Any, request: GenerationRequest, generated: Siz
     if pipeline.transformer.config.guidance_embeds:
         arguments["guidance_scale"] = request.guidance_scale if request.guidance_scale is not None else 1.0
     inputs = [decode_input_image(data, index=i) for i, data in enumerate(request.images)]
-    if request.mask is not None:
-        # Full strength: the masked area is generated anew from the prompt, the rest is kept.
-        arguments.update(image=inputs[0], mask_image=decode_mask(request.mask), strength=1.0)
+    mode = request.pipeline_mode
+    if mode is PipelineMode.INPAINT:
+        # The masked area is generated from the prompt (anew at strength 1), the rest is kept.
+        assert request.mask is not None
+        arguments.update(image=inputs[0], mask_image=decode_mask(request.mask), strength=request.strength)
+    elif mode is PipelineMode.IMAGE_TO_IMAGE:
+        # The input resized to the generated size (stretched to another aspect ratio), as latents.
+        arguments.update(image=encode_picture(pipeline, inputs[0], generated), strength=request.strength)
     elif request.model is ModelName.QWEN_IMAGE_EDIT:
         arguments["image"] = inputs[0]
     elif request.model is ModelName.QWEN_IMAGE_EDIT_PLUS:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from qwen_image_server.domain import (
+    DEFAULT_IMAGE_TO_IMAGE_STRENGTH,
     MAX_CFG,
     MAX_IMAGES_PER_REQUEST,
     MAX_INPUT_IMAGES,
@@ -69,7 +70,20 @@ class CreateTaskBody(BaseModel):
     images: list[str] = Field(
         default_factory=list,
         max_length=MAX_INPUT_IMAGES,
-        description="Input images: http(s) URLs, data URIs or bare base64.",
+        description=(
+            "Input images: http(s) URLs, data URIs or bare base64. One for qwen-image-edit, 1-3 for "
+            "qwen-image-edit-plus; one for qwen-image makes it image-to-image (see `strength`)."
+        ),
+    )
+    strength: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1.0,
+        description=(
+            "Image-to-image (qwen-image with one input image): how far the result may go from the input, "
+            f"from near 0 (keep it) to 1 (a new picture from noise). Default {DEFAULT_IMAGE_TO_IMAGE_STRENGTH} "
+            "(diffusers' default). About strength x num_inference_steps steps run. Refused on other requests."
+        ),
     )
     callback_url: str | None = Field(
         default=None,
@@ -114,6 +128,7 @@ class RequestOut(BaseModel):
     output_format: str
     input_images: int
     acceleration: str
+    strength: float | None = Field(description="Image-to-image and inpainting only; null otherwise.")
 
 
 class TaskOut(BaseModel):

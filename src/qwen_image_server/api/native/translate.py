@@ -43,6 +43,7 @@ def to_generation_request(body: CreateTaskBody, images: tuple[bytes, ...]) -> Ge
         partial_images=body.partial_images,
         acceleration=body.acceleration,
         images=images,
+        strength=body.strength,
     )
 
 
@@ -88,6 +89,7 @@ def to_task_out(task: Task, link: ResultLinker, queue_position: int | None = Non
             output_format=request.output_format.value,
             input_images=request.input_image_count,
             acceleration=request.acceleration.value,
+            strength=request.strength,
         ),
         results=[_result_out(image, task, link) for image in task.results],
         previews=[_result_out(image, task, link) for image in task.previews],
