@@ -104,3 +104,11 @@ def test_inpainting_at_a_size_off_the_grid_comes_out_at_that_size(engine: Engine
     request = inpaint("qwen-image", "make it blue", half_mask("right")).model_copy(update={"width": 301})
     [result] = engine.generate(request)
     assert Image.open(io.BytesIO(result.data)).size == (301, 256) == (result.width, result.height)
+
+
+def test_each_inpainted_image_is_reproduced_alone_by_its_seed(engine: Engine) -> None:
+    two = inpaint("qwen-image", "a red fox", half_mask("left")).model_copy(update={"num_images_per_prompt": 2})
+    batch = engine.generate(two)
+    for result in batch:
+        [alone] = engine.generate(two.model_copy(update={"seed": result.seed, "num_images_per_prompt": 1}))
+        assert np.abs(pixels(alone.data) - pixels(result.data)).max() <= 1

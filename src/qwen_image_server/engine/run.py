@@ -118,7 +118,11 @@ def pipeline_arguments(pipeline: Any, request: GenerationRequest, generated: Siz
     if mode is PipelineMode.INPAINT:
         # The masked area is generated from the prompt (anew at strength 1), the rest is kept.
         assert request.mask is not None
-        arguments.update(image=inputs[0], mask_image=decode_mask(request.mask), strength=request.strength)
+        # The input once per image: the pipeline encodes each with that image's own generator, so
+        # image i is the image of seed + i alone (with one input, every image's noise but the first
+        # would be drawn after another generator's encoding).
+        inputs = [inputs[0]] * request.num_images_per_prompt
+        arguments.update(image=inputs, mask_image=decode_mask(request.mask), strength=request.strength)
     elif mode is PipelineMode.IMAGE_TO_IMAGE:
         # The input resized to the generated size (stretched to another aspect ratio), as latents.
         arguments.update(image=encode_picture(pipeline, inputs[0], generated), strength=request.strength)
