@@ -116,6 +116,12 @@ class Settings(BaseSettings):
         default=("img_mlp",),
         description="Names (substrings of module paths) of linear layers kept in bf16 under `quantization=fp8`.",
     )
+    loras: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="LoRA adapters put into every model's transformer at load, comma-separated "
+        "`name=path-or-repo-id[:scale]` (a .safetensors file, a folder holding one, or a Hugging Face repo id; "
+        "scale 1 by default). One adapter is fused into the weights; several stay as switchable adapters.",
+    )
     warmup_sizes: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(),
         description="Sizes (`1024x1024,1328x1328`) the worker generates once at start, before it reports ready, so "
@@ -289,6 +295,7 @@ class Settings(BaseSettings):
         "callback_retry_seconds",
         "fp8_skip",
         "warmup_sizes",
+        "loras",
         mode="before",
     )
     @classmethod
@@ -324,6 +331,14 @@ class Settings(BaseSettings):
                 parse_size(text)
             except InvalidParameter as exc:
                 raise ValueError(exc.message) from None
+        return value
+
+    @field_validator("loras")
+    @classmethod
+    def _loras_parse(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from qwen_image_server.engine.loras import parse_lora_specs
+
+        parse_lora_specs(value)  # raises ValueError with what is wrong
         return value
 
     @field_validator("webhook_secret")

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from qwen_image_server.domain import ModelName
 from qwen_image_server.settings import DEFAULT_CHECKPOINTS, Settings
@@ -108,3 +109,28 @@ def test_warmup_sizes_are_read_as_sizes(clean_env: None, monkeypatch: pytest.Mon
     monkeypatch.setenv("QWEN_IMAGE_WARMUP_SIZES", "big")
     with pytest.raises(ValueError, match="WIDTHxHEIGHT"):
         Settings()
+
+
+def test_loras_parse_names_sources_and_scales(clean_env: None) -> None:
+    from qwen_image_server.engine.loras import LoraSpec, parse_lora_specs
+
+    settings = Settings(loras="style=/x/style.safetensors:0.8, detail=owner/repo ,win=C:/w.safetensors")
+    assert parse_lora_specs(settings.loras) == (
+        LoraSpec("style", "/x/style.safetensors", 0.8),
+        LoraSpec("detail", "owner/repo", 1.0),
+        LoraSpec("win", "C:/w.safetensors", 1.0),  # a colon in the path, not a scale
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("/x/a.safetensors", "is not `name=path-or-repo-id"),
+        ("bad name=/x/a.safetensors", "must be 1-64 letters"),
+        ("a=/x/a.safetensors:nan", "not a finite number"),
+        ("a=/x/1.safetensors,a=/x/2.safetensors", "repeated: a"),
+    ],
+)
+def test_bad_loras_are_refused_with_what_is_wrong(clean_env: None, value: str, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Settings(loras=value)

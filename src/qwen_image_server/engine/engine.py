@@ -120,17 +120,21 @@ class Engine:
         if self._pool is None:
             from qwen_image_server.engine import devices
             from qwen_image_server.engine.loading import ComponentPool, direct_load_device
+            from qwen_image_server.engine.loras import ServerLoras, check_loras, parse_lora_specs
             from qwen_image_server.engine.speedups import check_speedups
 
             _quiet_libraries()
             self._device = devices.choose_device(self.settings.device)
             self._dtype = devices.choose_dtype(self.settings.dtype, self._device)
             devices.check_offload(self.settings.offload, self._device)
+            lora_specs = parse_lora_specs(self.settings.loras)
+            check_loras(lora_specs, self.settings.quantization)  # a configuration error, before any device check
             check_speedups(self.settings, self._device, self._dtype)
             self._pool = ComponentPool(
                 self._dtype,
                 share_components=self.settings.share_components,
                 load_to=direct_load_device(self._device, self.settings.offload, self.settings.quantization),
+                loras=ServerLoras(lora_specs),
             )
         return self._pool
 

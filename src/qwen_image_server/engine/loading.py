@@ -35,6 +35,7 @@ from diffusers import (
 )
 
 from qwen_image_server.domain import ModelName, PipelineMode
+from qwen_image_server.engine.loras import ServerLoras
 from qwen_image_server.engine.processor import load_processor
 from qwen_image_server.engine.tiny import TINY_CHECKPOINT, build_tiny_components, build_tiny_transformer
 from qwen_image_server.errors import CheckpointUnavailable
@@ -113,10 +114,19 @@ class ComponentPool:
     """Loads each component once; hands out pipelines built from shared components.
 
     `load_to` is where checkpoint folders load their weights (None: host memory); the tiny model is
-    built in memory and moved later by the engine."""
+    built in memory and moved later by the engine. Every transformer it loads, first or again, gets
+    the server's LoRA adapters (`loras`) here, before the engine quantizes or compiles it."""
 
-    def __init__(self, dtype: torch.dtype, *, share_components: bool, load_to: torch.device | None = None) -> None:
+    def __init__(
+        self,
+        dtype: torch.dtype,
+        *,
+        share_components: bool,
+        load_to: torch.device | None = None,
+        loras: ServerLoras | None = None,
+    ) -> None:
         self._dtype = dtype
+        self._loras = loras or ServerLoras(())
         self._share = share_components
         self._load_to = load_to
         self._shared: dict[str, Any] = {}
@@ -145,6 +155,11 @@ class ComponentPool:
 
     def fresh_transformer(self, checkpoint: Checkpoint) -> torch.nn.Module:
         """`checkpoint`'s transformer loaded anew (for a dropped one coming back)."""
+        transformer = self._read_transformer(checkpoint)
+        self._loras.apply(transformer)
+        return transformer
+
+    def _read_transformer(self, checkpoint: Checkpoint) -> torch.nn.Module:
         if checkpoint.is_tiny:
             tiny: torch.nn.Module = build_tiny_transformer().to(self._dtype)
             return tiny
@@ -161,6 +176,7 @@ class ComponentPool:
     def _components(self, model: ModelName, checkpoint: Checkpoint) -> dict[str, Any]:
         if checkpoint.ref not in self._by_checkpoint:
             loaded = self._load(model, checkpoint)
+            self._loras.apply(loaded["transformer"])
             if self._share:
                 for name in SHARED_COMPONENTS:
                     self._shared.setdefault(name, loaded[name])

@@ -1,0 +1,188 @@
+"""Server-level LoRA adapters: named in settings, read from safetensors only, put into every transformer.
+
+`loras = "name=path-or-repo-id[:scale],..."`. The source is a `.safetensors` file, a folder holding
+one (or `pytorch_lora_weights.safetensors` among several), or a Hugging Face repo id (only its
+safetensors files are downloaded). Pickle files (`.bin`, `.pt`, `.ckpt`) are refused without being
+opened: unpickling runs code. We read the tensors ourselves with `safetensors` (a corrupt file fails
+there) and hand diffusers a dict, so its loaders never touch a file.
+
+One adapter is fused into the weights at its scale and its LoRA layers removed: the transformer is a
+plain one again, with no per-step cost. Several stay as named peft adapters, all active with their
+scales (`set_adapters`), each adding its low-rank product at every step.
+
+`ServerLoras.apply` is called by the component pool on every transformer it loads: a model's first
+load, and a transformer dropped by the residency policy (`evict_to=drop`) and loaded again. An
+evicted-to-host transformer keeps its fused weights or its adapters.
+
+This module imports no torch at import time (settings.py parses the specs through it).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from qwen_image_server.errors import CheckpointUnavailable, EngineSetupError
+
+if TYPE_CHECKING:
+    import torch
+
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+PREFERRED_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' trainers save under
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """One server-level adapter as configured: `name=source[:scale]`."""
+
+    name: str
+    source: str
+    scale: float = 1.0
+
+
+def parse_lora_spec(text: str) -> LoraSpec:
+    """`name=source[:scale]`; raises ValueError saying what is wrong (settings show it as is)."""
+    name, sep, rest = text.partition("=")
+    name, rest = name.strip(), rest.strip()
+    if not sep or not rest:
+        raise ValueError(f"LoRA {text!r} is not `name=path-or-repo-id[:scale]`")
+    if not _NAME.match(name):
+        raise ValueError(f"LoRA name {name!r} must be 1-64 letters, digits, `_` or `-`")
+    source, scale = rest, 1.0
+    head, colon, tail = rest.rpartition(":")
+    if colon and head:
+        try:
+            scale = float(tail)
+        except ValueError:
+            pass  # a colon that is part of the path
+        else:
+            source = head.strip()
+    if not math.isfinite(scale):
+        raise ValueError(f"LoRA {name}: scale {tail!r} is not a finite number")
+    return LoraSpec(name, source, scale)
+
+
+def parse_lora_specs(texts: tuple[str, ...]) -> tuple[LoraSpec, ...]:
+    specs = tuple(parse_lora_spec(text) for text in texts)
+    names = [spec.name for spec in specs]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"LoRA names must be unique; repeated: {', '.join(duplicates)}")
+    return specs
+
+
+def check_loras(specs: tuple[LoraSpec, ...], quantization: str) -> None:
+    """Refuse, at start, adapters this configuration cannot run: several unfused adapters under FP8
+    (the quantizer would convert their LoRA layers too; one adapter is fused before quantizing)."""
+    if len(specs) > 1 and quantization != "none":
+        raise EngineSetupError(
+            f"{len(specs)} LoRA adapters cannot be combined with quantization={quantization}: only a single "
+            "adapter (fused into the weights before quantizing) can; configure one, or quantization=none"
+        )
+
+
+class ServerLoras:
+    """The configured adapters; resolves each source once and puts them into transformers."""
+
+    def __init__(self, specs: tuple[LoraSpec, ...]) -> None:
+        self.specs = specs
+        self._files: dict[str, Path] = {}
+
+    def apply(self, transformer: torch.nn.Module) -> None:
+        """Fuse the one adapter, or load several as active named adapters (nothing if none)."""
+        if not self.specs:
+            return
+        for spec in self.specs:
+            self._load_into(transformer, spec)
+        peft_model = transformer  # QwenImageTransformer2DModel is a diffusers PeftAdapterMixin
+        if len(self.specs) == 1:
+            peft_model.fuse_lora(lora_scale=self.specs[0].scale)  # type: ignore[operator]
+            peft_model.unload_lora()  # type: ignore[operator]  # keeps the fused weights, drops the LoRA layers
+        else:
+            peft_model.set_adapters(  # type: ignore[operator]
+                [spec.name for spec in self.specs], [spec.scale for spec in self.specs]
+            )
+
+    def _load_into(self, transformer: torch.nn.Module, spec: LoraSpec) -> None:
+        from diffusers import QwenImagePipeline
+
+        tensors = read_safetensors(self._file(spec), spec)
+        try:
+            # The pipeline class's reader converts other trainers' key layouts to diffusers' one.
+            state_dict = QwenImagePipeline.lora_state_dict(tensors)
+            if not state_dict or not all("lora" in key for key in state_dict):
+                raise ValueError("its tensors are not LoRA weights (no `lora` in their names)")
+            with warnings.catch_warnings():
+                # peft warns on every adapter after the first that there will be several: we mean it.
+                warnings.filterwarnings("ignore", message="Already found a `peft_config`", category=UserWarning)
+                transformer.load_lora_adapter(state_dict, adapter_name=spec.name, prefix="transformer")  # type: ignore[operator]
+        except (ValueError, KeyError, RuntimeError, TypeError) as exc:
+            raise CheckpointUnavailable(f"LoRA {spec.name}: {spec.source} does not fit this model: {exc}") from exc
+
+    def _file(self, spec: LoraSpec) -> Path:
+        if spec.name not in self._files:
+            self._files[spec.name] = resolve_lora_file(spec)
+        return self._files[spec.name]
+
+
+def resolve_lora_file(spec: LoraSpec) -> Path:
+    """The safetensors file `spec.source` names: a file, a folder, or a hub repo id."""
+    path = Path(spec.source).expanduser()
+    if path.is_file():
+        return _checked_suffix(path, spec)
+    if path.is_dir():
+        return _file_in_folder(path, spec)
+    if spec.source.startswith((".", "/", "~")) or not _REPO_ID.match(spec.source):
+        raise CheckpointUnavailable(f"LoRA {spec.name}: no file or folder at {path}, and it is not a repo id")
+    return _file_in_folder(_hub_snapshot(spec), spec)
+
+
+def _checked_suffix(path: Path, spec: LoraSpec) -> Path:
+    if path.suffix != ".safetensors":
+        why = " (pickle files can run code when loaded)" if path.suffix in PICKLE_SUFFIXES else ""
+        raise CheckpointUnavailable(f"LoRA {spec.name}: {path} is not a .safetensors file{why}; convert it first")
+    return path
+
+
+def _file_in_folder(folder: Path, spec: LoraSpec) -> Path:
+    files = sorted(folder.glob("*.safetensors"))
+    if len(files) == 1:
+        return files[0]
+    if (folder / PREFERRED_FILE).is_file():
+        return folder / PREFERRED_FILE
+    if not files:
+        raise CheckpointUnavailable(
+            f"LoRA {spec.name}: {folder} holds no .safetensors file (pickle .bin/.pt adapters are refused)"
+        )
+    names = ", ".join(file.name for file in files)
+    raise CheckpointUnavailable(f"LoRA {spec.name}: {folder} holds several .safetensors files ({names}); name one")
+
+
+def _hub_snapshot(spec: LoraSpec) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        # Only safetensors files are downloaded: a repo's pickle files never reach the disk.
+        return Path(snapshot_download(spec.source, allow_patterns=["*.safetensors"]))
+    except Exception as exc:  # the hub client raises many unrelated types for "not reachable"
+        raise CheckpointUnavailable(
+            f"LoRA {spec.name}: could not get {spec.source} from the Hugging Face hub or its local cache "
+            f"({type(exc).__name__}); download it first, or give a local file"
+        ) from exc
+
+
+def read_safetensors(path: Path, spec: LoraSpec) -> dict[str, torch.Tensor]:
+    """The tensors of `path`, read by `safetensors` (no code runs); a damaged file is refused."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointUnavailable(f"LoRA {spec.name}: {path} is not a readable safetensors file: {exc}") from exc
