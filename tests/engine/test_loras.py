@@ -141,3 +141,38 @@ def test_several_adapters_with_fp8_are_refused_at_start(lora_dir: Path) -> None:
     a, b = lora_dir / "a.safetensors", lora_dir / "b.safetensors"
     with pytest.raises(EngineSetupError, match="2 LoRA adapters cannot be combined with quantization=fp8"):
         Engine(Settings(**TINY_EVERYWHERE, loras=f"a={a},b={b}", quantization="fp8")).load(ModelName.QWEN_IMAGE)
+
+
+def test_an_adapter_for_other_layers_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "elsewhere.safetensors"
+    tensors = {"transformer.nowhere.lora_A.weight": torch.zeros(4, 8)}
+    tensors["transformer.nowhere.lora_B.weight"] = torch.zeros(8, 4)
+    save_file(tensors, str(path))
+    with pytest.raises(CheckpointUnavailable, match=r"LoRA elsewhere: .*does not fit this model: .*not found"):
+        load_with(f"elsewhere={path}")
+
+
+def test_a_repo_id_downloads_only_safetensors(lora_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    save_tiny_lora(tmp_path / "lora.safetensors", seed=1)
+    asked: list[tuple[str, object]] = []
+
+    def snapshot(repo_id: str, allow_patterns: object = None) -> str:
+        asked.append((repo_id, allow_patterns))
+        return str(tmp_path)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot)
+    assert np.array_equal(image_with("a=owner/tiny-lora"), image_with(f"a={lora_dir / 'a.safetensors'}"))
+    assert asked == [("owner/tiny-lora", ["*.safetensors"])]
+
+
+def test_an_unreachable_repo_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    def offline(repo_id: str, allow_patterns: object = None) -> str:
+        raise OSError("no network")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(CheckpointUnavailable, match="LoRA remote: could not get owner/remote-lora"):
+        load_with("remote=owner/remote-lora")
