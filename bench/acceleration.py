@@ -33,6 +33,7 @@ if __package__ in (None, ""):  # run as `python bench/acceleration.py`: make `be
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import emit, machine, note, quiet_libraries, table
+from bench.full_size import add_engine_options, settle_engine_options, use_full_size_components
 
 LEVELS = ("none", "regular", "high")
 PROMPT = "a red fox in fresh snow, morning light"
@@ -79,7 +80,6 @@ class Counters:
 def run(args: argparse.Namespace) -> list[Level]:
     import numpy as np
 
-    from bench.engine_speed import _use_full_size_components
     from qwen_image_server.domain import Acceleration, GenerationRequest
     from qwen_image_server.engine import Engine, acceleration
     from qwen_image_server.settings import Settings
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> list[Level]:
     if not args.tiny:
         import torch
 
-        _use_full_size_components(torch.device(args.device), getattr(torch, args.dtype), args.layers)
+        use_full_size_components(torch.device(args.device), getattr(torch, args.dtype), args.layers)
     for name, threshold in args.thresholds.items():
         level = Acceleration(name)
         acceleration.PLANS[level] = acceleration.AccelerationPlan(level, threshold)
@@ -177,24 +177,13 @@ def _thresholds(text: str) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--size", type=int, help="square side in pixels [1024; --tiny 256]")
     parser.add_argument("--steps", type=int, default=50, help="denoising steps [50, the models' default]")
     parser.add_argument("--images", type=int, default=1, help="images of the request [1]")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per level [3]")
     parser.add_argument("--thresholds", type=_thresholds, default={}, help="e.g. regular=0.3,high=0.6")
-    parser.add_argument("--device", default="cuda", help="a torch device [cuda]")
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-    parser.add_argument("--layers", type=int, help="full width, fewer blocks and layers (checks the script)")
-    parser.add_argument("--tiny", action="store_true", help="the tiny model on the CPU")
-    parser.add_argument("--json", type=Path, help="also write the JSON record here")
+    add_engine_options(parser)
     args = parser.parse_args(argv)
-    import torch
-
-    if args.tiny and args.device == "cuda":
-        args.device, args.dtype = "cpu", "float32"
-    elif torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
-        parser.error("no CUDA GPU here; run with --tiny to check the script on the CPU")
-    args.size = args.size or (256 if args.tiny else 1024)
+    settle_engine_options(parser, args)
     quiet_libraries()
     return report(run(args), args)
 

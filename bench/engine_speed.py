@@ -37,6 +37,7 @@ if __package__ in (None, ""):  # run as `python bench/engine_speed.py`: make `be
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import emit, machine, note, quiet_libraries, table
+from bench.full_size import add_engine_options, settle_engine_options, use_full_size_components
 
 TURNS = ("stock", "two_pass", "default")
 CUMULATIVE = ("attention", "compile", "fp8")
@@ -89,7 +90,7 @@ class Bench:
         self.cuda = torch.device(args.device).type == "cuda"
         settings = Settings(checkpoint_qwen_image="tiny", device=args.device, dtype=args.dtype)
         if not args.tiny:
-            _use_full_size_components(torch.device(args.device), getattr(torch, args.dtype), args.layers)
+            use_full_size_components(torch.device(args.device), getattr(torch, args.dtype), args.layers)
         self.engine = Engine(settings)
         self.default_settings = settings
         self.pipeline = self.engine.pipeline(settings.models[0])
@@ -171,17 +172,6 @@ class Bench:
 
     def peak_gb(self) -> float | None:
         return self.torch.cuda.max_memory_allocated() / 2**30 if self.cuda else None
-
-
-def _use_full_size_components(device: Any, dtype: Any, layers: int | None) -> None:
-    """Make the engine's `tiny` checkpoint the full-size random model (see bench/full_size.py)."""
-    from bench.full_size import full_size_components
-    from qwen_image_server.engine import loading
-
-    def load(self: Any, model: Any, checkpoint: Any) -> dict[str, Any]:
-        return full_size_components(device, dtype, layers=layers)
-
-    loading.ComponentPool._load = load  # type: ignore[method-assign]
 
 
 class Unavailable(Exception):
@@ -310,24 +300,13 @@ def _fmt(value: float | None, form: str) -> str:
 
 def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--size", type=int, help="square side in pixels [1024; --tiny 256]")
     parser.add_argument("--steps", type=int, help="denoising steps [20; --tiny 50, the models' default]")
     parser.add_argument("--batch", type=int, default=4, help="images of the batch modes [4]")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per variant and mode [3]")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"a subset of {','.join(VARIANTS)}")
-    parser.add_argument("--device", default="cuda", help="a torch device [cuda]")
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-    parser.add_argument("--layers", type=int, help="full width, fewer blocks and layers (checks the script)")
-    parser.add_argument("--tiny", action="store_true", help="the tiny model on the CPU")
-    parser.add_argument("--json", type=Path, help="also write the JSON record here")
+    add_engine_options(parser)
     args = parser.parse_args(argv)
-    import torch
-
-    if args.tiny and args.device == "cuda":
-        args.device, args.dtype = "cpu", "float32"
-    elif torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
-        parser.error("no CUDA GPU here; run with --tiny to check the script on the CPU")
-    args.size = args.size or (256 if args.tiny else 1024)
+    settle_engine_options(parser, args)
     args.steps = args.steps or (50 if args.tiny else 20)
     variants = [name.strip() for name in args.variants.split(",") if name.strip()]
     unknown = sorted(set(variants) - set(VARIANTS))

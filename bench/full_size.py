@@ -10,6 +10,8 @@ what is measured). `layers` shrinks every depth, so the code can be checked on a
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
 from typing import Any
 
 from bench.gpu_step import FULL, build_transformer, default_dtype
@@ -74,3 +76,34 @@ def _text_encoder(tokenizer: Any, layers: int | None) -> Any:
         vision_end_token_id=token("<|vision_end|>"),
     )
     return Qwen2_5_VLForConditionalGeneration(config)
+
+
+def use_full_size_components(device: Any, dtype: Any, layers: int | None) -> None:
+    """Make the engine's `tiny` checkpoint this full-size random model, for a benchmark's engine."""
+    from qwen_image_server.engine import loading
+
+    def load(self: Any, model: Any, checkpoint: Any) -> dict[str, Any]:
+        return full_size_components(device, dtype, layers=layers)
+
+    loading.ComponentPool._load = load  # type: ignore[method-assign]
+
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """The options of every benchmark that runs the engine, tiny on a CPU or full size on a GPU."""
+    parser.add_argument("--size", type=int, help="square side in pixels [1024; --tiny 256]")
+    parser.add_argument("--device", default="cuda", help="a torch device [cuda]")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--layers", type=int, help="full width, fewer blocks and layers (checks the script)")
+    parser.add_argument("--tiny", action="store_true", help="the tiny model on the CPU")
+    parser.add_argument("--json", type=Path, help="also write the JSON record here")
+
+
+def settle_engine_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--tiny runs on the CPU in float32; without it a CUDA device must be there."""
+    import torch
+
+    if args.tiny and args.device == "cuda":
+        args.device, args.dtype = "cpu", "float32"
+    elif torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        parser.error("no CUDA GPU here; run with --tiny to check the script on the CPU")
+    args.size = args.size or (256 if args.tiny else 1024)

@@ -96,12 +96,16 @@ class TextToImageBatch:
         latents = self._starting_noise(active)
         timesteps = self._timesteps(latents)
         guidance = self._guidance(latents.shape[0])
+        conditions = self._conditions(active)
         for index, t in enumerate(timesteps):
             if not active:
                 break
-            noise = self._predict(active, latents, t, guidance)
+            noise = self._predict(conditions, latents, t, guidance)
             latents = self.pipeline.scheduler.step(noise, t, latents, return_dict=False)[0]
-            latents, active, guidance = self._after_step(active, latents, guidance, index + 1)
+            latents, still, guidance = self._after_step(active, latents, guidance, index + 1)
+            if len(still) != len(active):  # rows left the batch: stack the prompts of the rest once
+                active = still
+                conditions = self._conditions(active) if active else conditions
         return self._finish(active, latents)
 
     # -- preparation -----------------------------------------------------------------------------
@@ -164,38 +168,46 @@ class TextToImageBatch:
 
     # -- one step --------------------------------------------------------------------------------
 
-    def _predict(
-        self, active: list[_Request], latents: torch.Tensor, t: torch.Tensor, guidance: torch.Tensor | None
-    ) -> torch.Tensor:
-        """The noise prediction of every row, CFG applied per request with its own scale."""
+    def _conditions(self, active: list[_Request]) -> _Conditions:
+        """The prompts of the rows, stacked as the transformer takes them, and their CFG scales."""
         positive = [request.positive for request in active for _ in range(request.rows)]
         if not self.uses_cfg:
-            with self.contexts("cond"):
-                return self._forward(latents, positive, t, guidance)
+            return _Conditions(_padded(positive))
         negative = [request.negative for request in active for _ in range(request.rows) if request.negative]
+        scales = [request.entry.request.true_cfg_scale for request in active for _ in range(request.rows)]
+        # One scale for all: a Python number, as the stock pipeline multiplies (exact in bf16 too).
+        scale = scales[0] if len(set(scales)) == 1 else torch.tensor(scales, device=self.device).view(-1, 1, 1)
         if self.cfg_batching:
+            return _Conditions(_padded(positive + negative), scale=scale)
+        return _Conditions(_padded(positive), _padded(negative), scale)
+
+    def _predict(
+        self, conditions: _Conditions, latents: torch.Tensor, t: torch.Tensor, guidance: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The noise prediction of every row, CFG applied per request with its own scale."""
+        if conditions.scale is None:
+            with self.contexts("cond"):
+                return self._forward(latents, conditions.prompts, t, guidance)
+        if conditions.negative is None:  # CFG as one call of both halves
             doubled = None if guidance is None else torch.cat([guidance, guidance])
             with self.contexts("cfg"):
-                both = self._forward(torch.cat([latents, latents]), positive + negative, t, doubled)
+                both = self._forward(torch.cat([latents, latents]), conditions.prompts, t, doubled)
             cond, uncond = both.chunk(2)
         else:
             with self.contexts("cond"):
-                cond = self._forward(latents, positive, t, guidance)
+                cond = self._forward(latents, conditions.prompts, t, guidance)
             with self.contexts("uncond"):
-                uncond = self._forward(latents, negative, t, guidance)
-        scales = [request.entry.request.true_cfg_scale for request in active for _ in range(request.rows)]
-        # One scale for all: a Python number, as the stock pipeline multiplies (exact in bf16 too).
-        scale = scales[0] if len(set(scales)) == 1 else torch.tensor(scales, device=cond.device).view(-1, 1, 1)
-        combined = (uncond + scale * (cond - uncond)).to(cond.dtype)
+                uncond = self._forward(latents, conditions.negative, t, guidance)
+        combined = (uncond + conditions.scale * (cond - uncond)).to(cond.dtype)
         # Qwen-Image's rescale: each token keeps the norm of its conditional prediction.
         cond_norm = torch.norm(cond, dim=-1, keepdim=True)
         guided: torch.Tensor = combined * (cond_norm / torch.norm(combined, dim=-1, keepdim=True))
         return guided
 
     def _forward(
-        self, latents: torch.Tensor, prompts: list[_Prompt], t: torch.Tensor, guidance: torch.Tensor | None
+        self, latents: torch.Tensor, prompts: _Stacked, t: torch.Tensor, guidance: torch.Tensor | None
     ) -> torch.Tensor:
-        embeds, mask = _padded(prompts)
+        embeds, mask = prompts
         rows = latents.shape[0]
         grid = (1, self.generated.height // self.multiple, self.generated.width // self.multiple)  # patches
         prediction: torch.Tensor = self.pipeline.transformer(
@@ -268,7 +280,21 @@ class TextToImageBatch:
         return [crop_centre(picture, asked.width, asked.height) for picture in pictures]
 
 
-def _padded(prompts: list[_Prompt]) -> tuple[torch.Tensor, torch.Tensor | None]:
+_Stacked = tuple[torch.Tensor, torch.Tensor | None]  # prompt embeddings of the rows, and their mask
+
+
+@dataclass(frozen=True)
+class _Conditions:
+    """What each step of the current rows takes, made once per set of rows, not per step: the
+    prompts stacked (with CFG as one call: the positive rows, then the negative ones), the negative
+    prompts for CFG as two calls, and the CFG scale (None: no CFG)."""
+
+    prompts: _Stacked
+    negative: _Stacked | None = None
+    scale: float | torch.Tensor | None = None
+
+
+def _padded(prompts: list[_Prompt]) -> _Stacked:
     """Stack prompts of different lengths: zero-padded to the longest, with the mask that tells the
     transformer which tokens are real (None when none is padded, as diffusers passes it)."""
     longest = max(prompt.length for prompt in prompts)

@@ -12,8 +12,8 @@ from qwen_image_server.domain import Size
 
 # Pixels one VAE call decodes at most: one 1024x1024 image, four of 512x512. The decoder's peak
 # memory grows with the pixels of the call, so a GPU's peak stays that of one 1024x1024 decode
-# (as when each image was decoded alone), while small images share a call: the tiny model on a
-# CPU decodes four 256x256 images 3.4x faster per image together than one by one.
+# (as when each image was decoded alone), while small images share a call, which costs less per
+# image where the decoder is overhead-bound (small images; the tiny model on a CPU).
 DECODE_PIXELS_PER_CALL = 1024 * 1024
 
 
