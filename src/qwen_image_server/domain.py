@@ -8,6 +8,8 @@ request fails before any work. Field names follow the diffusers `__call__` argum
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 import secrets
@@ -29,6 +31,7 @@ from pydantic import (
 
 from qwen_image_server import images
 from qwen_image_server.errors import InvalidParameter
+from qwen_image_server.safe_fetch import HTTP_URL_PATTERN
 
 REQUEST_SCHEMA_VERSION = 1
 
@@ -54,6 +57,9 @@ MASKABLE_MODELS = frozenset({"qwen-image"})
 # keeps full strength by default (the masked area is made anew from the prompt), as it always has.
 DEFAULT_IMAGE_TO_IMAGE_STRENGTH = 0.6
 DEFAULT_INPAINT_STRENGTH = 1.0
+LORA_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+MAX_REQUEST_LORAS = 3  # fal's limit on `loras`
+MAX_LORA_SCALE = 4.0  # fal's range is 0-4; negative scales (slider adapters) mirror it
 MAX_PROMPT_CHARS = 20_000  # a cheap guard before the tokenizer measures the real limit
 EDIT_TARGET_AREA = 1024 * 1024  # an edit with no size keeps the input's aspect ratio at ~1 MP
 _TRUSTED = "trusted"  # validation context: the request was validated before it was stored
@@ -108,6 +114,29 @@ class PipelineMode(StrEnum):
     STANDARD = "standard"  # the model's own: text-to-image for qwen-image, the edit for the edit models
     IMAGE_TO_IMAGE = "image_to_image"  # qwen-image from one input image, `strength` of the way
     INPAINT = "inpaint"  # qwen-image repainting the masked area of one input image
+
+
+class LoraChoice(BaseModel):
+    """One adapter a request asks for: a `name` the server offers (setting `request_loras`) or a
+    `path`, the http(s) URL of a .safetensors file (downloaded by the worker, setting
+    `lora_downloads`), at `scale` (None: the offered adapter's configured scale, or 1)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str | None = Field(default=None, pattern=LORA_NAME_PATTERN)
+    path: str | None = Field(default=None, max_length=2048, pattern=HTTP_URL_PATTERN)
+    scale: float | None = Field(default=None, ge=-MAX_LORA_SCALE, le=MAX_LORA_SCALE)
+
+    @model_validator(mode="after")
+    def _name_or_path(self) -> Self:
+        if (self.name is None) == (self.path is None):
+            raise ValueError("give exactly one of `name` (an adapter this server offers) or `path` (a URL)")
+        return self
+
+    @property
+    def source(self) -> str:
+        """What identifies the adapter: its offered name, or its URL."""
+        return self.name if self.name is not None else str(self.path)
 
 
 class OutputFormat(StrEnum):
@@ -243,6 +272,8 @@ class GenerationRequest(BaseModel):
     # Previews decoded from intermediate steps, per image, evenly spread over the denoising.
     partial_images: int = Field(default=0, ge=0, le=MAX_PARTIAL_IMAGES)
     acceleration: Acceleration = Acceleration.NONE
+    # LoRA adapters for this request only, applied with their scales on top of the server's own.
+    loras: tuple[LoraChoice, ...] = Field(default=(), max_length=MAX_REQUEST_LORAS)
     # Image-to-image and inpainting (qwen-image with one input image): how far from the input image
     # the result may go (1: all the way, a new picture); the denoising starts that far in, so only
     # about strength x num_inference_steps steps run (`denoising_steps`). Filled with the default of
@@ -337,7 +368,15 @@ class GenerationRequest(BaseModel):
             return None
         size = generation_size(self.width, self.height)
         cfg = "cfg" if self.uses_cfg else "nocfg"
-        return f"{self.model.value}:{size}:{self.num_inference_steps}:{cfg}:{self.guidance_scale}:{self.acceleration}"
+        key = f"{self.model.value}:{size}:{self.num_inference_steps}:{cfg}:{self.guidance_scale}:{self.acceleration}"
+        return f"{key}:{self.lora_key}" if self.loras else key
+
+    @property
+    def lora_key(self) -> str:
+        """A short digest of the adapters and scales asked for: requests with other adapter sets are
+        never batched together (one set of adapters is active per call)."""
+        chosen = json.dumps([[lora.source, lora.scale] for lora in self.loras])
+        return hashlib.sha256(chosen.encode()).hexdigest()[:16]
 
     @model_validator(mode="before")
     @classmethod
@@ -394,6 +433,15 @@ class GenerationRequest(BaseModel):
     def _decodable_mask(cls, value: bytes | None, info: ValidationInfo) -> bytes | None:
         if value is not None and not (info.context and info.context.get(_TRUSTED)):
             images.inspect_input_image(value, index=0, param="mask")
+        return value
+
+    @field_validator("loras")
+    @classmethod
+    def _distinct_loras(cls, value: tuple[LoraChoice, ...]) -> tuple[LoraChoice, ...]:
+        sources = [lora.source for lora in value]
+        repeated = sorted({source for source in sources if sources.count(source) > 1})
+        if repeated:
+            raise ValueError(f"each adapter at most once; repeated: {', '.join(repeated)}")
         return value
 
     @model_validator(mode="after")
@@ -458,6 +506,11 @@ _BOUND_WORDS = {
     "less_than_equal": ("le", "at most"),
     "greater_than": ("gt", "more than"),
 }
+# What a pattern of this module asks for, in words (pydantic's message shows the regex).
+_PATTERN_WORDS = {
+    HTTP_URL_PATTERN: "must be an http(s) URL",
+    LORA_NAME_PATTERN: "must be 1-64 letters, digits, `_` or `-`",
+}
 
 
 def _invalid_parameter(exc: ValidationError) -> InvalidParameter:
@@ -468,6 +521,10 @@ def _invalid_parameter(exc: ValidationError) -> InvalidParameter:
     if kind in _BOUND_WORDS:
         key, words = _BOUND_WORDS[kind]
         message = f"must be {words} {first['ctx'][key]}, got {first['input']}"
+    elif kind == "string_pattern_mismatch":
+        message = f"{_PATTERN_WORDS.get(first['ctx']['pattern'], message)}, got {first['input']!r}"
+    elif kind == "too_long" and "max_length" in first.get("ctx", {}):
+        message = f"takes at most {first['ctx']['max_length']}, got {first['ctx'].get('actual_length')}"
     elif kind == "extra_forbidden":
         message = "is not a known parameter"
     elif kind == "missing":

@@ -55,6 +55,13 @@ class ImageSourceUnavailable(InvalidRequest):
     code = "image_unavailable"
 
 
+class LoraUnavailable(InvalidRequest):
+    """A request's LoRA adapter could not be used: its URL could not be downloaded, it is not a
+    safetensors file, or it does not fit the model."""
+
+    code = "lora_unavailable"
+
+
 class UrlNotAllowed(InvalidRequest):
     """A user-supplied URL this server will not fetch: not http(s), or it leads to a non-public address."""
 

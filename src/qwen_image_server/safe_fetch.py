@@ -27,7 +27,7 @@ import ssl
 import threading
 import time
 import typing
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -338,6 +338,14 @@ def fetch(url: str, policy: FetchPolicy) -> bytes:
 
     Raises `UrlNotAllowed` (not http(s), or a non-public address), `ResponseTooLarge` and
     `FetchFailed` (no answer, an HTTP error status, the deadline passed, too many redirects)."""
+    chunks: list[bytes] = []
+    fetch_into(url, policy, chunks.append)
+    return b"".join(chunks)
+
+
+def fetch_into(url: str, policy: FetchPolicy, write: Callable[[bytes], object]) -> int:
+    """As `fetch`, but the body goes to `write` chunk by chunk as it arrives (large files go to disk,
+    not memory); returns its size. A refused or failed fetch may have written part of it."""
     deadline = Deadline(policy.deadline_s)
     where = _Where(url, url)
     with guarded_client(policy.allowed_networks, deadline) as client, _explained(where, deadline):
@@ -345,7 +353,7 @@ def fetch(url: str, policy: FetchPolicy) -> bytes:
             _check_url(where)
             with client.stream("GET", where.hop) as response:
                 if not response.is_redirect:
-                    return _read_body(response, where, policy.max_bytes)
+                    return _read_body(response, where, policy.max_bytes, write)
                 where.hop = str(response.url.join(response.headers["location"]))
     raise FetchFailed(f"{url} redirected more than {policy.max_redirects} times")
 
@@ -388,20 +396,19 @@ def _explained(where: _Where, deadline: Deadline, action: str = "download") -> I
         raise FetchFailed(f"{where} redirects to an invalid URL") from None
 
 
-def _read_body(response: httpx.Response, where: _Where, max_bytes: int) -> bytes:
+def _read_body(response: httpx.Response, where: _Where, max_bytes: int, write: Callable[[bytes], object]) -> int:
     if response.status_code != 200:
         raise FetchFailed(f"{where} answered HTTP {response.status_code}")
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:  # refused unread; a smaller claim is not trusted
         raise ResponseTooLarge(f"{where} is larger than {_size(max_bytes)}")
-    chunks: list[bytes] = []
     received = 0
     for chunk in response.iter_raw():  # raw: we asked for no compression, so nothing inflates here
         received += len(chunk)
         if received > max_bytes:
             raise ResponseTooLarge(f"{where} is larger than {_size(max_bytes)}")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        write(chunk)
+    return received
 
 
 def _size(n: int) -> str:

@@ -120,7 +120,35 @@ class Settings(BaseSettings):
         default=(),
         description="LoRA adapters put into every model's transformer at load, comma-separated "
         "`name=path-or-repo-id[:scale]` (a .safetensors file, a folder holding one, or a Hugging Face repo id; "
-        "scale 1 by default). One adapter is fused into the weights; several stay as switchable adapters.",
+        "scale 1 by default). One adapter is fused into the weights; several stay as active adapters.",
+    )
+    request_loras: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description='LoRA adapters that requests may ask for by name (`loras: [{"name": ...}]`), in the format of '
+        "`loras`; the scale is the default when a request gives none. Loaded on first use, off for other requests.",
+    )
+    lora_downloads: bool = Field(
+        default=True,
+        description='Requests may give adapters as URLs of .safetensors files (`loras: [{"path": URL}]`): the '
+        "worker downloads them through the safe fetcher (address checks, `allowed_fetch_networks`) into a cache.",
+    )
+    lora_download_max_bytes: int = Field(
+        default=2 * 2**30, ge=1, description="The largest adapter file a request's URL may download (bytes)."
+    )
+    lora_cache_bytes: int = Field(
+        default=20 * 2**30,
+        ge=0,
+        description="Disk room for downloaded adapters (DATA_DIR/lora-cache, by content hash); the least recently "
+        "used files leave when it is exceeded.",
+    )
+    lightning_loras: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Distilled few-step LoRAs (Qwen-Image-Lightning) per model, `model=path-or-repo-id[:scale]`: "
+        "`acceleration=high` on that model runs `lightning_steps` steps with the adapter, CFG off, and its scheduler "
+        "settings. Without one, `high` is the strongest cache setting.",
+    )
+    lightning_steps: int = Field(
+        default=8, ge=2, le=16, description="The steps the Lightning LoRAs were distilled for (4 or 8)."
     )
     warmup_sizes: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(),
@@ -296,6 +324,8 @@ class Settings(BaseSettings):
         "fp8_skip",
         "warmup_sizes",
         "loras",
+        "request_loras",
+        "lightning_loras",
         mode="before",
     )
     @classmethod
@@ -333,12 +363,23 @@ class Settings(BaseSettings):
                 raise ValueError(exc.message) from None
         return value
 
-    @field_validator("loras")
+    @field_validator("loras", "request_loras")
     @classmethod
     def _loras_parse(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         from qwen_image_server.engine.loras import parse_lora_specs
 
         parse_lora_specs(value)  # raises ValueError with what is wrong
+        return value
+
+    @field_validator("lightning_loras")
+    @classmethod
+    def _lightning_parse(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from qwen_image_server.engine.loras import parse_lora_specs
+
+        for spec in parse_lora_specs(value):
+            if spec.name not in {model.value for model in ModelName}:
+                names = ", ".join(model.value for model in ModelName)
+                raise ValueError(f"lightning LoRA {spec.name!r}: name the model it is for ({names})")
         return value
 
     @field_validator("webhook_secret")

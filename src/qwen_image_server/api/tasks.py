@@ -18,6 +18,7 @@ from fastapi import Request
 from qwen_image_server.api.dialect import Caller
 from qwen_image_server.domain import MAX_INPUT_IMAGES, GenerationRequest
 from qwen_image_server.engine.acceleration import plan_for
+from qwen_image_server.engine.loras import check_request_loras
 from qwen_image_server.errors import InvalidParameter, QueueFull, QwenImageError, RateLimited
 from qwen_image_server.results.links import SignedLinks
 from qwen_image_server.safe_fetch import IPNetwork, check_url
@@ -59,6 +60,7 @@ async def submit(
         names = ", ".join(model.value for model in served)
         raise InvalidParameter(f"model {request.model} is not served here; this server serves {names}", param="model")
     plan_for(request, service.settings)  # a level this server cannot run is refused now, in the dialect's shape
+    check_request_loras(request, service.settings)  # so are adapters it does not offer
     if callback_url is not None:
         check_url(callback_url)  # a mistyped URL is refused now, not found out by a failed delivery
     if idempotency is not None and (earlier := await service.store.replay(owner, idempotency)) is not None:

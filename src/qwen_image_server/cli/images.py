@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ from qwen_image_server.domain import (
     parse_size,
 )
 from qwen_image_server.errors import InvalidParameter
+from qwen_image_server.safe_fetch import EVERYWHERE, HTTP_URL_PATTERN
 from qwen_image_server.settings import Settings
 
 ModelOpt = Annotated[
@@ -63,7 +65,15 @@ AccelerationOpt = Annotated[
     typer.Option(
         "--acceleration",
         help="none, regular (skips transformer blocks at steps that change little; close to none) or high "
-        "(skips more, softer detail). See docs/engine.md.",
+        "(the Lightning LoRA of setting lightning_loras, else skips more). See docs/engine.md.",
+    ),
+]
+LoraOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--lora",
+        help="A LoRA adapter, SOURCE[:SCALE]: a .safetensors file, a folder holding one, a Hugging Face repo id "
+        "(fused into the weights), or an http(s) URL (downloaded into DATA_DIR/lora-cache). Repeat for up to 3.",
     ),
 ]
 OutputOpt = Annotated[
@@ -77,8 +87,13 @@ DTypeOpt = Annotated[str | None, typer.Option("--dtype", help="auto, float32, bf
 OffloadOpt = Annotated[str | None, typer.Option("--offload", help="none, model, sequential or group.")]
 
 
-def _settings(placement: Placement, model: ModelName, checkpoint: str | None) -> Settings:
+def _settings(
+    placement: Placement, model: ModelName, checkpoint: str | None, local_loras: tuple[str, ...] = ()
+) -> Settings:
     overrides: dict[str, Any] = {"device": placement.device, "dtype": placement.dtype, "offload": placement.offload}
+    overrides["allowed_fetch_networks"] = EVERYWHERE  # the machine's own user: as for input images
+    if local_loras:
+        overrides["loras"] = local_loras
     try:
         settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
     except ValidationError as exc:
@@ -109,6 +124,23 @@ class ImageOptions:
     quality: int
     acceleration: Acceleration = Acceleration.NONE
     strength: float | None = None
+    loras: tuple[str, ...] = ()
+
+    @property
+    def local_loras(self) -> tuple[str, ...]:
+        """The --lora adapters on this machine or the hub, as the server-level setting `loras`
+        (`cli-N=source[:scale]`): fused into the weights, as a one-off run wants."""
+        return tuple(f"cli-{i}={lora}" for i, lora in enumerate(self.loras, 1) if not _is_url(lora))
+
+    def _url_loras(self) -> list[dict[str, Any]]:
+        """The --lora URLs, as a request's adapters (downloaded through the adapter cache)."""
+        chosen = []
+        for lora in self.loras:
+            if _is_url(lora):
+                head, colon, tail = lora.rpartition(":")
+                scaled = bool(colon) and _is_float(tail) and _is_url(head)
+                chosen.append({"path": head, "scale": float(tail)} if scaled else {"path": lora})
+        return chosen
 
     def request(self, model: ModelName, images: tuple[bytes, ...], fmt: OutputFormat) -> GenerationRequest:
         size = parse_size(self.size) if self.size else None
@@ -125,9 +157,22 @@ class ImageOptions:
             output_format=fmt,
             output_quality=self.quality,
             acceleration=self.acceleration,
+            loras=self._url_loras(),
             images=images,
             strength=self.strength,
         )
+
+
+def _is_url(text: str) -> bool:
+    return re.match(HTTP_URL_PATTERN, text) is not None
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _choose_model(option: str | None, checkpoint: str | None, default: ModelName) -> tuple[ModelName, str | None]:
@@ -210,6 +255,7 @@ def generate(
     output_format: FormatOpt = None,
     quality: QualityOpt = 90,
     acceleration: AccelerationOpt = Acceleration.NONE,
+    lora: LoraOpt = None,
     output: OutputOpt = None,
     device: DeviceOpt = None,
     dtype: DTypeOpt = None,
@@ -229,7 +275,9 @@ def generate(
     ] = None,
 ) -> None:
     """Generate images from a text prompt, or from a prompt and a starting image (--image)."""
-    options = ImageOptions(prompt, negative, size, steps, cfg, seed, count, quality, acceleration, strength)
+    options = ImageOptions(
+        prompt, negative, size, steps, cfg, seed, count, quality, acceleration, strength, tuple(lora or ())
+    )
     with friendly_errors():
         name, source = _choose_model(model, checkpoint, ModelName.QWEN_IMAGE)
         refs = [image] if image is not None else []
@@ -254,13 +302,16 @@ def edit(
     output_format: FormatOpt = None,
     quality: QualityOpt = 90,
     acceleration: AccelerationOpt = Acceleration.NONE,
+    lora: LoraOpt = None,
     output: OutputOpt = None,
     device: DeviceOpt = None,
     dtype: DTypeOpt = None,
     offload: OffloadOpt = None,
 ) -> None:
     """Edit one image, or combine up to three (qwen-image-edit-plus is chosen for more than one)."""
-    options = ImageOptions(prompt, negative, size, steps, cfg, seed, count, quality, acceleration)
+    options = ImageOptions(
+        prompt, negative, size, steps, cfg, seed, count, quality, acceleration, loras=tuple(lora or ())
+    )
     with friendly_errors():
         default = ModelName.QWEN_IMAGE_EDIT if len(image) == 1 else ModelName.QWEN_IMAGE_EDIT_PLUS
         name, source = _choose_model(model, checkpoint, default)
@@ -279,7 +330,7 @@ def _execute(
     from qwen_image_server.sources import read_image_source
 
     fmt = _output_format(requested_format, output)
-    settings = _settings(placement, model, checkpoint)
+    settings = _settings(placement, model, checkpoint, options.local_loras)
     inputs = tuple(read_image_source(ref, index=i) for i, ref in enumerate(image_refs))
     _run(settings, options.request(model, inputs, fmt), output)
 

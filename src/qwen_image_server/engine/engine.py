@@ -20,6 +20,7 @@ and VAE stay. `render_batch` frees memory after a CUDA out-of-memory error and f
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from qwen_image_server.domain import GenerationRequest
+    from qwen_image_server.engine.adapters import AdapterSwitch
     from qwen_image_server.engine.loading import Checkpoint, ComponentPool
     from qwen_image_server.engine.residency import Residency, ResidencyStats
 
@@ -74,6 +76,7 @@ class Engine:
         self._counter_lock = threading.Lock()
         self._device: Any = None
         self._dtype: Any = None
+        self._switch: AdapterSwitch | None = None
 
     # -- loading ---------------------------------------------------------------------------------
 
@@ -128,7 +131,7 @@ class Engine:
             self._dtype = devices.choose_dtype(self.settings.dtype, self._device)
             devices.check_offload(self.settings.offload, self._device)
             lora_specs = parse_lora_specs(self.settings.loras)
-            check_loras(lora_specs, self.settings.quantization)  # a configuration error, before any device check
+            check_loras(self.settings)  # a configuration error, before any device check
             check_speedups(self.settings, self._device, self._dtype)
             self._pool = ComponentPool(
                 self._dtype,
@@ -137,6 +140,22 @@ class Engine:
                 loras=ServerLoras(lora_specs),
             )
         return self._pool
+
+    def _adapters(self) -> AdapterSwitch:
+        if self._switch is None:
+            from qwen_image_server.engine.adapters import AdapterSwitch
+            from qwen_image_server.engine.lora_downloads import LoraDownloads
+
+            downloads = None
+            if self.settings.lora_downloads:
+                downloads = LoraDownloads(
+                    self.settings.data_dir / "lora-cache",
+                    max_bytes=self.settings.lora_download_max_bytes,
+                    cache_bytes=self.settings.lora_cache_bytes,
+                    allowed_networks=self.settings.allowed_fetch_networks,
+                )
+            self._switch = AdapterSwitch(self.settings, downloads)
+        return self._switch
 
     def _residency_policy(self) -> Residency:
         if self._residency is None:
@@ -197,10 +216,12 @@ class Engine:
 
     def validate(self, request: GenerationRequest) -> None:
         """Checks that need the model (its tokenizer) or this server's settings: prompts fit in
-        max_sequence_length tokens, the acceleration level can run here."""
+        max_sequence_length tokens, the acceleration level and the adapters can run here."""
         from qwen_image_server.engine.acceleration import plan_for
+        from qwen_image_server.engine.loras import check_request_loras
 
         plan_for(request, self.settings)
+        check_request_loras(request, self.settings)
         limit = request.max_sequence_length
         for param, text in (("prompt", request.prompt), ("negative_prompt", request.negative_prompt)):
             if text is None:
@@ -249,11 +270,18 @@ class Engine:
         or its own error (`InvalidParameter` from validation, `GenerationCanceled` for one canceled
         while the others went on, `GenerationFailed` for every entry of a call that failed)."""
         outcomes: dict[int, list[RenderedPicture] | QwenImageError] = {}
+        fetched: list[int] = []
+        for position, entry in enumerate(entries):
+            try:  # adapter downloads before the engine is taken: a download never holds the GPU
+                self._adapters().fetch(entry.request)
+                fetched.append(position)
+            except QwenImageError as exc:
+                outcomes[position] = exc
         with self._lock:
             runnable: list[int] = []
-            for position, entry in enumerate(entries):
+            for position in fetched:
                 try:
-                    self.validate(entry.request)
+                    self.validate(entries[position].request)
                     runnable.append(position)
                 except QwenImageError as exc:
                     outcomes[position] = exc
@@ -263,25 +291,33 @@ class Engine:
 
     def _run_call(self, entries: list[BatchEntry]) -> list[list[RenderedPicture] | QwenImageError]:
         """One pipeline call: text-to-image rows in our loop, or one request through a stock pipeline."""
-        from qwen_image_server.engine.acceleration import accelerated, plan_for
+        from qwen_image_server.engine.acceleration import accelerated, plan_for, scheduled
         from qwen_image_server.engine.denoise import TextToImageBatch
         from qwen_image_server.engine.memory import recover_from_oom
         from qwen_image_server.engine.run import StockGeneration, failures_translated
 
         first = entries[0].request
+        # One level and one adapter set per call: both are part of the batch key, and a request
+        # without a key runs alone.
+        plan = plan_for(first, self.settings)
+        calls = [dataclasses.replace(entry, request=plan.call_request(entry.request)) for entry in entries]
         pictures: list[list[Image.Image] | QwenImageError]
         try:
             # One call above the functions whose locals hold the activations, so that an out-of-
             # memory error can free them (memory.py) and fail this call only.
             with failures_translated(), recover_from_oom(self.settings, free=self._free_after_oom):
                 pipeline = self._pipeline(first.model, first.pipeline_mode)
-                # One level per call: it is part of the batch key, and a request without a key runs alone.
-                with accelerated(pipeline.transformer, plan_for(first, self.settings)):
+                adapters = self._adapters().adapters_for(first, plan.lightning.adapter if plan.lightning else None)
+                with (
+                    self._adapters().active(pipeline.transformer, adapters),
+                    accelerated(pipeline.transformer, plan),
+                    scheduled(pipeline, plan),
+                ):
                     if first.batch_key is not None:
-                        batch = TextToImageBatch(pipeline, entries, cfg_batching=self.settings.cfg_batching)
+                        batch = TextToImageBatch(pipeline, calls, cfg_batching=self.settings.cfg_batching)
                         pictures = batch.run()
                     else:
-                        pictures = [StockGeneration(pipeline, entries[0]).pictures()]
+                        pictures = [StockGeneration(pipeline, calls[0]).pictures()]
         except QwenImageError as exc:
             return [exc for _ in entries]
         return [_rendered(entry.request, outcome) for entry, outcome in zip(entries, pictures, strict=True)]

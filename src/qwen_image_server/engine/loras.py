@@ -26,12 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from qwen_image_server.errors import CheckpointUnavailable, EngineSetupError
+from qwen_image_server.domain import LORA_NAME_PATTERN, GenerationRequest
+from qwen_image_server.errors import CheckpointUnavailable, EngineSetupError, InvalidParameter, QwenImageError
 
 if TYPE_CHECKING:
     import torch
 
-_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+    from qwen_image_server.settings import Settings
+
+_NAME = re.compile(LORA_NAME_PATTERN)
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 PREFERRED_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' trainers save under
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -77,14 +80,56 @@ def parse_lora_specs(texts: tuple[str, ...]) -> tuple[LoraSpec, ...]:
     return specs
 
 
-def check_loras(specs: tuple[LoraSpec, ...], quantization: str) -> None:
-    """Refuse, at start, adapters this configuration cannot run: several unfused adapters under FP8
-    (the quantizer would convert their LoRA layers too; one adapter is fused before quantizing)."""
-    if len(specs) > 1 and quantization != "none":
-        raise EngineSetupError(
-            f"{len(specs)} LoRA adapters cannot be combined with quantization={quantization}: only a single "
-            "adapter (fused into the weights before quantizing) can; configure one, or quantization=none"
+def check_loras(settings: Settings) -> None:
+    """Refuse, at start, adapters this configuration cannot run: unfused adapters (several server
+    adapters, offered ones, Lightning) under FP8 (the quantizer would convert their LoRA layers too;
+    one adapter is fused before quantizing), and adapters switched per call under `compile` (the
+    compiled blocks would be traced again at every switch)."""
+    switched = [name for name in ("request_loras", "lightning_loras") if getattr(settings, name)]
+    unfused = ["loras"] * (len(settings.loras) > 1) + switched
+    if settings.quantization != "none" and unfused:
+        _refuse(unfused[0], f"quantization={settings.quantization}")
+    if settings.compile and switched:
+        _refuse(switched[0], "compile=true")
+
+
+def _refuse(setting: str, conflict: str) -> None:
+    raise EngineSetupError(
+        f"{setting} (adapters kept unfused) cannot be combined with {conflict}: only a single server adapter "
+        "(`loras`, fused into the weights) can; remove one of the two settings"
+    )
+
+
+def _per_call_conflict(settings: Settings) -> str | None:
+    """The setting that rules out adapters switched per call, if one is on."""
+    if settings.quantization != "none":
+        return f"quantization={settings.quantization}"
+    return "compile=true" if settings.compile else None
+
+
+def check_request_loras(request: GenerationRequest, settings: Settings) -> None:
+    """Refuse (`InvalidParameter`, param `loras...`) adapters a request asks for that this server
+    cannot give it: a name it does not offer, a URL when downloads are off, any adapter under FP8 or
+    `compile` (per-request adapters stay unfused)."""
+    if not request.loras:
+        return
+    conflict = _per_call_conflict(settings)
+    if conflict:
+        raise InvalidParameter(
+            f"this server cannot apply adapters per request: it runs with {conflict}; send no `loras`", param="loras"
         )
+    offered = {spec.name for spec in parse_lora_specs(settings.request_loras)}
+    for index, lora in enumerate(request.loras):
+        if lora.name is not None and lora.name not in offered:
+            names = ", ".join(sorted(offered)) or "none"
+            raise InvalidParameter(
+                f"LoRA {lora.name!r} is not offered here; this server offers: {names}", param=f"loras.{index}.name"
+            )
+        if lora.path is not None and not settings.lora_downloads:
+            raise InvalidParameter(
+                "this server does not download adapters (lora_downloads=false); name one it offers instead",
+                param=f"loras.{index}.path",
+            )
 
 
 class ServerLoras:
@@ -110,25 +155,39 @@ class ServerLoras:
             )
 
     def _load_into(self, transformer: torch.nn.Module, spec: LoraSpec) -> None:
-        from diffusers import QwenImagePipeline
-
-        tensors = read_safetensors(self._file(spec), spec)
-        try:
-            # The pipeline class's reader converts other trainers' key layouts to diffusers' one.
-            state_dict = QwenImagePipeline.lora_state_dict(tensors)
-            if not state_dict or not all("lora" in key for key in state_dict):
-                raise ValueError("its tensors are not LoRA weights (no `lora` in their names)")
-            with warnings.catch_warnings():
-                # peft warns on every adapter after the first that there will be several: we mean it.
-                warnings.filterwarnings("ignore", message="Already found a `peft_config`", category=UserWarning)
-                transformer.load_lora_adapter(state_dict, adapter_name=spec.name, prefix="transformer")  # type: ignore[operator]
-        except (ValueError, KeyError, RuntimeError, TypeError) as exc:
-            raise CheckpointUnavailable(f"LoRA {spec.name}: {spec.source} does not fit this model: {exc}") from exc
+        load_adapter(transformer, self._file(spec), adapter_name=spec.name, label=f"{spec.name}: {spec.source}")
 
     def _file(self, spec: LoraSpec) -> Path:
         if spec.name not in self._files:
             self._files[spec.name] = resolve_lora_file(spec)
         return self._files[spec.name]
+
+
+def load_adapter(
+    transformer: torch.nn.Module,
+    file: Path,
+    *,
+    adapter_name: str,
+    label: str,
+    refusal: type[QwenImageError] = CheckpointUnavailable,
+) -> None:
+    """Read the safetensors `file` and load it into `transformer` as the peft adapter `adapter_name`
+    (not fused; the caller activates it). `label` names the adapter in errors, which are `refusal`s:
+    the server's configuration is wrong (the default), or a request's adapter (`LoraUnavailable`)."""
+    from diffusers import QwenImagePipeline
+
+    tensors = read_safetensors(file, label, refusal)
+    try:
+        # The pipeline class's reader converts other trainers' key layouts to diffusers' one.
+        state_dict = QwenImagePipeline.lora_state_dict(tensors)
+        if not state_dict or not all("lora" in key for key in state_dict):
+            raise ValueError("its tensors are not LoRA weights (no `lora` in their names)")
+        with warnings.catch_warnings():
+            # peft warns on every adapter after the first that there will be several: we mean it.
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`", category=UserWarning)
+            transformer.load_lora_adapter(state_dict, adapter_name=adapter_name, prefix="transformer")  # type: ignore[operator]
+    except (ValueError, KeyError, RuntimeError, TypeError) as exc:
+        raise refusal(f"LoRA {label} does not fit this model: {exc}") from exc
 
 
 def resolve_lora_file(spec: LoraSpec) -> Path:
@@ -177,7 +236,9 @@ def _hub_snapshot(spec: LoraSpec) -> Path:
         ) from exc
 
 
-def read_safetensors(path: Path, spec: LoraSpec) -> dict[str, torch.Tensor]:
+def read_safetensors(
+    path: Path, label: str, refusal: type[QwenImageError] = CheckpointUnavailable
+) -> dict[str, torch.Tensor]:
     """The tensors of `path`, read by `safetensors` (no code runs); a damaged file is refused."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -185,4 +246,4 @@ def read_safetensors(path: Path, spec: LoraSpec) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointUnavailable(f"LoRA {spec.name}: {path} is not a readable safetensors file: {exc}") from exc
+        raise refusal(f"LoRA {label}: {path} is not a readable safetensors file: {exc}") from exc

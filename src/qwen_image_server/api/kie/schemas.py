@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from qwen_image_server.domain import MAX_LORA_SCALE, MAX_REQUEST_LORAS
 from qwen_image_server.safe_fetch import HTTP_URL_PATTERN
 
 KieModelName = Literal["qwen/text-to-image", "qwen/image-edit"]
@@ -20,6 +21,15 @@ KieState = Literal["waiting", "queuing", "generating", "success", "fail"]
 MAX_PROMPT_CHARS = 5000
 MAX_EDIT_PROMPT_CHARS = 2000  # the provider's qwen/image-edit page allows less than text-to-image
 MAX_NEGATIVE_PROMPT_CHARS = 500
+
+
+class KieLora(BaseModel):
+    """One adapter in fal's shape."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(min_length=1, max_length=2048, description="A .safetensors URL, or an offered adapter's name.")
+    scale: float = Field(default=1.0, ge=-MAX_LORA_SCALE, le=MAX_LORA_SCALE)
 
 
 class KieInput(BaseModel):
@@ -48,8 +58,16 @@ class KieInput(BaseModel):
     negative_prompt: str | None = Field(default=None, max_length=MAX_NEGATIVE_PROMPT_CHARS)
     acceleration: Literal["none", "regular", "high"] = Field(
         default="none",
-        description="The server's acceleration level of the same name (docs/engine.md): `regular` and `high` skip "
-        "transformer blocks at steps that change little (First Block Cache at thresholds 0.08 and 0.2).",
+        description="The server's acceleration level of the same name (docs/engine.md): `regular` skips transformer "
+        "blocks at steps that change little (First Block Cache, threshold 0.08); `high` runs the model's Lightning "
+        "LoRA "
+        "where the server has one (few steps, no CFG), else the same cache at threshold 0.2.",
+    )
+    loras: list[KieLora] | None = Field(
+        default=None,
+        max_length=MAX_REQUEST_LORAS,
+        description=f"Up to {MAX_REQUEST_LORAS} LoRA adapters, as fal's models take them: `path` is the URL of a "
+        ".safetensors file, or the name of an adapter this server offers; `scale` default 1.",
     )
 
 

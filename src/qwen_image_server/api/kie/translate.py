@@ -10,13 +10,15 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 from datetime import datetime
 from typing import Any
 
-from qwen_image_server.api.kie.schemas import MAX_EDIT_PROMPT_CHARS, CreateTaskBody, KieState, RecordData
+from qwen_image_server.api.kie.schemas import MAX_EDIT_PROMPT_CHARS, CreateTaskBody, KieLora, KieState, RecordData
 from qwen_image_server.domain import MAX_SEQUENCE_LENGTH_CAP, GenerationRequest, ModelName, Size
 from qwen_image_server.errors import InvalidParameter, QwenImageError
 from qwen_image_server.results.links import ResultLinker
+from qwen_image_server.safe_fetch import HTTP_URL_PATTERN
 from qwen_image_server.tasks.model import Task, TaskStatus
 
 DIALECT_NAME = "kie"
@@ -88,8 +90,16 @@ def to_generation_request(body: CreateTaskBody, images: tuple[bytes, ...]) -> Ge
         # The provider takes prompts of up to 5000 characters; let the tokenizer limit be the widest.
         max_sequence_length=MAX_SEQUENCE_LENGTH_CAP,
         acceleration=fields.acceleration,
+        loras=tuple(_lora_choice(lora) for lora in fields.loras or ()),
         images=images,
     )
+
+
+def _lora_choice(lora: KieLora) -> dict[str, Any]:
+    """fal's `{path, scale}`: a URL to download, or the name of an adapter the server offers."""
+    if re.match(HTTP_URL_PATTERN, lora.path):
+        return {"path": lora.path, "scale": lora.scale}
+    return {"name": lora.path, "scale": lora.scale}
 
 
 def model_name(task: Task) -> str:
@@ -112,6 +122,8 @@ def param_json(task: Task) -> str:
         "output_format": request.output_format.value,
         "acceleration": request.acceleration.value,
     }
+    if request.loras:
+        inputs["loras"] = [{"path": lora.source, "scale": lora.scale} for lora in request.loras]
     if request.negative_prompt is not None:
         inputs["negative_prompt"] = request.negative_prompt
     body: dict[str, Any] = {"model": model_name(task)}

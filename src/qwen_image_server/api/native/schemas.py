@@ -11,6 +11,7 @@ from qwen_image_server.domain import (
     MAX_INPUT_IMAGES,
     MAX_PARTIAL_IMAGES,
     MAX_PROMPT_CHARS,
+    MAX_REQUEST_LORAS,
     MAX_SEQUENCE_LENGTH_CAP,
     MAX_SIDE,
     MAX_STEPS,
@@ -20,6 +21,7 @@ from qwen_image_server.domain import (
     SIZE_PRESETS,
     SIZE_TEXT_PATTERN,
     Acceleration,
+    LoraChoice,
     ModelName,
     OutputFormat,
 )
@@ -63,9 +65,18 @@ class CreateTaskBody(BaseModel):
         default=Acceleration.NONE,
         description="Speed traded for fidelity. `none`: every block of the transformer at every step. `regular`: "
         "First Block Cache at threshold 0.08 (skips the other blocks at steps where the first block's output barely "
-        "moved; close to `none`, up to about 2x faster). `high`: the same at threshold 0.2 (faster still, more drift "
-        "from `none`); it becomes the Lightning 8-step LoRA once LoRA weights can be configured. A server that cannot "
-        "run a level (`compile` on) refuses it: 400 `invalid_parameter`, param `acceleration`. See docs/engine.md.",
+        "moved; close to `none`, up to about 2x faster). `high`: the model's Lightning LoRA where the server has one "
+        "(its few steps, CFG off: `num_inference_steps` and `true_cfg_scale` are replaced), else the cache at "
+        "threshold 0.2 (faster still, more drift from `none`). A server that cannot run a level (`compile` on) "
+        "refuses it: 400 `invalid_parameter`, param `acceleration`. See docs/engine.md.",
+    )
+    loras: list[LoraChoice] = Field(
+        default_factory=list,
+        max_length=MAX_REQUEST_LORAS,
+        description=f'Up to {MAX_REQUEST_LORAS} LoRA adapters for this request: `{{"name": ..., "scale": ...}}` for '
+        'one the server offers (setting `request_loras`), or `{"path": URL, "scale": ...}` for a .safetensors '
+        "file to download (cached by the server). Scale -4 to 4 (default: the offered adapter's, or 1). Refused with "
+        "400 `invalid_parameter` where the server does not offer per-request adapters. See docs/engine.md.",
     )
     images: list[str] = Field(
         default_factory=list,
@@ -129,6 +140,7 @@ class RequestOut(BaseModel):
     input_images: int
     acceleration: str
     strength: float | None = Field(description="Image-to-image and inpainting only; null otherwise.")
+    loras: list[LoraChoice] = Field(default_factory=list)
 
 
 class TaskOut(BaseModel):

@@ -42,6 +42,7 @@ def to_generation_request(body: CreateTaskBody, images: tuple[bytes, ...]) -> Ge
         max_sequence_length=body.max_sequence_length,
         partial_images=body.partial_images,
         acceleration=body.acceleration,
+        loras=tuple(body.loras),
         images=images,
         strength=body.strength,
     )
@@ -90,6 +91,7 @@ def to_task_out(task: Task, link: ResultLinker, queue_position: int | None = Non
             input_images=request.input_image_count,
             acceleration=request.acceleration.value,
             strength=request.strength,
+            loras=list(request.loras),
         ),
         results=[_result_out(image, task, link) for image in task.results],
         previews=[_result_out(image, task, link) for image in task.previews],
