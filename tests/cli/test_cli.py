@@ -254,3 +254,21 @@ def test_help_starts_without_importing_torch(tmp_path: Path) -> None:
 def test_version() -> None:
     code, stdout, _ = qwen_image("--version")
     assert code == 0 and re.match(r"qwen-image-server \d+\.\d+", stdout)
+
+
+def test_lora_from_a_file_and_from_a_url_give_the_same_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from qwen_image_server.engine.tiny_lora import save_tiny_lora
+    from tests.unit.local_http import send_body, serving
+
+    monkeypatch.setenv("QWEN_IMAGE_DATA_DIR", str(tmp_path / "data"))
+    lora = save_tiny_lora(tmp_path / "style.safetensors", seed=3)
+    common = ["a red fox", *FAST, "--seed", "7"]
+    plain, by_file, by_url = tmp_path / "plain.png", tmp_path / "file.png", tmp_path / "url.png"
+    assert qwen_image("generate", *common, "-o", plain)[0] == 0
+    code, _, stderr = qwen_image("generate", *common, "--lora", f"{lora}:0.7", "-o", by_file)
+    assert code == 0, stderr
+    with serving({"/style.safetensors": lambda handler: send_body(handler, lora.read_bytes())}) as base:
+        code, _, stderr = qwen_image("generate", *common, "--lora", f"{base}/style.safetensors:0.7", "-o", by_url)
+    assert code == 0, stderr
+    assert np.abs(pixels(by_file) - pixels(plain)).max() > 10
+    assert np.abs(pixels(by_url) - pixels(by_file)).max() <= 1

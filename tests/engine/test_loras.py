@@ -139,7 +139,8 @@ def test_a_missing_file_is_refused(tmp_path: Path) -> None:
 
 def test_several_adapters_with_fp8_are_refused_at_start(lora_dir: Path) -> None:
     a, b = lora_dir / "a.safetensors", lora_dir / "b.safetensors"
-    with pytest.raises(EngineSetupError, match=r"loras \(adapters kept unfused\) cannot be combined with quantization=fp8"):
+    refusal = r"loras \(adapters kept unfused\) cannot be combined with quantization=fp8"
+    with pytest.raises(EngineSetupError, match=refusal):
         Engine(Settings(**TINY_EVERYWHERE, loras=f"a={a},b={b}", quantization="fp8")).load(ModelName.QWEN_IMAGE)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from qwen_image_server.domain import BatchEntry, GenerationRequest, ModelName
 from qwen_image_server.engine import Engine
 from qwen_image_server.engine.adapters import MAX_LOADED_ADAPTERS
 from qwen_image_server.engine.tiny_lora import save_tiny_lora
-from qwen_image_server.errors import EngineSetupError, InvalidParameter, QwenImageError
+from qwen_image_server.errors import EngineSetupError, InvalidParameter, LoraUnavailable, QwenImageError
 from qwen_image_server.settings import Settings
 from tests.conftest import TINY_EVERYWHERE
 
@@ -103,7 +104,8 @@ def test_least_recently_used_adapters_leave_the_transformer(engine: Engine) -> N
 def test_server_adapters_stay_on_under_request_adapters(lora_dir: Path) -> None:
     """Several server adapters stay active for every call, a request's adapters are added to them."""
     a, b = lora_dir / "l1.safetensors", lora_dir / "l2.safetensors"
-    server = Engine(Settings(**TINY_EVERYWHERE, loras=f"a={a},b={b}:0", request_loras=f"c={lora_dir / 'l3.safetensors'}"))
+    offered = f"c={lora_dir / 'l3.safetensors'}"
+    server = Engine(Settings(**TINY_EVERYWHERE, loras=f"a={a},b={b}:0", request_loras=offered))
     with_c = fused(lora_dir, f"a={a},c={lora_dir / 'l3.safetensors'}")
     assert np.abs(image(server, {"name": "c"}) - with_c).max() <= 1
     assert np.abs(image(server) - fused(lora_dir, f"a={a}")).max() <= 1
@@ -117,6 +119,48 @@ def test_a_name_the_server_does_not_offer_is_refused(engine: Engine) -> None:
 
 def test_adapters_per_request_are_refused_under_fp8(lora_dir: Path) -> None:
     with pytest.raises(InvalidParameter, match="cannot apply adapters per request: it runs with quantization=fp8"):
-        Engine(Settings(**TINY_EVERYWHERE, quantization="fp8")).validate(request({"path": "https://x.org/a.safetensors"}))
-    with pytest.raises(EngineSetupError, match="request_loras .* cannot be combined with compile=true"):
+        fp8 = Engine(Settings(**TINY_EVERYWHERE, quantization="fp8"))
+        fp8.validate(request({"path": "https://x.org/a.safetensors"}))
+    with pytest.raises(EngineSetupError, match=r"request_loras .* cannot be combined with compile=true"):
         offering(lora_dir, compile=True).load(ModelName.QWEN_IMAGE)
+
+
+@pytest.fixture(scope="module")
+def lora_server(lora_dir: Path) -> Iterator[str]:
+    from tests.unit.local_http import send_body, serving
+
+    def serve(name: str) -> Callable[[Any], None]:
+        return lambda handler: send_body(handler, (lora_dir / name).read_bytes())
+
+    routes = {f"/{path.name}": serve(path.name) for path in lora_dir.glob("*.safetensors")}
+    truncated = (lora_dir / "l1.safetensors").read_bytes()[:-100]  # a valid header, the tensors cut short
+    routes["/truncated.safetensors"] = lambda handler: send_body(handler, truncated)
+    with serving(routes) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def downloading(lora_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    data = tmp_path_factory.mktemp("data")
+    return offering(lora_dir, data_dir=data, allowed_fetch_networks="127.0.0.0/8")
+
+
+def test_a_url_adapter_gives_the_image_of_the_same_file_offered(downloading: Engine, lora_server: str) -> None:
+    by_url = image(downloading, {"path": f"{lora_server}/l2.safetensors", "scale": 0.8})
+    assert np.abs(by_url - image(downloading, {"name": "l2", "scale": 0.8})).max() <= 1
+    assert list((downloading.settings.data_dir / "lora-cache" / "blobs").glob("*.safetensors"))
+
+
+def test_a_bad_url_fails_only_its_own_request(downloading: Engine, lora_server: str) -> None:
+    urls = [f"{lora_server}/missing.safetensors", f"{lora_server}/truncated.safetensors"]
+    asks = [request({"path": urls[0]}), request({"path": urls[1]}), request()]
+    missing, truncated, plain = downloading.render_batch([BatchEntry(ask) for ask in asks])
+    assert isinstance(missing, LoraUnavailable) and "answered HTTP 404" in missing.message
+    assert isinstance(truncated, LoraUnavailable) and "not a readable safetensors file" in truncated.message
+    assert not isinstance(plain, QwenImageError)
+
+
+def test_downloads_off_refuse_urls(lora_dir: Path) -> None:
+    with pytest.raises(InvalidParameter, match="does not download adapters") as caught:
+        offering(lora_dir, lora_downloads=False).validate(request({"path": "https://example.org/a.safetensors"}))
+    assert caught.value.param == "loras.0.path"
