@@ -14,8 +14,14 @@ regular=0.3,high=0.6` runs the levels at other First Block Cache thresholds to s
 cost and effect on it. Without `--tiny` the full-size model with random weights runs on the GPU:
 the seconds per skipped block are real, how many blocks are skipped is not the real model's.
 
+`--lightning` makes `high` the Lightning plan (setting `lightning_loras`): a random LoRA of the
+transformer's shapes (rank 64; rank 4 with `--tiny`) at `--lightning-steps` steps without CFG. Its
+time per image is real (a few steps of the transformer with an adapter); its distance from `none`
+means nothing (random adapter weights), so the table marks it.
+
     .venv/bin/python bench/acceleration.py --tiny                     # ~1 min on the CPU
     .venv/bin/python bench/acceleration.py --tiny --thresholds regular=0.3,high=0.6
+    .venv/bin/python bench/acceleration.py --tiny --lightning
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import argparse
 import math
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +40,7 @@ if __package__ in (None, ""):  # run as `python bench/acceleration.py`: make `be
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import emit, machine, note, quiet_libraries, table
-from bench.full_size import add_engine_options, settle_engine_options, use_full_size_components
+from bench.full_size import add_engine_options, random_lora_file, settle_engine_options, use_full_size_components
 
 LEVELS = ("none", "regular", "high")
 PROMPT = "a red fox in fresh snow, morning light"
@@ -43,6 +50,7 @@ PROMPT = "a red fox in fresh snow, morning light"
 class Level:
     name: str
     threshold: float | None
+    lightning_steps: int | None = None
     seconds: list[float] = field(default_factory=list)
     transformer_calls: int = 0
     block_computations: int = 0
@@ -91,8 +99,15 @@ def run(args: argparse.Namespace) -> list[Level]:
     for name, threshold in args.thresholds.items():
         level = Acceleration(name)
         acceleration.PLANS[level] = acceleration.AccelerationPlan(level, threshold)
+    settings = Settings(checkpoint_qwen_image="tiny", device=args.device, dtype=args.dtype)
+    if args.lightning:
+        lightning = random_lora_file(Path(tempfile.mkdtemp(prefix="lightning-")), 0, args)
+        chosen = {"lightning_loras": f"qwen-image={lightning}", "lightning_steps": args.lightning_steps}
+        settings = Settings(checkpoint_qwen_image="tiny", device=args.device, dtype=args.dtype, **chosen)
     levels = [Level(name, acceleration.PLANS[Acceleration(name)].first_block_cache_threshold) for name in LEVELS]
-    engine = Engine(Settings(checkpoint_qwen_image="tiny", device=args.device, dtype=args.dtype))
+    if args.lightning:
+        levels[-1] = Level("high", None, lightning_steps=args.lightning_steps)
+    engine = Engine(settings)
     counters = Counters(engine.pipeline(engine.settings.models[0]).transformer)
 
     def render(level: Level) -> list[Any]:
@@ -135,16 +150,21 @@ def report(levels: list[Level], args: argparse.Namespace) -> float:
           f"{args.rounds} rounds, {args.device} {args.dtype}, {args.block_count} blocks")  # fmt: skip
     rows = []
     for level in levels:
-        rows.append([level.name, "-" if level.threshold is None else f"{level.threshold:g}",
+        runs = "-" if level.threshold is None else f"cache {level.threshold:g}"
+        runs = f"lightning, {level.lightning_steps} steps" if level.lightning_steps else runs
+        rows.append([level.name, runs,
                      f"{level.transformer_calls / level.images:.0f}", f"{level.block_computations / level.images:.0f}",
                      f"{level.block_computations / none.block_computations:.2f}", f"{level.seconds_per_image:.3f}",
-                     f"{none.seconds_per_image / level.seconds_per_image:.2f}", f"{level.mad:.2f}",
+                     f"{none.seconds_per_image / level.seconds_per_image:.2f}",
+                     f"{level.mad:.2f}" + ("*" if level.lightning_steps else ""),
                      f"{level.psnr:.1f}"])  # fmt: skip
-    print(table(["level", "threshold", "calls/image", "blocks/image", "x blocks", "s/image", "speedup",
+    print(table(["level", "runs", "calls/image", "blocks/image", "x blocks", "s/image", "speedup",
                  "MAD vs none", "PSNR dB"], rows))  # fmt: skip
+    if args.lightning:
+        print("* a random Lightning stand-in: its distance from none says nothing of the real adapter's quality")
     high = levels[-1]
     speedup = round(none.seconds_per_image / high.seconds_per_image, 3)
-    keys = ("size", "steps", "images", "rounds", "device", "dtype", "tiny", "block_count")
+    keys = ("size", "steps", "images", "rounds", "device", "dtype", "tiny", "block_count", "lightning")
     record = {
         "machine": machine(),
         "settings": {key: getattr(args, key) for key in keys},
@@ -152,6 +172,7 @@ def report(levels: list[Level], args: argparse.Namespace) -> float:
             {
                 "level": level.name,
                 "threshold": level.threshold,
+                "lightning_steps": level.lightning_steps,
                 "transformer_calls_per_image": level.transformer_calls / level.images,
                 "block_computations_per_image": level.block_computations / level.images,
                 "seconds_per_image": level.seconds_per_image,
@@ -181,6 +202,8 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--images", type=int, default=1, help="images of the request [1]")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per level [3]")
     parser.add_argument("--thresholds", type=_thresholds, default={}, help="e.g. regular=0.3,high=0.6")
+    parser.add_argument("--lightning", action="store_true", help="high = a Lightning LoRA (a random stand-in)")
+    parser.add_argument("--lightning-steps", type=int, default=8, help="the Lightning steps [8]")
     add_engine_options(parser)
     args = parser.parse_args(argv)
     settle_engine_options(parser, args)

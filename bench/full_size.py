@@ -107,3 +107,21 @@ def settle_engine_options(parser: argparse.ArgumentParser, args: argparse.Namesp
     elif torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         parser.error("no CUDA GPU here; run with --tiny to check the script on the CPU")
     args.size = args.size or (256 if args.tiny else 1024)
+
+
+def random_lora_file(folder: Path, seed: int, args: argparse.Namespace, rank: int = 64) -> Path:
+    """A random LoRA file for the benchmark's transformer (tiny, or full size: its shapes read from a
+    transformer built on the meta device, so no memory is spent), as `folder/lora-SEED.safetensors`."""
+    import dataclasses
+
+    import torch
+
+    from qwen_image_server.engine.tiny_lora import random_lora_state_dict, save_lora, tiny_lora_state_dict
+
+    path = folder / f"lora-{seed}.safetensors"
+    if args.tiny:
+        return save_lora(path, tiny_lora_state_dict(seed, rank=4))
+    shape = FULL if args.layers is None else dataclasses.replace(FULL, num_layers=args.layers)
+    shapes_only = build_transformer(shape, torch.device("meta"), torch.float32)  # reads in/out features only
+    tensors = random_lora_state_dict(shapes_only, seed, rank, strength=0.01)
+    return save_lora(path, {name: tensor.to(getattr(torch, args.dtype)) for name, tensor in tensors.items()})

@@ -26,6 +26,7 @@ missing = [wheel for module, name in wanted.items() if importlib.util.find_spec(
 if missing:
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", *missing], check=True)
 PY
+if [ "${1:-}" = "--install-only" ]; then exit 0; fi
 export PYTHONPATH="src:."
 python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, torch.cuda.get_device_name())" | tee "$OUT/versions.txt"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee -a "$OUT/versions.txt"

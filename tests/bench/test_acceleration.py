@@ -41,3 +41,11 @@ def test_the_script_reports_each_level_against_none(tmp_path: Path, capsys: pyte
 def test_thresholds_are_only_for_the_cache_levels() -> None:
     with pytest.raises(SystemExit):
         bench.main(["--tiny", "--thresholds", "none=0.1"])
+
+
+def test_lightning_makes_high_a_few_steps_without_cfg(tmp_path: Path) -> None:
+    bench.main(["--tiny", "--steps", "8", "--rounds", "1", "--lightning", "--lightning-steps", "4",
+                "--json", str(tmp_path / "l.json")])  # fmt: skip
+    levels = {level["level"]: level for level in json.loads((tmp_path / "l.json").read_text())["levels"]}
+    assert levels["high"]["lightning_steps"] == 4 and levels["high"]["threshold"] is None
+    assert levels["high"]["transformer_calls_per_image"] == 4  # one call per step: no CFG

@@ -21,7 +21,14 @@ TINY_LORA_TARGETS = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0")
 
 def tiny_lora_state_dict(seed: int, rank: int = 4, strength: float = 0.3) -> dict[str, torch.Tensor]:
     """Random low-rank weights for the tiny transformer, the same for the same seed."""
-    transformer = build_tiny_transformer()
+    return random_lora_state_dict(build_tiny_transformer(), seed, rank, strength)
+
+
+def random_lora_state_dict(
+    transformer: torch.nn.Module, seed: int, rank: int, strength: float
+) -> dict[str, torch.Tensor]:
+    """Random low-rank weights for `transformer`'s attention projections (any size: the benchmarks
+    make full-size ones, which time like trained adapters of that rank)."""
     generator = torch.Generator().manual_seed(seed)
     tensors: dict[str, torch.Tensor] = {}
     for path, module in transformer.named_modules():
@@ -36,6 +43,10 @@ def tiny_lora_state_dict(seed: int, rank: int = 4, strength: float = 0.3) -> dic
 
 def save_tiny_lora(path: Path, seed: int, rank: int = 4, strength: float = 0.3) -> Path:
     """Write a tiny LoRA to `path` (a `.safetensors` file) and return the path."""
+    return save_lora(path, tiny_lora_state_dict(seed, rank, strength))
+
+
+def save_lora(path: Path, tensors: dict[str, torch.Tensor]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tiny_lora_state_dict(seed, rank, strength), str(path))
+    save_file(tensors, str(path))
     return path
