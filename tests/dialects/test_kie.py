@@ -194,6 +194,20 @@ async def test_a_level_this_server_cannot_run_is_refused_in_the_envelope(tmp_pat
         assert (await service.store.list_tasks()).tasks == []
 
 
+async def test_image_to_image_with_a_strength(client: httpx.AsyncClient, service: Service) -> None:
+    inputs = {"prompt": "a fox", "image_url": png_data_uri((128, 96)), "strength": 0.5, "num_inference_steps": 4}
+    created = await client.post(CREATE, json={"model": "qwen/image-to-image", "input": inputs})
+    task_id = assert_envelope(created, 200)["data"]["taskId"]
+    data = await poll_until_done(client, task_id)
+    assert data["state"] == "success", data["failMsg"]
+    assert data["model"] == "qwen/image-to-image"
+    echoed = json.loads(data["param"])
+    assert echoed["model"] == "qwen/image-to-image" and echoed["input"]["strength"] == 0.5
+    request = (await service.store.get(task_id)).request
+    assert request.pipeline_mode == "image_to_image" and request.denoising_steps == 2
+    assert (request.width, request.height) == (1184, 880), "the input's aspect ratio at about 1 MP"
+
+
 async def test_an_edit_as_jpeg_with_a_callback_url(client: httpx.AsyncClient, service: Service) -> None:
     body = {
         "model": "qwen/image-edit",
@@ -248,6 +262,12 @@ BAD_BODIES: dict[str, dict[str, Any]] = {
     "ftp callback": {**tiny_t2i(), "callBackUrl": "ftp://example.com/x"},
     "image_url on text-to-image": tiny_t2i(image_url=png_data_uri()),
     "edit without image_url": {"model": "qwen/image-edit", "input": {"prompt": "fox"}},
+    "image-to-image without image_url": {"model": "qwen/image-to-image", "input": {"prompt": "fox"}},
+    "strength on text-to-image": tiny_t2i(strength=0.5),
+    "strength 0": {
+        "model": "qwen/image-to-image",
+        "input": {"prompt": "x", "image_url": png_data_uri(), "strength": 0},
+    },
     "edit prompt over 2000": {"model": "qwen/image-edit", "input": {"prompt": "a" * 2001, "image_url": png_data_uri()}},
     "edit of a dead url": {
         "model": "qwen/image-edit",

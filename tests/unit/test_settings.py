@@ -134,3 +134,18 @@ def test_loras_parse_names_sources_and_scales(clean_env: None) -> None:
 def test_bad_loras_are_refused_with_what_is_wrong(clean_env: None, value: str, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         Settings(loras=value)
+
+
+def test_request_loras_are_read_like_loras(clean_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QWEN_IMAGE_REQUEST_LORAS", "style=/x/style.safetensors:0.8,detail=owner/repo")
+    assert Settings().request_loras == ("style=/x/style.safetensors:0.8", "detail=owner/repo")
+    with pytest.raises(ValidationError, match="must be 1-64 letters"):
+        Settings(request_loras="bad name=/x/a.safetensors")
+
+
+def test_lightning_loras_name_a_model(clean_env: None) -> None:
+    assert Settings(lightning_loras="qwen-image=/x/l8.safetensors").lightning_loras == ("qwen-image=/x/l8.safetensors",)
+    with pytest.raises(ValidationError, match="lightning LoRA 'qwen': name the model it is for"):
+        Settings(lightning_loras="qwen=/x/l8.safetensors")
+    with pytest.raises(ValidationError, match="lightning_steps"):
+        Settings(lightning_steps=1)

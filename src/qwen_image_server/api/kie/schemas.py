@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from qwen_image_server.domain import MAX_LORA_SCALE, MAX_REQUEST_LORAS
 from qwen_image_server.safe_fetch import HTTP_URL_PATTERN
 
-KieModelName = Literal["qwen/text-to-image", "qwen/image-edit"]
+KieModelName = Literal["qwen/text-to-image", "qwen/image-to-image", "qwen/image-edit"]
 ImageSizePreset = Literal["square", "square_hd", "portrait_4_3", "portrait_16_9", "landscape_4_3", "landscape_16_9"]
 KieState = Literal["waiting", "queuing", "generating", "success", "fail"]
 
@@ -39,11 +39,20 @@ class KieInput(BaseModel):
 
     prompt: str = Field(max_length=MAX_PROMPT_CHARS)
     image_url: str | None = Field(
-        default=None, description="qwen/image-edit only: the image to edit (http(s) URL or data URI)."
+        default=None,
+        description="qwen/image-edit: the image to edit; qwen/image-to-image: the image to start from (http(s) URL or "
+        "data URI).",
+    )
+    strength: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="qwen/image-to-image only: how far from the input image to go, above 0 to 1 (default 0.6, "
+        "diffusers' default; fal's image-to-image field of the same name).",
     )
     image_size: ImageSizePreset | None = Field(
         default=None,
-        description="Default square_hd (1024x1024); for qwen/image-edit, the input's aspect ratio at about 1 MP.",
+        description="Default square_hd (1024x1024); with an input image, its aspect ratio at about 1 MP.",
     )
     num_inference_steps: int = Field(default=30, ge=2, le=250)
     seed: int | None = None
@@ -51,7 +60,7 @@ class KieInput(BaseModel):
         default=None,
         ge=0,
         le=20,
-        description="True CFG scale. Default 2.5 (text-to-image) or 4 (image-edit).",
+        description="True CFG scale. Default 2.5 (text-to-image, image-to-image) or 4 (image-edit).",
     )
     enable_safety_checker: bool | None = Field(default=None, description="Accepted and ignored.")
     output_format: Literal["png", "jpeg"] = "png"
@@ -60,8 +69,7 @@ class KieInput(BaseModel):
         default="none",
         description="The server's acceleration level of the same name (docs/engine.md): `regular` skips transformer "
         "blocks at steps that change little (First Block Cache, threshold 0.08); `high` runs the model's Lightning "
-        "LoRA "
-        "where the server has one (few steps, no CFG), else the same cache at threshold 0.2.",
+        "LoRA where the server has one (few steps, no CFG), else the same cache at threshold 0.2.",
     )
     loras: list[KieLora] | None = Field(
         default=None,

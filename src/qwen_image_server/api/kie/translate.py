@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from qwen_image_server.api.kie.schemas import MAX_EDIT_PROMPT_CHARS, CreateTaskBody, KieLora, KieState, RecordData
-from qwen_image_server.domain import MAX_SEQUENCE_LENGTH_CAP, GenerationRequest, ModelName, Size
+from qwen_image_server.domain import MAX_SEQUENCE_LENGTH_CAP, GenerationRequest, ModelName, PipelineMode, Size
 from qwen_image_server.errors import InvalidParameter, QwenImageError
 from qwen_image_server.results.links import ResultLinker
 from qwen_image_server.safe_fetch import HTTP_URL_PATTERN
@@ -25,9 +25,9 @@ DIALECT_NAME = "kie"
 
 KIE_MODELS: dict[str, ModelName] = {
     "qwen/text-to-image": ModelName.QWEN_IMAGE,
+    "qwen/image-to-image": ModelName.QWEN_IMAGE,  # with its one input image: image-to-image
     "qwen/image-edit": ModelName.QWEN_IMAGE_EDIT,
 }
-_KIE_NAMES = {ours: theirs for theirs, ours in KIE_MODELS.items()}
 
 # The provider serves Qwen-Image through fal, whose presets these are (not Qwen's native 1328 sizes).
 IMAGE_SIZES: dict[str, Size] = {
@@ -40,7 +40,7 @@ IMAGE_SIZES: dict[str, Size] = {
 }
 _PRESET_NAMES = {size: name for name, size in IMAGE_SIZES.items()}
 DEFAULT_IMAGE_SIZE = "square_hd"
-DEFAULT_GUIDANCE = {"qwen/text-to-image": 2.5, "qwen/image-edit": 4.0}
+DEFAULT_GUIDANCE = {"qwen/text-to-image": 2.5, "qwen/image-to-image": 2.5, "qwen/image-edit": 4.0}
 
 _STATES: dict[TaskStatus, KieState] = {
     TaskStatus.QUEUED: "waiting",
@@ -56,14 +56,19 @@ CALLBACK_FAILED = "Playground task failed."
 
 def input_image_refs(body: CreateTaskBody) -> list[str]:
     """The input images to fetch, after the checks that need no download."""
-    prompt, url = body.input.prompt, body.input.image_url
-    if body.model == "qwen/text-to-image":
+    prompt, url, model = body.input.prompt, body.input.image_url, body.model
+    if body.input.strength is not None and model != "qwen/image-to-image":
+        raise InvalidParameter("input.strength is only for qwen/image-to-image", param="input.strength")
+    if model == "qwen/text-to-image":
         if url is not None:
-            raise InvalidParameter("input.image_url is only for qwen/image-edit", param="input.image_url")
+            raise InvalidParameter(
+                "input.image_url is not for qwen/text-to-image; use qwen/image-to-image or qwen/image-edit",
+                param="input.image_url",
+            )
         return []
     if url is None:
-        raise InvalidParameter("input.image_url is required for qwen/image-edit", param="input.image_url")
-    if len(prompt) > MAX_EDIT_PROMPT_CHARS:
+        raise InvalidParameter(f"input.image_url is required for {model}", param="input.image_url")
+    if model == "qwen/image-edit" and len(prompt) > MAX_EDIT_PROMPT_CHARS:
         raise InvalidParameter(
             f"input.prompt is at most {MAX_EDIT_PROMPT_CHARS} characters for qwen/image-edit, got {len(prompt)}",
             param="input.prompt",
@@ -73,8 +78,8 @@ def input_image_refs(body: CreateTaskBody) -> list[str]:
 
 def to_generation_request(body: CreateTaskBody, images: tuple[bytes, ...]) -> GenerationRequest:
     fields = body.input
-    preset = fields.image_size or (None if body.model == "qwen/image-edit" else DEFAULT_IMAGE_SIZE)
-    size = IMAGE_SIZES[preset] if preset else None  # none: an edit keeps its input's aspect ratio
+    preset = fields.image_size or (DEFAULT_IMAGE_SIZE if body.model == "qwen/text-to-image" else None)
+    size = IMAGE_SIZES[preset] if preset else None  # none: the input image's aspect ratio at about 1 MP
     guidance = fields.guidance_scale if fields.guidance_scale is not None else DEFAULT_GUIDANCE[body.model]
     return GenerationRequest.create(
         model=KIE_MODELS[body.model],
@@ -92,6 +97,7 @@ def to_generation_request(body: CreateTaskBody, images: tuple[bytes, ...]) -> Ge
         acceleration=fields.acceleration,
         loras=tuple(_lora_choice(lora) for lora in fields.loras or ()),
         images=images,
+        strength=fields.strength,
     )
 
 
@@ -104,7 +110,9 @@ def _lora_choice(lora: KieLora) -> dict[str, Any]:
 
 def model_name(task: Task) -> str:
     """The provider's name for the task's model (ours for a model it does not have)."""
-    return _KIE_NAMES.get(task.model, task.model.value)
+    if task.model is ModelName.QWEN_IMAGE:
+        return "qwen/image-to-image" if task.request.input_image_count else "qwen/text-to-image"
+    return "qwen/image-edit" if task.model is ModelName.QWEN_IMAGE_EDIT else task.model.value
 
 
 def param_json(task: Task) -> str:
@@ -122,6 +130,8 @@ def param_json(task: Task) -> str:
         "output_format": request.output_format.value,
         "acceleration": request.acceleration.value,
     }
+    if request.strength is not None and request.pipeline_mode is PipelineMode.IMAGE_TO_IMAGE:
+        inputs["strength"] = request.strength
     if request.loras:
         inputs["loras"] = [{"path": lora.source, "scale": lora.scale} for lora in request.loras]
     if request.negative_prompt is not None:
