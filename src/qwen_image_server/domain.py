@@ -31,6 +31,7 @@ from pydantic import (
 
 from qwen_image_server import images
 from qwen_image_server.errors import InvalidParameter
+from qwen_image_server.report import NO_NOTES, ImageNote, RequestNotes
 from qwen_image_server.safe_fetch import HTTP_URL_PATTERN
 
 REQUEST_SCHEMA_VERSION = 1
@@ -543,6 +544,13 @@ class ImageResult:
     seed: int
     index: int
     partial_index: int | None = None  # set on previews decoded from intermediate steps
+    notes: RequestNotes = NO_NOTES  # what happened to the request (the same for its images)
+    nsfw: bool | None = None  # the safety checker's verdict; None: not checked
+    withheld: str | None = None  # why this image is kept back (then `data` is empty)
+
+    @property
+    def note(self) -> ImageNote:
+        return ImageNote(self.index, self.seed, self.nsfw, self.withheld)
 
     @property
     def content_type(self) -> str:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 
 from qwen_image_server.domain import GenerationRequest, ModelName, OutputFormat
+from qwen_image_server.report import TaskReport
 
 
 class TaskStatus(StrEnum):
@@ -122,6 +123,7 @@ class Task:
     worker_id: str | None = None
     lease_expires_at: datetime | None = None
     previews: tuple[StoredImage, ...] = ()  # partial images, while running and after
+    report: TaskReport | None = None  # what the run did beyond the pictures; None before it ends
 
     @property
     def model(self) -> ModelName:

@@ -83,6 +83,8 @@ tasks = Table(
     # Queued tasks with the same key can run as one pipeline call (`GenerationRequest.batch_key`);
     # NULL: the task runs alone.
     Column("batch_key", String(128), nullable=True),
+    # What the run did beyond the pictures (report.TaskReport as JSON), written with the results.
+    Column("report_json", Text, nullable=True),
     # The claim: WHERE status = 'queued' ORDER BY priority DESC, created_at, id (also the queue position
     # count and the expired-lease sweep, which filter on status first).
     Index("ix_tasks_status_priority_created", "status", "priority", "created_at"),

@@ -50,6 +50,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from qwen_image_server.domain import ModelName
 from qwen_image_server.errors import InvalidParameter
+from qwen_image_server.report import TaskReport
 from qwen_image_server.tasks.changes import TaskChanges
 from qwen_image_server.tasks.idempotency import check_fingerprint, claim_key, key_row, task_holding_key
 from qwen_image_server.tasks.inputs import attach_inputs, delete_inputs_of, store_inputs
@@ -330,13 +331,16 @@ class SqlTaskStore:
         self._changes.changed(task_id)
         return bool(cancel_requested)
 
-    async def complete(self, task_id: str, worker_id: str, results: Sequence[StoredImage]) -> Task:
+    async def complete(
+        self, task_id: str, worker_id: str, results: Sequence[StoredImage], report: TaskReport | None = None
+    ) -> Task:
         return await self._finish_held(
             task_id,
             worker_id,
             status=TaskStatus.SUCCEEDED.value,
             results_json=results_to_json(results),
             progress_step=tasks.c.progress_total,
+            report_json=report.to_json() if report is not None else None,
         )
 
     async def fail(self, task_id: str, worker_id: str, error: TaskError) -> Task:

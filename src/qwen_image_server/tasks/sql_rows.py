@@ -11,6 +11,7 @@ from typing import Any
 
 from qwen_image_server.domain import GenerationRequest, ModelName, OutputFormat
 from qwen_image_server.errors import InvalidParameter
+from qwen_image_server.report import TaskReport
 from qwen_image_server.tasks.model import (
     NewTask,
     Progress,
@@ -51,6 +52,7 @@ def new_task_row(new: NewTask, now: datetime) -> dict[str, Any]:
         "finished_at": None,
         "updated_at": now,
         "batch_key": new.request.batch_key,
+        "report_json": None,
     }
 
 
@@ -80,6 +82,7 @@ def task_from_row(row: Row, request: GenerationRequest | None = None) -> Task:
         updated_at=row["updated_at"],
         worker_id=row["worker_id"],
         lease_expires_at=row["lease_expires_at"],
+        report=TaskReport.from_json(row["report_json"]),
     )
 
 

@@ -17,6 +17,7 @@ from typing import Protocol
 
 from qwen_image_server.domain import ModelName
 from qwen_image_server.errors import QwenImageError
+from qwen_image_server.report import TaskReport
 from qwen_image_server.tasks.model import (
     Idempotency,
     NewTask,
@@ -127,7 +128,9 @@ class TaskStore(Protocol):
         """The claimed task with the bytes of its input images (task reads and lists leave them out).
         Raises `LeaseLost` when the task has ended since (its inputs are deleted with its end)."""
 
-    async def complete(self, task_id: str, worker_id: str, results: Sequence[StoredImage]) -> Task: ...
+    async def complete(
+        self, task_id: str, worker_id: str, results: Sequence[StoredImage], report: TaskReport | None = None
+    ) -> Task: ...
 
     async def fail(self, task_id: str, worker_id: str, error: TaskError) -> Task: ...
 

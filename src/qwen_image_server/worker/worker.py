@@ -55,6 +55,7 @@ from qwen_image_server.domain import (
     StepProgress,
 )
 from qwen_image_server.errors import GenerationCanceled, QwenImageError, RetryLater, StorageUnavailable
+from qwen_image_server.report import TaskReport
 from qwen_image_server.results.store import ResultStore
 from qwen_image_server.settings import Settings
 from qwen_image_server.tasks.db_errors import describe_connection_error, is_transient_error
@@ -424,15 +425,17 @@ class Worker:
     async def _complete(self, task: Task, images: Sequence[ImageResult], run: _Run) -> None:
         if len(run.partials) > len(run.previews):  # made after the last heartbeat
             await self._heartbeat(task, run, run.latest)
+        delivered = [image for image in images if image.withheld is None]
         try:
-            stored: list[StoredImage] = [await self.results.put(task.id, image) for image in images]
+            stored: list[StoredImage] = [await self.results.put(task.id, image) for image in delivered]
         except StorageUnavailable as exc:
             await self._retry_later(task, TaskError(exc.code, exc.message))
             return
         await self._set_problem(None)
+        report = TaskReport.from_parts(images[0].notes, [image.note for image in images]) if images else None
         try:
             await self._until_written(
-                f"completing task {task.id}", lambda: self.store.complete(task.id, self.id, stored)
+                f"completing task {task.id}", lambda: self.store.complete(task.id, self.id, stored, report)
             )
         except TaskConflict:
             # Another run owns the task now and writes the same keys; its images are the ones kept.

@@ -143,6 +143,22 @@ class RequestOut(BaseModel):
     loras: list[LoraChoice] = Field(default_factory=list)
 
 
+class ImageNoteOut(BaseModel):
+    index: int
+    seed: int
+    nsfw: bool | None = Field(description="The safety checker's verdict; null where it did not run.")
+    withheld: str | None = Field(description="Why the image was kept back (it has no result then); null: delivered.")
+
+
+class ReportOut(BaseModel):
+    """What the run did beyond the pictures (docs/api.md, report)."""
+
+    actual_prompt: str | None = Field(description="The prompt the model saw, when prompt extension rewrote it.")
+    applied: list[str] = Field(description="Options applied: watermark, prompt_extend, safety_check, c2pa, ...")
+    not_applied: dict[str, str] = Field(description="Options asked for and not applied, with the reason.")
+    images: list[ImageNoteOut]
+
+
 class TaskOut(BaseModel):
     id: str
     object: str = "task"
@@ -158,6 +174,7 @@ class TaskOut(BaseModel):
     results: list[ResultOut]
     previews: list[ResultOut]
     error: ErrorOut | None
+    report: ReportOut | None = Field(default=None, description="Set when the task has succeeded.")
 
 
 class TaskListOut(BaseModel):

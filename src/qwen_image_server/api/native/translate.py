@@ -10,12 +10,15 @@ from qwen_image_server.api.native.schemas import (
     CallbackOut,
     CreateTaskBody,
     ErrorOut,
+    ImageNoteOut,
     ProgressOut,
+    ReportOut,
     RequestOut,
     ResultOut,
     TaskOut,
 )
 from qwen_image_server.domain import GenerationRequest, parse_size
+from qwen_image_server.report import TaskReport
 from qwen_image_server.results.links import ResultLinker
 from qwen_image_server.tasks.model import StoredImage, Task
 from qwen_image_server.tasks.outbox import Callback
@@ -96,6 +99,18 @@ def to_task_out(task: Task, link: ResultLinker, queue_position: int | None = Non
         results=[_result_out(image, task, link) for image in task.results],
         previews=[_result_out(image, task, link) for image in task.previews],
         error=ErrorOut(code=task.error.code, message=task.error.message) if task.error else None,
+        report=_report_out(task.report),
+    )
+
+
+def _report_out(report: TaskReport | None) -> ReportOut | None:
+    if report is None:
+        return None
+    return ReportOut(
+        actual_prompt=report.actual_prompt,
+        applied=list(report.applied),
+        not_applied=report.not_applied,
+        images=[ImageNoteOut(index=i.index, seed=i.seed, nsfw=i.nsfw, withheld=i.withheld) for i in report.images],
     )
 
 
