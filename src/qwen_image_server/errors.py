@@ -138,3 +138,12 @@ class GenerationCanceled(QwenImageError):
 class GenerationFailed(QwenImageError):
     status = 500
     code = "generation_failed"
+
+
+class ProvenanceFailed(QwenImageError):
+    """An image could not be given its C2PA manifest: the signing certificate or key is unreadable,
+    of an unsupported kind or not a pair, or the C2PA library refused. The server's configuration is
+    at fault, never the request, so it is a 500."""
+
+    status = 500
+    code = "provenance_failed"
