@@ -1,0 +1,1 @@
+"""Provenance of generated images: marks that say where a picture came from."""
