@@ -11,7 +11,7 @@ payload). `false` counts the unmarked pictures, under every attack, for which `d
 (it should say None). PSNR is the marked picture against the original; ms are per call (median).
 The last line is `invisible_mark_jpeg75_bit_accuracy=X`: the mean over every picture and payload.
 
-    .venv/bin/python bench/invisible_mark.py                       # ~30 s on 2 CPU cores
+    .venv/bin/python bench/invisible_mark.py                       # ~12 s on 2 CPU cores
     .venv/bin/python bench/invisible_mark.py --payloads 1 --sizes 512
 """
 
