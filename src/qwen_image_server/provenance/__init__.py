@@ -1,1 +1,1 @@
-"""Provenance of generated images: C2PA manifests (c2pa_manifest.py) and an invisible watermark."""
+"""Provenance of generated images: C2PA manifests, an invisible watermark, and the visible mark."""
