@@ -131,3 +131,18 @@ def live_server(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Ite
     )
     with LiveServer(settings, engine) as server:
         yield server
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _data_dir_outside_the_checkout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Engines made without a `data_dir` (the default `./data`) keep their C2PA pair and adapter cache
+    in a temporary folder, not in the checkout."""
+    import os
+
+    previous = os.environ.get("QWEN_IMAGE_DATA_DIR")
+    os.environ["QWEN_IMAGE_DATA_DIR"] = str(tmp_path_factory.mktemp("default-data"))
+    yield
+    if previous is None:
+        os.environ.pop("QWEN_IMAGE_DATA_DIR", None)
+    else:
+        os.environ["QWEN_IMAGE_DATA_DIR"] = previous

@@ -275,6 +275,11 @@ class GenerationRequest(BaseModel):
     acceleration: Acceleration = Acceleration.NONE
     # LoRA adapters for this request only, applied with their scales on top of the server's own.
     loras: tuple[LoraChoice, ...] = Field(default=(), max_length=MAX_REQUEST_LORAS)
+    # Options around the model (docs/provenance.md): a visible watermark on the images; the prompt
+    # rewritten by the language model first; the images checked by the safety checker.
+    watermark: bool = False
+    prompt_extend: bool = False
+    safety_check: bool = False
     # Image-to-image and inpainting (qwen-image with one input image): how far from the input image
     # the result may go (1: all the way, a new picture); the denoising starts that far in, so only
     # about strength x num_inference_steps steps run (`denoising_steps`). Filled with the default of

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,16 @@ class ImageNote:
     withheld: str | None = None  # why the image was kept back; None: delivered
 
 
+class Noted(Protocol):
+    """An encoded image as the report reads it (domain.ImageResult)."""
+
+    @property
+    def notes(self) -> RequestNotes: ...
+
+    @property
+    def note(self) -> ImageNote: ...
+
+
 @dataclass(frozen=True)
 class TaskReport:
     actual_prompt: str | None = None
@@ -54,8 +65,12 @@ class TaskReport:
     images: tuple[ImageNote, ...] = ()
 
     @classmethod
-    def from_parts(cls, notes: RequestNotes, images: Sequence[ImageNote]) -> TaskReport:
-        return cls(notes.actual_prompt, notes.applied, dict(notes.not_applied), tuple(images))
+    def from_images(cls, images: Sequence[Noted]) -> TaskReport:
+        """One request's images folded into its report: the options applied to any of them."""
+        notes = [image.notes for image in images]
+        applied = dict.fromkeys(option for note in notes for option in note.applied)
+        not_applied = {option: why for note in notes for option, why in note.not_applied}
+        return cls(notes[0].actual_prompt, tuple(applied), not_applied, tuple(image.note for image in images))
 
     def nsfw_flags(self) -> list[bool]:
         """Per image, whether the checker flagged it (False where it did not run)."""

@@ -7,12 +7,13 @@ over defaults. Every setting is documented in docs/settings.md; a test keeps the
 
 from __future__ import annotations
 
+import socket
 import tomllib
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -24,11 +25,13 @@ from pydantic_settings import (
 from qwen_image_server.callbacks.signing import secret_key
 from qwen_image_server.domain import ModelName
 from qwen_image_server.errors import InvalidParameter
+from qwen_image_server.provenance.visible_mark import Corner
 
 Offload = Literal["none", "model", "sequential", "group"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 EvictTo = Literal["host", "drop"]
 Quantization = Literal["none", "fp8"]
+NsfwAction = Literal["report", "blur", "withhold"]
 
 DEFAULT_CHECKPOINTS: dict[ModelName, str] = {
     ModelName.QWEN_IMAGE: "Qwen/Qwen-Image",
@@ -149,6 +152,61 @@ class Settings(BaseSettings):
     )
     lightning_steps: int = Field(
         default=8, ge=2, le=16, description="The steps the Lightning LoRAs were distilled for (4 or 8)."
+    )
+    # -- what is done to every picture (docs/provenance.md) ---------------------------------------------
+    watermark_text: str = Field(
+        default="AI-generated · Qwen-Image",
+        min_length=1,
+        max_length=80,
+        description="The visible watermark's text, drawn where a request asks for it (DashScope's `watermark`).",
+    )
+    watermark_position: Corner = Field(default="bottom-right", description="The corner of the visible watermark.")
+    watermark_force: bool = Field(
+        default=False, description="Draw the visible watermark on every image, whatever the request says."
+    )
+    invisible_watermark: bool = Field(
+        default=True,
+        description="An invisible mark in every image's luminance (8 bytes: this server's id and the task's hash), "
+        "readable by `qwen-image verify` after JPEG and WebP re-encoding. Images under 256 pixels a side are "
+        "marked by C2PA only.",
+    )
+    c2pa: bool = Field(
+        default=True,
+        description="A signed C2PA manifest (Content Credentials) in every image: made by AI, by which model; an "
+        "edit's inputs as ingredients. Signed with `c2pa_cert` and `c2pa_key`, or a self-signed pair made once "
+        "in DATA_DIR/c2pa.",
+    )
+    c2pa_cert: Path | None = Field(default=None, description="PEM certificate chain (leaf first) for C2PA signing.")
+    c2pa_key: Path | None = Field(default=None, description="PEM private key of `c2pa_cert`.")
+    server_id: str = Field(
+        default_factory=socket.gethostname,
+        min_length=1,
+        description="Names this server in the invisible watermark (its hash); the host name by default.",
+    )
+    prompt_extension: bool = Field(
+        default=True,
+        description="Requests may ask for their prompt to be rewritten by the loaded Qwen2.5-VL (DashScope's "
+        "`prompt_extend`); false: such requests are told it was not applied.",
+    )
+    prompt_extension_tokens: int = Field(
+        default=200, ge=8, le=1024, description="The most tokens a prompt extension may generate."
+    )
+    safety_checker: str = Field(
+        default="none",
+        description="`none`; `qwen-vl` (the loaded Qwen2.5-VL answers a fixed question about each image: no extra "
+        "memory); or an image classifier, a local folder or Hugging Face repo id (e.g. "
+        "Falconsai/nsfw_image_detection). Requests that ask for a check on a server without one are told so.",
+    )
+    safety_threshold: float = Field(default=0.5, gt=0, lt=1, description="The score from which an image is flagged.")
+    nsfw_action: NsfwAction = Field(
+        default="withhold",
+        description="What a flagged image gets: `report` (delivered, flagged), `blur` (delivered blurred) or "
+        "`withhold` (not delivered; the task reports why per image).",
+    )
+    safety_fail_closed: bool = Field(
+        default=True,
+        description="When the checker fails on an image that was to be checked: withhold it (true) or deliver it "
+        "unchecked (false); either way the report says so.",
     )
     warmup_sizes: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(),
@@ -388,6 +446,12 @@ class Settings(BaseSettings):
         if value is not None:
             secret_key(value)  # raises ValueError with what is wrong
         return value
+
+    @model_validator(mode="after")
+    def _c2pa_pair(self) -> Settings:
+        if (self.c2pa_cert is None) != (self.c2pa_key is None):
+            raise ValueError("give both c2pa_cert and c2pa_key, or neither (a self-signed pair is made then)")
+        return self
 
     @property
     def resolved_database_url(self) -> str:

@@ -34,7 +34,7 @@ from PIL import Image
 from qwen_image_server.domain import BatchEntry, Size, StepProgress, generation_size
 from qwen_image_server.engine.acceleration import CacheContexts
 from qwen_image_server.engine.latents import decode_rows
-from qwen_image_server.engine.run import encode_result
+from qwen_image_server.engine.run import FinishPreview
 from qwen_image_server.errors import GenerationCanceled, QwenImageError
 from qwen_image_server.images import crop_centre
 
@@ -73,8 +73,11 @@ class _Request:
 class TextToImageBatch:
     """One run of the loop over the requests of `entries` (all with the same `batch_key`)."""
 
-    def __init__(self, pipeline: Any, entries: Sequence[BatchEntry], *, cfg_batching: bool) -> None:
+    def __init__(
+        self, pipeline: Any, entries: Sequence[BatchEntry], *, cfg_batching: bool, finish: FinishPreview
+    ) -> None:
         self.pipeline = pipeline
+        self.finish = finish
         self.device = pipeline._execution_device
         self.cfg_batching = cfg_batching
         first = entries[0].request
@@ -250,7 +253,7 @@ class TextToImageBatch:
         partial_index = request.partial_steps.index(step)
         pictures = self._pictures(request, decode_rows(self.pipeline, latents, self.generated))
         for image_index, (preview, seed) in enumerate(zip(pictures, entry.request.image_seeds, strict=True)):
-            entry.on_partial(encode_result(entry.request, preview, image_index, seed, partial_index=partial_index))
+            entry.on_partial(self.finish(entry.request, preview, image_index, seed, partial_index=partial_index))
 
     def _leaves(self, request: _Request) -> bool:
         if request.outcome is None and request.canceled:

@@ -38,7 +38,10 @@ if TYPE_CHECKING:
     from qwen_image_server.domain import GenerationRequest
     from qwen_image_server.engine.adapters import AdapterSwitch
     from qwen_image_server.engine.loading import Checkpoint, ComponentPool
+    from qwen_image_server.engine.model_options import ModelOptions
     from qwen_image_server.engine.residency import Residency, ResidencyStats
+    from qwen_image_server.provenance.finishing import Finishing, Verdict
+    from qwen_image_server.report import RequestNotes
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +80,8 @@ class Engine:
         self._device: Any = None
         self._dtype: Any = None
         self._switch: AdapterSwitch | None = None
+        self._finisher: Finishing | None = None
+        self._options: ModelOptions | None = None
 
     # -- loading ---------------------------------------------------------------------------------
 
@@ -156,6 +161,26 @@ class Engine:
                 )
             self._switch = AdapterSwitch(self.settings, downloads)
         return self._switch
+
+    def _finishing(self) -> Finishing:
+        """What is done to every picture after the pipeline (made once: the C2PA signer starts here)."""
+        if self._finisher is None:
+            from qwen_image_server.provenance.finishing import Finishing
+
+            self._finisher = Finishing(self.settings, self._model_version)
+        return self._finisher
+
+    def _model_version(self, model: str) -> str:
+        checkpoint = self._checkpoints.get(ModelName(model))
+        return checkpoint.ref if checkpoint is not None else self.settings.checkpoint_for(ModelName(model))
+
+    def _model_options(self) -> ModelOptions:
+        if self._options is None:
+            from qwen_image_server.engine.model_options import ModelOptions
+
+            self._component_pool()  # the device and dtype
+            self._options = ModelOptions(self.settings, self._device, self._dtype)
+        return self._options
 
     def _residency_policy(self) -> Residency:
         if self._residency is None:
@@ -300,13 +325,17 @@ class Engine:
         # One level and one adapter set per call: both are part of the batch key, and a request
         # without a key runs alone.
         plan = plan_for(first, self.settings)
-        calls = [dataclasses.replace(entry, request=plan.call_request(entry.request)) for entry in entries]
+        options, finish = self._model_options(), self._finishing().finish
+        notes = [options.notes_before(entry.request) for entry in entries]
         pictures: list[list[Image.Image] | QwenImageError]
         try:
             # One call above the functions whose locals hold the activations, so that an out-of-
             # memory error can free them (memory.py) and fail this call only.
             with failures_translated(), recover_from_oom(self.settings, free=self._free_after_oom):
                 pipeline = self._pipeline(first.model, first.pipeline_mode)
+                extended = [options.extend(pipeline, entry, note) for entry, note in zip(entries, notes, strict=True)]
+                notes = [note for _, note in extended]
+                calls = [dataclasses.replace(entry, request=plan.call_request(entry.request)) for entry, _ in extended]
                 adapters = self._adapters().adapters_for(first, plan.lightning.adapter if plan.lightning else None)
                 with (
                     self._adapters().active(pipeline.transformer, adapters),
@@ -314,13 +343,37 @@ class Engine:
                     scheduled(pipeline, plan),
                 ):
                     if first.batch_key is not None:
-                        batch = TextToImageBatch(pipeline, calls, cfg_batching=self.settings.cfg_batching)
+                        batch = TextToImageBatch(
+                            pipeline, calls, cfg_batching=self.settings.cfg_batching, finish=finish
+                        )
                         pictures = batch.run()
                     else:
-                        pictures = [StockGeneration(pipeline, calls[0]).pictures()]
+                        pictures = [StockGeneration(pipeline, calls[0], finish).pictures()]
+                verdicts = [
+                    options.verdicts(pipeline, entry.request, made) if not isinstance(made, QwenImageError) else []
+                    for entry, made in zip(entries, pictures, strict=True)
+                ]
         except QwenImageError as exc:
             return [exc for _ in entries]
-        return [_rendered(entry.request, outcome) for entry, outcome in zip(entries, pictures, strict=True)]
+        return [
+            self._rendered(entry, outcome, note, verdict)
+            for entry, outcome, note, verdict in zip(entries, pictures, notes, verdicts, strict=True)
+        ]
+
+    def _rendered(
+        self,
+        entry: BatchEntry,
+        outcome: list[Image.Image] | QwenImageError,
+        notes: RequestNotes,
+        verdicts: list[Verdict],
+    ) -> list[RenderedPicture] | QwenImageError:
+        if isinstance(outcome, QwenImageError):
+            return outcome
+        request, finishing = entry.request, self._finishing()
+        return [
+            RenderedPicture(request, picture, index, seed, finishing, verdict, notes)
+            for index, (picture, seed, verdict) in enumerate(zip(outcome, request.image_seeds, verdicts, strict=True))
+        ]
 
     def warm_up(self) -> None:
         """Generate each of `settings.warmup_sizes` once with each served model, through `render`, so
@@ -333,18 +386,23 @@ class Engine:
 
 @dataclass(frozen=True)
 class RenderedPicture:
-    """One output image as the pipeline made it, not yet encoded (`encode` releases the GIL while it
-    compresses, so it overlaps the next pipeline call)."""
+    """One output image as the pipeline made it, not yet finished and encoded (`encode` releases the
+    GIL while it compresses, so it overlaps the next pipeline call)."""
 
     request: GenerationRequest
     picture: Image.Image
     index: int
     seed: int
+    finishing: Finishing
+    verdict: Verdict
+    notes: RequestNotes
 
     def encode(self) -> ImageResult:
-        from qwen_image_server.engine.run import encode_result
-
-        return encode_result(self.request, self.picture, self.index, self.seed)
+        """The picture as the client gets it: safety action, watermarks, encoding, C2PA."""
+        return self.finishing.finish(
+            self.request, self.picture, self.index, self.seed,
+            verdict=self.verdict, notes=self.notes,
+        )  # fmt: skip
 
 
 def _calls(entries: Sequence[BatchEntry], positions: list[int]) -> list[list[int]]:
@@ -362,15 +420,6 @@ def _calls(entries: Sequence[BatchEntry], positions: list[int]) -> list[list[int
             by_key[key] = [position]
             calls.append(by_key[key])
     return calls
-
-
-def _rendered(
-    request: GenerationRequest, outcome: list[Image.Image] | QwenImageError
-) -> list[RenderedPicture] | QwenImageError:
-    if isinstance(outcome, QwenImageError):
-        return outcome
-    return [RenderedPicture(request, picture, index, seed) for index, (picture, seed) in
-            enumerate(zip(outcome, request.image_seeds, strict=True))]  # fmt: skip
 
 
 def _quiet_libraries() -> None:

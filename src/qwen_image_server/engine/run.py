@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from diffusers import DiffusionPipeline
@@ -36,7 +36,7 @@ from qwen_image_server.domain import (
 )
 from qwen_image_server.engine.latents import decode_rows, encode_picture
 from qwen_image_server.errors import GenerationCanceled, GenerationFailed, QwenImageError
-from qwen_image_server.images import crop_centre, decode_input_image, decode_mask, encode_image
+from qwen_image_server.images import crop_centre, decode_input_image, decode_mask
 
 
 @contextlib.contextmanager
@@ -50,12 +50,21 @@ def failures_translated() -> Iterator[None]:
         raise GenerationFailed(f"the pipeline failed: {type(exc).__name__}: {exc}") from exc
 
 
+class FinishPreview(Protocol):
+    """Makes a preview picture what the client gets (provenance/finishing.py: watermark, C2PA, encoding)."""
+
+    def __call__(
+        self, request: GenerationRequest, picture: Image.Image, index: int, seed: int, *, partial_index: int
+    ) -> ImageResult: ...
+
+
 class StockGeneration:
     """One request through a stock diffusers pipeline: all its images in one call."""
 
-    def __init__(self, pipeline: DiffusionPipeline, entry: BatchEntry) -> None:
+    def __init__(self, pipeline: DiffusionPipeline, entry: BatchEntry, finish: FinishPreview) -> None:
         self.pipeline = pipeline
         self.entry = entry
+        self.finish = finish
         self.request = entry.request
         self.generated = generation_size(self.request.width, self.request.height, grid_multiple(pipeline))
         self.arguments = pipeline_arguments(pipeline, self.request, self.generated)
@@ -88,7 +97,7 @@ class StockGeneration:
             pictures = decode_rows(self.pipeline, tensors["latents"], self.generated)
             for index, (picture, seed) in enumerate(zip(pictures, request.image_seeds, strict=True)):
                 preview = crop_centre(picture, request.width, request.height)
-                entry.on_partial(encode_result(request, preview, index, seed, partial_index=partial_index))
+                entry.on_partial(self.finish(request, preview, index, seed, partial_index=partial_index))
         return {}
 
 
@@ -131,18 +140,3 @@ def pipeline_arguments(pipeline: Any, request: GenerationRequest, generated: Siz
     elif request.model is ModelName.QWEN_IMAGE_EDIT_PLUS:
         arguments["image"] = inputs
     return arguments
-
-
-def encode_result(
-    request: GenerationRequest, picture: Image.Image, index: int, seed: int, *, partial_index: int | None = None
-) -> ImageResult:
-    data = encode_image(picture.convert("RGB"), request.output_format.value, request.output_quality)
-    return ImageResult(
-        data=data,
-        output_format=request.output_format,
-        width=picture.width,
-        height=picture.height,
-        seed=seed,
-        index=index,
-        partial_index=partial_index,
-    )

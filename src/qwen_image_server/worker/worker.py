@@ -432,7 +432,7 @@ class Worker:
             await self._retry_later(task, TaskError(exc.code, exc.message))
             return
         await self._set_problem(None)
-        report = TaskReport.from_parts(images[0].notes, [image.note for image in images]) if images else None
+        report = TaskReport.from_images(images) if images else None
         try:
             await self._until_written(
                 f"completing task {task.id}", lambda: self.store.complete(task.id, self.id, stored, report)

@@ -1,0 +1,104 @@
+"""The options a request can ask for around the model: its prompt extended before the call, its
+pictures checked for safety after it. Both use a model the engine has at hand, so they run inside
+the engine's call, on its device.
+
+- **Prompt extension** (`prompt_extend`; setting `prompt_extension`): the pipeline's own text encoder
+  is a whole Qwen2.5-VL, so it rewrites the prompt (engine/prompt_extension.py; an edit model sees
+  its input pictures while it does). The request runs with the new prompt, and the task reports it
+  (`actual_prompt`). Off on the server: the request runs as given and is told.
+- **Safety check** (`safety_check`; setting `safety_checker`): per picture a score, flagged from
+  `safety_threshold` (engine/safety.py: an image classifier, or the loaded Qwen2.5-VL asked about the
+  picture). What a flagged picture gets is `nsfw_action`, applied when it is finished
+  (provenance/finishing.py). A checker that fails marks each picture `failed`; `safety_fail_closed`
+  decides there. No checker configured: the request is told.
+
+Nothing is silently dropped: every option asked for and not applied is in the request's notes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from PIL import Image
+
+from qwen_image_server.domain import BatchEntry, GenerationRequest
+from qwen_image_server.errors import QwenImageError
+from qwen_image_server.provenance.finishing import NOT_CHECKED, Verdict
+from qwen_image_server.report import NO_NOTES, RequestNotes
+from qwen_image_server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EXTENSION_OFF = "prompt extension is turned off on this server (setting prompt_extension)"
+EXTENSION_EMPTY = "the language model gave no usable prompt; the prompt was used as given"
+NO_CHECKER = "no safety checker is configured on this server (setting safety_checker)"
+
+
+class ModelOptions:
+    """Prompt extension and safety checks for the engine's calls."""
+
+    def __init__(self, settings: Settings, device: Any, dtype: Any) -> None:
+        self.settings = settings
+        self._device, self._dtype = device, dtype
+        self._classifier: Any = None
+
+    def notes_before(self, request: GenerationRequest) -> RequestNotes:
+        """The request's options this server will not apply, known before anything runs."""
+        notes = NO_NOTES
+        if request.prompt_extend and not self.settings.prompt_extension:
+            notes = notes.with_not_applied("prompt_extend", EXTENSION_OFF)
+        if request.safety_check and self.settings.safety_checker == "none":
+            notes = notes.with_not_applied("safety_check", NO_CHECKER)
+        return notes
+
+    def extend(self, pipeline: Any, entry: BatchEntry, notes: RequestNotes) -> tuple[BatchEntry, RequestNotes]:
+        """`entry` with its prompt extended, where it asks for it and the server allows it."""
+        request = entry.request
+        if not (request.prompt_extend and self.settings.prompt_extension):
+            return entry, notes
+        from qwen_image_server.engine.prompt_extension import extend_prompt
+
+        pictures = [_input_picture(data, index) for index, data in enumerate(request.images)]
+        extended = extend_prompt(
+            pipeline.text_encoder,
+            pipeline.tokenizer,
+            request.prompt,
+            images=pictures,
+            processor=getattr(pipeline, "processor", None) if pictures else None,
+            max_new_tokens=self.settings.prompt_extension_tokens,
+            seed=request.seed,
+        )
+        if extended is None:
+            return entry, notes.with_not_applied("prompt_extend", EXTENSION_EMPTY)
+        notes = dataclasses.replace(notes, actual_prompt=extended).with_applied("prompt_extend")
+        return dataclasses.replace(entry, request=request.model_copy(update={"prompt": extended})), notes
+
+    def verdicts(self, pipeline: Any, request: GenerationRequest, pictures: Sequence[Image.Image]) -> list[Verdict]:
+        """Per picture, the safety verdict (`NOT_CHECKED` where the request asked for none or the
+        server has no checker)."""
+        if not request.safety_check or self.settings.safety_checker == "none":
+            return [NOT_CHECKED for _ in pictures]
+        try:
+            scores = self._checker(pipeline).check(list(pictures))
+        except QwenImageError as exc:
+            log.warning("the safety check failed: %s", exc.message)
+            return [Verdict(None, failed=exc.message) for _ in pictures]
+        return [Verdict(score >= self.settings.safety_threshold) for score in scores]
+
+    def _checker(self, pipeline: Any) -> Any:
+        from qwen_image_server.engine import safety
+
+        if self.settings.safety_checker == "qwen-vl":
+            return safety.VisionLanguageChecker(pipeline.text_encoder, safety.processor_for(pipeline))
+        if self._classifier is None:
+            self._classifier = safety.ClassifierChecker.load(self.settings.safety_checker, self._device, self._dtype)
+        return self._classifier
+
+
+def _input_picture(data: bytes, index: int) -> Image.Image:
+    from qwen_image_server.images import decode_input_image
+
+    return decode_input_image(data, index=index)
