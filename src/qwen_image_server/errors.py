@@ -147,3 +147,13 @@ class ProvenanceFailed(QwenImageError):
 
     status = 500
     code = "provenance_failed"
+
+
+class SafetyCheckFailed(QwenImageError):
+    """The safety checker could not score generated images (out of memory, a device error, a picture
+    its processor cannot read). Raised apart from `GenerationFailed` so that the caller chooses: fail
+    closed (withhold the images) or fail open (deliver them marked unchecked). The server's checker is
+    at fault, never the request, so it is a 500."""
+
+    status = 500
+    code = "safety_check_failed"
