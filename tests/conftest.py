@@ -18,6 +18,9 @@ from qwen_image_server.service import Service
 from qwen_image_server.settings import Settings
 
 TINY_EVERYWHERE = {f"checkpoint_{name.value.replace('-', '_')}": "tiny" for name in ModelName}
+# For tests that compare the pixels of different requests: the invisible watermark is a hash of each
+# image's recipe, so two recipes' marks differ by a few levels (provenance/finishing.py).
+UNMARKED = {**TINY_EVERYWHERE, "invisible_watermark": False}
 
 
 def picture_bytes(
@@ -43,6 +46,12 @@ def tiny_settings() -> Settings:
 def engine(tiny_settings: Settings) -> Engine:
     """One engine with the tiny model for every test that only generates (loading is the slow part)."""
     return Engine(tiny_settings)
+
+
+@pytest.fixture(scope="session")
+def unmarked_engine() -> Engine:
+    """The tiny engine without the invisible watermark, to compare the pixels of different requests."""
+    return Engine(Settings(**UNMARKED))
 
 
 @pytest.fixture(scope="session")

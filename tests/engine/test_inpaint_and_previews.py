@@ -41,7 +41,8 @@ def inpaint(model: str, prompt: str, mask: bytes) -> GenerationRequest:
     )
 
 
-def test_inpainting_repaints_the_white_area_and_keeps_the_black_one(engine: Engine) -> None:
+def test_inpainting_repaints_the_white_area_and_keeps_the_black_one(unmarked_engine: Engine) -> None:
+    engine = unmarked_engine
     fox = pixels(engine.generate(inpaint("qwen-image", "a red fox", half_mask("left")))[0].data)
     city = pixels(engine.generate(inpaint("qwen-image", "a city at night", half_mask("left")))[0].data)
     assert fox.shape == (256, 256, 3)

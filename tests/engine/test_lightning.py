@@ -16,7 +16,7 @@ from qwen_image_server.engine import Engine
 from qwen_image_server.engine.acceleration import LIGHTNING_SCHEDULER
 from qwen_image_server.engine.tiny_lora import save_tiny_lora
 from qwen_image_server.settings import Settings
-from tests.conftest import TINY_EVERYWHERE, picture_bytes
+from tests.conftest import UNMARKED, picture_bytes
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def lightning_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def engine(lightning_file: Path) -> Engine:
     lightning = f"qwen-image={lightning_file},qwen-image-edit={lightning_file}"
-    return Engine(Settings(**TINY_EVERYWHERE, lightning_loras=lightning, lightning_steps=4))
+    return Engine(Settings(**UNMARKED, lightning_loras=lightning, lightning_steps=4))
 
 
 def request(**fields: Any) -> GenerationRequest:
@@ -66,7 +66,7 @@ def test_high_is_the_adapter_fused_at_its_steps_with_its_scheduler(lightning_fil
     """The reference made by hand: the adapter fused, 4 steps, CFG off, the Lightning scheduler."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    reference = Engine(Settings(**TINY_EVERYWHERE, loras=f"lightning={lightning_file}"))
+    reference = Engine(Settings(**UNMARKED, loras=f"lightning={lightning_file}"))
     pipeline = reference.pipeline(ModelName.QWEN_IMAGE)
     pipeline.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipeline.scheduler.config, **LIGHTNING_SCHEDULER)
     expected = pixels(reference, request(num_inference_steps=4, true_cfg_scale=1.0))
@@ -77,7 +77,7 @@ def test_after_high_none_is_untouched(engine: Engine) -> None:
     before = pixels(engine, request(num_inference_steps=4))
     pixels(engine, request(acceleration="high"))
     assert np.array_equal(pixels(engine, request(num_inference_steps=4)), before)
-    plain = pixels(Engine(Settings(**TINY_EVERYWHERE)), request(num_inference_steps=4))
+    plain = pixels(Engine(Settings(**UNMARKED)), request(num_inference_steps=4))
     assert np.array_equal(before, plain)
 
 

@@ -17,7 +17,7 @@ from qwen_image_server.engine.adapters import MAX_LOADED_ADAPTERS
 from qwen_image_server.engine.tiny_lora import save_tiny_lora
 from qwen_image_server.errors import EngineSetupError, InvalidParameter, LoraUnavailable, QwenImageError
 from qwen_image_server.settings import Settings
-from tests.conftest import TINY_EVERYWHERE
+from tests.conftest import UNMARKED
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def lora_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def offering(lora_dir: Path, **settings: Any) -> Engine:
     offered = ",".join(f"l{seed}={lora_dir / f'l{seed}.safetensors'}" for seed in range(1, 7))
-    return Engine(Settings(**TINY_EVERYWHERE, request_loras=offered, **settings))
+    return Engine(Settings(**UNMARKED, request_loras=offered, **settings))
 
 
 @pytest.fixture(scope="module")
@@ -55,13 +55,13 @@ def image(engine: Engine, *loras: dict[str, Any]) -> np.ndarray:
 
 def fused(lora_dir: Path, spec: str) -> np.ndarray:
     """The image of a server with `spec` as its own adapters (fused when one): the reference."""
-    return image(Engine(Settings(**TINY_EVERYWHERE, loras=spec)))
+    return image(Engine(Settings(**UNMARKED, loras=spec)))
 
 
 def test_a_then_b_then_none_give_each_alone(engine: Engine, lora_dir: Path) -> None:
     alone_a = fused(lora_dir, f"a={lora_dir / 'l1.safetensors'}")
     alone_b = fused(lora_dir, f"b={lora_dir / 'l2.safetensors'}")
-    plain = image(Engine(Settings(**TINY_EVERYWHERE)))
+    plain = image(Engine(Settings(**UNMARKED)))
     assert np.abs(alone_a - plain).max() > 10 and np.abs(alone_b - alone_a).max() > 10
     seen_a, seen_b, seen_none = image(engine, {"name": "l1"}), image(engine, {"name": "l2"}), image(engine)
     assert np.abs(seen_a - alone_a).max() <= 1
@@ -105,7 +105,7 @@ def test_server_adapters_stay_on_under_request_adapters(lora_dir: Path) -> None:
     """Several server adapters stay active for every call, a request's adapters are added to them."""
     a, b = lora_dir / "l1.safetensors", lora_dir / "l2.safetensors"
     offered = f"c={lora_dir / 'l3.safetensors'}"
-    server = Engine(Settings(**TINY_EVERYWHERE, loras=f"a={a},b={b}:0", request_loras=offered))
+    server = Engine(Settings(**UNMARKED, loras=f"a={a},b={b}:0", request_loras=offered))
     with_c = fused(lora_dir, f"a={a},c={lora_dir / 'l3.safetensors'}")
     assert np.abs(image(server, {"name": "c"}) - with_c).max() <= 1
     assert np.abs(image(server) - fused(lora_dir, f"a={a}")).max() <= 1
@@ -119,7 +119,7 @@ def test_a_name_the_server_does_not_offer_is_refused(engine: Engine) -> None:
 
 def test_adapters_per_request_are_refused_under_fp8(lora_dir: Path) -> None:
     with pytest.raises(InvalidParameter, match="cannot apply adapters per request: it runs with quantization=fp8"):
-        fp8 = Engine(Settings(**TINY_EVERYWHERE, quantization="fp8"))
+        fp8 = Engine(Settings(**UNMARKED, quantization="fp8"))
         fp8.validate(request({"path": "https://x.org/a.safetensors"}))
     with pytest.raises(EngineSetupError, match=r"request_loras .* cannot be combined with compile=true"):
         offering(lora_dir, compile=True).load(ModelName.QWEN_IMAGE)

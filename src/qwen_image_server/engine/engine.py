@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from qwen_image_server.engine.loading import Checkpoint, ComponentPool
     from qwen_image_server.engine.model_options import ModelOptions
     from qwen_image_server.engine.residency import Residency, ResidencyStats
-    from qwen_image_server.provenance.finishing import Finishing, Verdict
+    from qwen_image_server.provenance.finishing import Finishing, SafetyVerdict
     from qwen_image_server.report import RequestNotes
 
 log = logging.getLogger(__name__)
@@ -365,7 +365,7 @@ class Engine:
         entry: BatchEntry,
         outcome: list[Image.Image] | QwenImageError,
         notes: RequestNotes,
-        verdicts: list[Verdict],
+        verdicts: list[SafetyVerdict],
     ) -> list[RenderedPicture] | QwenImageError:
         if isinstance(outcome, QwenImageError):
             return outcome
@@ -394,7 +394,7 @@ class RenderedPicture:
     index: int
     seed: int
     finishing: Finishing
-    verdict: Verdict
+    verdict: SafetyVerdict
     notes: RequestNotes
 
     def encode(self) -> ImageResult:

@@ -26,7 +26,7 @@ from PIL import Image
 
 from qwen_image_server.domain import BatchEntry, GenerationRequest
 from qwen_image_server.errors import QwenImageError
-from qwen_image_server.provenance.finishing import NOT_CHECKED, Verdict
+from qwen_image_server.provenance.finishing import NOT_CHECKED, SafetyVerdict
 from qwen_image_server.report import NO_NOTES, RequestNotes
 from qwen_image_server.settings import Settings
 
@@ -69,32 +69,37 @@ class ModelOptions:
             images=pictures,
             processor=getattr(pipeline, "processor", None) if pictures else None,
             max_new_tokens=self.settings.prompt_extension_tokens,
-            seed=request.seed,
+            device=pipeline._execution_device,
         )
         if extended is None:
             return entry, notes.with_not_applied("prompt_extend", EXTENSION_EMPTY)
         notes = dataclasses.replace(notes, actual_prompt=extended).with_applied("prompt_extend")
         return dataclasses.replace(entry, request=request.model_copy(update={"prompt": extended})), notes
 
-    def verdicts(self, pipeline: Any, request: GenerationRequest, pictures: Sequence[Image.Image]) -> list[Verdict]:
+    def verdicts(
+        self, pipeline: Any, request: GenerationRequest, pictures: Sequence[Image.Image]
+    ) -> list[SafetyVerdict]:
         """Per picture, the safety verdict (`NOT_CHECKED` where the request asked for none or the
         server has no checker)."""
         if not request.safety_check or self.settings.safety_checker == "none":
             return [NOT_CHECKED for _ in pictures]
+        from qwen_image_server.engine.safety import flagged
+
         try:
             scores = self._checker(pipeline).check(list(pictures))
         except QwenImageError as exc:
             log.warning("the safety check failed: %s", exc.message)
-            return [Verdict(None, failed=exc.message) for _ in pictures]
-        return [Verdict(score >= self.settings.safety_threshold) for score in scores]
+            return [SafetyVerdict(None, failed=exc.message) for _ in pictures]
+        return [SafetyVerdict(flagged(score, self.settings.safety_threshold)) for score in scores]
 
     def _checker(self, pipeline: Any) -> Any:
         from qwen_image_server.engine import safety
 
-        if self.settings.safety_checker == "qwen-vl":
-            return safety.VisionLanguageChecker(pipeline.text_encoder, safety.processor_for(pipeline))
+        if self.settings.safety_checker == "qwen-vl":  # the pipeline's own encoder: nothing to keep
+            return safety.VisionLanguageChecker.from_components(pipeline.components, device=pipeline._execution_device)
         if self._classifier is None:
-            self._classifier = safety.ClassifierChecker.load(self.settings.safety_checker, self._device, self._dtype)
+            source = self.settings.safety_checker
+            self._classifier = safety.ClassifierChecker.load(source, device=self._device, dtype=self._dtype)
         return self._classifier
 
 

@@ -47,14 +47,14 @@ BLUR_SHARE = 0.04  # the blur radius as a share of the long side: nothing recogn
 
 
 @dataclass(frozen=True)
-class Verdict:
+class SafetyVerdict:
     """The safety checker's word on one picture: flagged or not; `failed` when it could not tell."""
 
     nsfw: bool | None  # None: not checked
     failed: str | None = None  # why the check failed (the picture is then withheld or delivered unchecked)
 
 
-NOT_CHECKED = Verdict(None)
+NOT_CHECKED = SafetyVerdict(None)
 
 
 class Finishing:
@@ -78,7 +78,7 @@ class Finishing:
         seed: int,
         *,
         partial_index: int | None = None,
-        verdict: Verdict = NOT_CHECKED,
+        verdict: SafetyVerdict = NOT_CHECKED,
         notes: RequestNotes = NO_NOTES,
     ) -> ImageResult:
         applied: list[str] = []
@@ -143,7 +143,7 @@ class Finishing:
         seed: int,
         partial_index: int | None,
         notes: RequestNotes,
-        verdict: Verdict,
+        verdict: SafetyVerdict,
         why: str,
     ) -> ImageResult:
         result = ImageResult(b"", request.output_format, picture.width, picture.height, seed, index, partial_index)
