@@ -279,6 +279,7 @@ class GenerationRequest(BaseModel):
     # rewritten by the language model first; the images checked by the safety checker.
     watermark: bool = False
     prompt_extend: bool = False
+    prompt_translate: bool = False  # into English first (Pixwith's prompt_optimization)
     safety_check: bool = False
     # Image-to-image and inpainting (qwen-image with one input image): how far from the input image
     # the result may go (1: all the way, a new picture); the denoising starts that far in, so only
@@ -552,10 +553,11 @@ class ImageResult:
     notes: RequestNotes = NO_NOTES  # what happened to the request (the same for its images)
     nsfw: bool | None = None  # the safety checker's verdict; None: not checked
     withheld: str | None = None  # why this image is kept back (then `data` is empty)
+    nsfw_score: float | None = None
 
     @property
     def note(self) -> ImageNote:
-        return ImageNote(self.index, self.seed, self.nsfw, self.withheld)
+        return ImageNote(self.index, self.seed, self.nsfw, self.withheld, self.nsfw_score)
 
     @property
     def content_type(self) -> str:

@@ -19,6 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+# The error of a task whose every image the safety checker kept back (there is nothing to deliver).
+CONTENT_WITHHELD = "content_withheld"
+
 
 @dataclass(frozen=True)
 class RequestNotes:
@@ -45,6 +48,7 @@ class ImageNote:
     seed: int
     nsfw: bool | None = None  # None: not checked
     withheld: str | None = None  # why the image was kept back; None: delivered
+    nsfw_score: float | None = None  # the checker's probability that it is NSFW
 
 
 class Noted(Protocol):
@@ -87,7 +91,14 @@ class TaskReport:
                 "applied": list(self.applied),
                 "not_applied": self.not_applied,
                 "images": [
-                    {"index": i.index, "seed": i.seed, "nsfw": i.nsfw, "withheld": i.withheld} for i in self.images
+                    {
+                        "index": i.index,
+                        "seed": i.seed,
+                        "nsfw": i.nsfw,
+                        "withheld": i.withheld,
+                        "nsfw_score": i.nsfw_score,
+                    }
+                    for i in self.images
                 ],
             }
         )
@@ -98,6 +109,7 @@ class TaskReport:
             return None
         data = json.loads(text)
         images = tuple(
-            ImageNote(item["index"], item["seed"], item.get("nsfw"), item.get("withheld")) for item in data["images"]
+            ImageNote(item["index"], item["seed"], item.get("nsfw"), item.get("withheld"), item.get("nsfw_score"))
+            for item in data["images"]
         )
         return cls(data.get("actual_prompt"), tuple(data.get("applied", ())), dict(data.get("not_applied", {})), images)

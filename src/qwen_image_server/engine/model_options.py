@@ -25,6 +25,7 @@ from typing import Any
 from PIL import Image
 
 from qwen_image_server.domain import BatchEntry, GenerationRequest
+from qwen_image_server.engine.prompt_extension import TRANSLATE_INSTRUCTION
 from qwen_image_server.errors import QwenImageError
 from qwen_image_server.provenance.finishing import NOT_CHECKED, SafetyVerdict
 from qwen_image_server.report import NO_NOTES, RequestNotes
@@ -48,33 +49,53 @@ class ModelOptions:
     def notes_before(self, request: GenerationRequest) -> RequestNotes:
         """The request's options this server will not apply, known before anything runs."""
         notes = NO_NOTES
-        if request.prompt_extend and not self.settings.prompt_extension:
-            notes = notes.with_not_applied("prompt_extend", EXTENSION_OFF)
+        for option in ("prompt_translate", "prompt_extend"):
+            if getattr(request, option) and not self.settings.prompt_extension:
+                notes = notes.with_not_applied(option, EXTENSION_OFF)
         if request.safety_check and self.settings.safety_checker == "none":
             notes = notes.with_not_applied("safety_check", NO_CHECKER)
         return notes
 
     def extend(self, pipeline: Any, entry: BatchEntry, notes: RequestNotes) -> tuple[BatchEntry, RequestNotes]:
-        """`entry` with its prompt extended, where it asks for it and the server allows it."""
+        """`entry` with its prompt translated and extended, as it asks and the server allows."""
         request = entry.request
-        if not (request.prompt_extend and self.settings.prompt_extension):
+        if not self.settings.prompt_extension:
             return entry, notes
+        prompt = request.prompt
+        if request.prompt_translate:
+            prompt, notes = self._rewrite(pipeline, "prompt_translate", prompt, (), notes, TRANSLATE_INSTRUCTION)
+        if request.prompt_extend:
+            pictures = [_input_picture(data, index) for index, data in enumerate(request.images)]
+            prompt, notes = self._rewrite(pipeline, "prompt_extend", prompt, pictures, notes, None)
+        if prompt == request.prompt:
+            return entry, notes
+        notes = dataclasses.replace(notes, actual_prompt=prompt)
+        return dataclasses.replace(entry, request=request.model_copy(update={"prompt": prompt})), notes
+
+    def _rewrite(
+        self,
+        pipeline: Any,
+        option: str,
+        prompt: str,
+        pictures: Sequence[Image.Image],
+        notes: RequestNotes,
+        instruction: str | None,
+    ) -> tuple[str, RequestNotes]:
         from qwen_image_server.engine.prompt_extension import extend_prompt
 
-        pictures = [_input_picture(data, index) for index, data in enumerate(request.images)]
-        extended = extend_prompt(
+        rewritten = extend_prompt(
             pipeline.text_encoder,
             pipeline.tokenizer,
-            request.prompt,
+            prompt,
             images=pictures,
             processor=getattr(pipeline, "processor", None) if pictures else None,
             max_new_tokens=self.settings.prompt_extension_tokens,
             device=pipeline._execution_device,
+            instruction=instruction,
         )
-        if extended is None:
-            return entry, notes.with_not_applied("prompt_extend", EXTENSION_EMPTY)
-        notes = dataclasses.replace(notes, actual_prompt=extended).with_applied("prompt_extend")
-        return dataclasses.replace(entry, request=request.model_copy(update={"prompt": extended})), notes
+        if rewritten is None:
+            return prompt, notes.with_not_applied(option, EXTENSION_EMPTY)
+        return rewritten, notes.with_applied(option)
 
     def verdicts(
         self, pipeline: Any, request: GenerationRequest, pictures: Sequence[Image.Image]
@@ -90,7 +111,7 @@ class ModelOptions:
         except QwenImageError as exc:
             log.warning("the safety check failed: %s", exc.message)
             return [SafetyVerdict(None, failed=exc.message) for _ in pictures]
-        return [SafetyVerdict(flagged(score, self.settings.safety_threshold)) for score in scores]
+        return [SafetyVerdict(flagged(score, self.settings.safety_threshold), score=score) for score in scores]
 
     def _checker(self, pipeline: Any) -> Any:
         from qwen_image_server.engine import safety

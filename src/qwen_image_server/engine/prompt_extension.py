@@ -69,6 +69,12 @@ EDIT_SYSTEM_INSTRUCTION = (
     "it. If the picture must show written words, give them exactly as asked, inside double quotes. "
     "Answer with the rewritten instruction only, as one paragraph, with no title, preamble or explanation."
 )
+# Pixwith's `prompt_optimization`: the prompt in English, nothing added.
+TRANSLATE_INSTRUCTION = (
+    "Translate the user's request for a picture into natural English. Keep every detail and its meaning, add "
+    "nothing, and leave any words that must appear written in the picture exactly as they are, inside double "
+    "quotes. If it is already English, repeat it unchanged. Answer with the English text only."
+)
 
 # Qwen2.5-VL-Instruct's own default against greedy repetition loops.
 REPETITION_PENALTY = 1.05
@@ -103,14 +109,16 @@ def extend_prompt(
     processor: Any = None,
     max_new_tokens: int = 200,
     device: torch.device | None = None,
+    instruction: str | None = None,
 ) -> str | None:
     """The rewritten prompt, or None when the model gave nothing usable (keep the user's prompt).
 
     `images` (edit models, 1-3 pictures) need the pipeline's `processor`; `device` is where the
     text encoder runs (default: where its weights are; pass `pipeline._execution_device` when offloading).
+    `instruction` replaces the system instruction (e.g. `TRANSLATE_INSTRUCTION`).
     """
     found = extend(text_encoder, tokenizer, prompt, images=images, processor=processor,
-                   max_new_tokens=max_new_tokens, device=device)  # fmt: skip
+                   max_new_tokens=max_new_tokens, device=device, instruction=instruction)  # fmt: skip
     return found.prompt
 
 
@@ -124,6 +132,7 @@ def extend(
     max_new_tokens: int = 200,
     min_new_tokens: int = 0,
     device: torch.device | None = None,
+    instruction: str | None = None,
 ) -> Extension:
     """`extend_prompt` with its cost: the tokens generated and the seconds taken. `min_new_tokens`
     holds off the end of turn (benchmarks: a random-weight model may end at once)."""
@@ -135,8 +144,8 @@ def extend(
         raise ValueError(f"at most {MAX_PICTURES} input pictures, got {len(images)}")
     started = time.perf_counter()
     with _failures_translated(), torch.inference_mode(), _rope_offsets_restored(text_encoder):
-        inputs = _placed(_model_inputs(tokenizer, processor, prompt, images), device or text_encoder.device,
-                         text_encoder.dtype)  # fmt: skip
+        inputs = _placed(_model_inputs(tokenizer, processor, prompt, images, instruction),
+                         device or text_encoder.device, text_encoder.dtype)  # fmt: skip
         config = _generation_config(tokenizer, max_new_tokens, min_new_tokens)
         output = text_encoder.generate(**inputs, generation_config=config)
         new_ids = output[0, inputs["input_ids"].shape[1] :].tolist()
@@ -144,9 +153,9 @@ def extend(
     return Extension(cleaned(text), len(new_ids), time.perf_counter() - started)
 
 
-def chat_text(prompt: str, pictures: int = 0) -> str:
+def chat_text(prompt: str, pictures: int = 0, instruction: str | None = None) -> str:
     """The chat the text encoder continues: our instruction, the pictures and the user's prompt."""
-    system = EDIT_SYSTEM_INSTRUCTION if pictures else SYSTEM_INSTRUCTION
+    system = instruction or (EDIT_SYSTEM_INSTRUCTION if pictures else SYSTEM_INSTRUCTION)
     user = "".join(_PICTURE.format(number) for number in range(1, pictures + 1)) + prompt
     return f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
 
@@ -161,8 +170,10 @@ def cleaned(text: str) -> str | None:
     return text if any(char.isalnum() for char in text) else None
 
 
-def _model_inputs(tokenizer: Any, processor: Any, prompt: str, images: Sequence[Image.Image]) -> Any:
-    text = chat_text(prompt, len(images))
+def _model_inputs(
+    tokenizer: Any, processor: Any, prompt: str, images: Sequence[Image.Image], instruction: str | None
+) -> Any:
+    text = chat_text(prompt, len(images), instruction)
     if not images:
         return tokenizer(text, return_tensors="pt")
     pictures = [_condition_sized(image) for image in images]

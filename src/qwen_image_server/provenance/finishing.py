@@ -52,6 +52,7 @@ class SafetyVerdict:
 
     nsfw: bool | None  # None: not checked
     failed: str | None = None  # why the check failed (the picture is then withheld or delivered unchecked)
+    score: float | None = None  # the checker's probability that it is NSFW
 
 
 NOT_CHECKED = SafetyVerdict(None)
@@ -113,6 +114,7 @@ class Finishing:
             partial_index=partial_index,
             notes=notes.with_applied(*applied),
             nsfw=verdict.nsfw,
+            nsfw_score=verdict.score,
         )
 
     def payload(self, request: GenerationRequest, seed: int) -> bytes:
@@ -147,7 +149,7 @@ class Finishing:
         why: str,
     ) -> ImageResult:
         result = ImageResult(b"", request.output_format, picture.width, picture.height, seed, index, partial_index)
-        return replace(result, notes=notes, nsfw=verdict.nsfw, withheld=why)
+        return replace(result, notes=notes, nsfw=verdict.nsfw, withheld=why, nsfw_score=verdict.score)
 
 
 def _signer(settings: Settings) -> ProvenanceSigner:

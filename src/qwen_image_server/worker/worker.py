@@ -55,7 +55,7 @@ from qwen_image_server.domain import (
     StepProgress,
 )
 from qwen_image_server.errors import GenerationCanceled, QwenImageError, RetryLater, StorageUnavailable
-from qwen_image_server.report import TaskReport
+from qwen_image_server.report import CONTENT_WITHHELD, TaskReport
 from qwen_image_server.results.store import ResultStore
 from qwen_image_server.settings import Settings
 from qwen_image_server.tasks.db_errors import describe_connection_error, is_transient_error
@@ -426,6 +426,10 @@ class Worker:
         if len(run.partials) > len(run.previews):  # made after the last heartbeat
             await self._heartbeat(task, run, run.latest)
         delivered = [image for image in images if image.withheld is None]
+        if images and not delivered:  # nothing to deliver: a failure, as the providers report it
+            reasons = "; ".join(sorted({image.withheld or "" for image in images}))
+            await self._fail(task, TaskError(CONTENT_WITHHELD, f"every image was withheld: {reasons}"))
+            return
         try:
             stored: list[StoredImage] = [await self.results.put(task.id, image) for image in delivered]
         except StorageUnavailable as exc:

@@ -13,6 +13,7 @@ import uuid
 from fastapi.responses import JSONResponse, Response
 
 from qwen_image_server.errors import QwenImageError
+from qwen_image_server.report import CONTENT_WITHHELD
 
 # DashScope's codes (Alibaba Model Studio's error-code reference).
 INVALID_PARAMETER = "InvalidParameter"
@@ -25,6 +26,7 @@ NOT_FOUND = "NotFound"
 MODEL_NOT_FOUND = "ModelNotFound"
 REQUEST_TIMEOUT = "RequestTimeOut"
 THROTTLING = "Throttling"
+DATA_INSPECTION_FAILED = "DataInspectionFailed"  # what DashScope answers for content its checker refuses
 INTERNAL_ERROR = "InternalError"
 SERVICE_UNAVAILABLE = "ServiceUnavailable"
 
@@ -80,12 +82,14 @@ def status_and_code(exc: QwenImageError) -> tuple[int, str]:
 
 def task_error_code(our_code: str) -> str:
     """The DashScope code for a failed task's error (`output.code` of a FAILED task)."""
-    return INVALID_PARAMETER if our_code in _CALLER_CODES else INTERNAL_ERROR
+    if our_code == CONTENT_WITHHELD:
+        return DATA_INSPECTION_FAILED
+    return INVALID_PARAMETER if our_code in _CALLER_CODES | {CONTENT_WITHHELD} else INTERNAL_ERROR
 
 
 def task_error_status(our_code: str) -> int:
     """The HTTP status the synchronous endpoint answers when its task failed with `our_code`."""
-    return 400 if our_code in _CALLER_CODES else 500
+    return 400 if our_code in _CALLER_CODES | {CONTENT_WITHHELD} else 500
 
 
 def render_pixazo_error(exc: QwenImageError) -> Response:

@@ -90,7 +90,7 @@ def dashscope_router(service: Service) -> APIRouter:
                 param="model",
             )
         images = await fetch_input_images(ask.image_refs, allowed_networks=service.settings.allowed_fetch_networks)
-        generation = to_generation_request(ask, images)
+        generation = to_generation_request(ask, images, watermark_default=request.url.path == PIXAZO_PATH)
         idempotency = await idempotency_of(request)
         return await submit(service, generation, dialect=DIALECT, owner=caller.key_id, idempotency=idempotency)
 

@@ -22,8 +22,16 @@ class Parameters(_Lenient):
     n: int | None = Field(default=None, description="Number of images, 1-6.")
     seed: int | None = Field(default=None, description="0-2147483647; image i gets seed + i.")
     negative_prompt: str | None = Field(default=None, description="At most 500 characters.")
-    prompt_extend: bool | None = Field(default=None, description="Accepted; the prompt is used as given.")
-    watermark: bool | None = Field(default=None, description="Accepted; no mark is added.")
+    prompt_extend: bool | None = Field(
+        default=None,
+        description="Default true: the prompt is rewritten by the loaded language model first; the task's results "
+        "show it as `actual_prompt`.",
+    )
+    watermark: bool | None = Field(
+        default=None,
+        description='A visible "AI-generated · Qwen-Image" mark bottom-right (server settings); default false '
+        "(true on the Pixazo path, as Pixazo does).",
+    )
     num_inference_steps: int | None = Field(default=None, description="Extension: denoising steps (2-250).")
     true_cfg_scale: float | None = Field(default=None, description="Extension: guidance scale (0-20).")
 
@@ -107,7 +115,9 @@ class MultimodalResponse(BaseModel):
 class TaskResult(BaseModel):
     orig_prompt: str
     actual_prompt: str
-    url: str
+    url: str | None = None
+    code: str | None = None  # a withheld image: DataInspectionFailed
+    message: str | None = None
 
 
 class TaskOutput(BaseModel):

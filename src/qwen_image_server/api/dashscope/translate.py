@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 from qwen_image_server.api.dashscope.errors import (
+    DATA_INSPECTION_FAILED,
     EMPTY_INPUT,
     EMPTY_MODEL,
     INTERNAL_ERROR,
@@ -189,7 +190,8 @@ def dashscope_size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def to_generation_request(ask: Ask, images: tuple[bytes, ...]) -> GenerationRequest:
+def to_generation_request(ask: Ask, images: tuple[bytes, ...], *, watermark_default: bool = False) -> GenerationRequest:
+    """The request; `watermark_default` is the endpoint's (Alibaba: false, Pixazo: true)."""
     parameters = ask.parameters
     if len(ask.prompt) > MAX_PROMPT_CHARS:
         raise InvalidParameter(
@@ -218,6 +220,9 @@ def to_generation_request(ask: Ask, images: tuple[bytes, ...]) -> GenerationRequ
         # truncate to this length, so shorter prompts give the same images as with 512.
         max_sequence_length=MAX_SEQUENCE_LENGTH_CAP,
         images=images,
+        # The provider's defaults: the prompt is extended unless asked not to be.
+        prompt_extend=True if parameters.prompt_extend is None else parameters.prompt_extend,
+        watermark=watermark_default if parameters.watermark is None else parameters.watermark,
     )
 
 
@@ -239,17 +244,30 @@ def _metrics(task: Task) -> TaskMetrics:
     return TaskMetrics(TOTAL=total, SUCCEEDED=0, FAILED=0)
 
 
+def _task_results(task: Task, link: ResultLinker) -> list[TaskResult]:
+    prompt = task.request.prompt
+    actual = task.report.actual_prompt if task.report and task.report.actual_prompt else prompt
+    urls = {image.index: link(image, task)[0] for image in task.results}
+    withheld = {note.index: note.withheld for note in task.report.images if note.withheld} if task.report else {}
+    return [
+        TaskResult(orig_prompt=prompt, actual_prompt=actual, url=urls[index])
+        if index in urls
+        else TaskResult(orig_prompt=prompt, actual_prompt=actual, code=DATA_INSPECTION_FAILED, message=withheld[index])
+        for index in sorted({*urls, *withheld})
+    ]
+
+
 def _urls(task: Task, link: ResultLinker) -> list[str]:
     return [link(image, task)[0] for image in sorted(task.results, key=lambda image: image.index)]
 
 
 def to_task_response(task: Task, link: ResultLinker, request_id: str) -> TaskResponse:
-    """GET /api/v1/tasks/{task_id}. `actual_prompt` is the prompt as given (no prompt rewriting)."""
+    """GET /api/v1/tasks/{task_id}. `actual_prompt` is the prompt the model saw (extended, or as given);
+    an image the safety checker kept back is a result with DashScope's DataInspectionFailed."""
     results = usage = code = message = None
     if task.status is TaskStatus.SUCCEEDED:
-        prompt = task.request.prompt
-        results = [TaskResult(orig_prompt=prompt, actual_prompt=prompt, url=url) for url in _urls(task, link)]
-        usage = ImageCountUsage(image_count=len(results))
+        results = _task_results(task, link)
+        usage = ImageCountUsage(image_count=len(task.results))
     elif task.status is TaskStatus.FAILED:
         code = task_error_code(task.error.code) if task.error else INTERNAL_ERROR
         message = task.error.message if task.error else "the task failed"

@@ -62,7 +62,12 @@ class KieInput(BaseModel):
         le=20,
         description="True CFG scale. Default 2.5 (text-to-image, image-to-image) or 4 (image-edit).",
     )
-    enable_safety_checker: bool | None = Field(default=None, description="Accepted and ignored.")
+    enable_safety_checker: bool | None = Field(
+        default=None,
+        description="Default true (the provider's): check each image with the server's safety checker; "
+        "`resultJson.has_nsfw_concepts` says which were flagged. A server without a checker says so in "
+        "`resultJson.not_applied`.",
+    )
     output_format: Literal["png", "jpeg"] = "png"
     negative_prompt: str | None = Field(default=None, max_length=MAX_NEGATIVE_PROMPT_CHARS)
     acceleration: Literal["none", "regular", "high"] = Field(

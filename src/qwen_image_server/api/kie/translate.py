@@ -96,6 +96,7 @@ def to_generation_request(body: CreateTaskBody, images: tuple[bytes, ...]) -> Ge
         max_sequence_length=MAX_SEQUENCE_LENGTH_CAP,
         acceleration=fields.acceleration,
         loras=tuple(_lora_choice(lora) for lora in fields.loras or ()),
+        safety_check=fields.enable_safety_checker is not False,
         images=images,
         strength=fields.strength,
     )
@@ -117,8 +118,8 @@ def model_name(task: Task) -> str:
 
 def param_json(task: Task) -> str:
     """The create request as the provider echoes it, rebuilt from the stored request. What the task
-    does not keep is left out: `image_url` (the image is stored, not its URL) and
-    `enable_safety_checker` (ignored). `seed` is the one used, also when the caller gave none."""
+    does not keep is left out: `image_url` (the image is stored, not its URL). `seed` is the one used,
+    also when the caller gave none."""
     request = task.request
     size = Size(request.width, request.height)
     inputs: dict[str, Any] = {
@@ -129,6 +130,7 @@ def param_json(task: Task) -> str:
         "guidance_scale": request.true_cfg_scale,
         "output_format": request.output_format.value,
         "acceleration": request.acceleration.value,
+        "enable_safety_checker": request.safety_check,
     }
     if request.strength is not None and request.pipeline_mode is PipelineMode.IMAGE_TO_IMAGE:
         inputs["strength"] = request.strength
@@ -146,7 +148,13 @@ def param_json(task: Task) -> str:
 def result_json(task: Task, link: ResultLinker) -> str | None:
     if task.status is not TaskStatus.SUCCEEDED:
         return None
-    return _compact({"resultUrls": [link(image, task)[0] for image in task.results]})
+    result: dict[str, Any] = {"resultUrls": [link(image, task)[0] for image in task.results]}
+    report = task.report
+    if report is not None and report.checked:  # fal's field; per image made, withheld ones included
+        result["has_nsfw_concepts"] = report.nsfw_flags()
+    if report is not None and report.not_applied:
+        result["not_applied"] = report.not_applied
+    return _compact(result)
 
 
 def record_data(task: Task, link: ResultLinker) -> RecordData:

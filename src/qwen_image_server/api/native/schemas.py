@@ -96,6 +96,22 @@ class CreateTaskBody(BaseModel):
             "(diffusers' default). About strength x num_inference_steps steps run. Refused on other requests."
         ),
     )
+    watermark: bool = Field(
+        default=False,
+        description='A visible mark in a corner (setting `watermark_text`, e.g. "AI-generated · Qwen-Image"). The '
+        "server may force it; the invisible mark and the C2PA manifest are the server's settings, not the request's.",
+    )
+    prompt_extend: bool = Field(
+        default=False,
+        description="Rewrite the prompt with the loaded language model first (edit models see their inputs); the "
+        "task's `report.actual_prompt` says what the model saw. A server that turned it off says so in "
+        "`report.not_applied`.",
+    )
+    safety_check: bool = Field(
+        default=False,
+        description="Check each image with the server's safety checker: `report.images[].nsfw`; a flagged image is "
+        "reported, blurred or withheld as the server is set. No checker: `report.not_applied` says so.",
+    )
     callback_url: str | None = Field(
         default=None,
         max_length=2048,
@@ -141,6 +157,9 @@ class RequestOut(BaseModel):
     acceleration: str
     strength: float | None = Field(description="Image-to-image and inpainting only; null otherwise.")
     loras: list[LoraChoice] = Field(default_factory=list)
+    watermark: bool = False
+    prompt_extend: bool = False
+    safety_check: bool = False
 
 
 class ImageNoteOut(BaseModel):
@@ -148,6 +167,7 @@ class ImageNoteOut(BaseModel):
     seed: int
     nsfw: bool | None = Field(description="The safety checker's verdict; null where it did not run.")
     withheld: str | None = Field(description="Why the image was kept back (it has no result then); null: delivered.")
+    nsfw_score: float | None = Field(default=None, description="The checker's probability that it is NSFW.")
 
 
 class ReportOut(BaseModel):

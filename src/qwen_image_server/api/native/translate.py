@@ -46,6 +46,9 @@ def to_generation_request(body: CreateTaskBody, images: tuple[bytes, ...]) -> Ge
         partial_images=body.partial_images,
         acceleration=body.acceleration,
         loras=tuple(body.loras),
+        watermark=body.watermark,
+        prompt_extend=body.prompt_extend,
+        safety_check=body.safety_check,
         images=images,
         strength=body.strength,
     )
@@ -95,6 +98,9 @@ def to_task_out(task: Task, link: ResultLinker, queue_position: int | None = Non
             acceleration=request.acceleration.value,
             strength=request.strength,
             loras=list(request.loras),
+            watermark=request.watermark,
+            prompt_extend=request.prompt_extend,
+            safety_check=request.safety_check,
         ),
         results=[_result_out(image, task, link) for image in task.results],
         previews=[_result_out(image, task, link) for image in task.previews],
@@ -110,7 +116,10 @@ def _report_out(report: TaskReport | None) -> ReportOut | None:
         actual_prompt=report.actual_prompt,
         applied=list(report.applied),
         not_applied=report.not_applied,
-        images=[ImageNoteOut(index=i.index, seed=i.seed, nsfw=i.nsfw, withheld=i.withheld) for i in report.images],
+        images=[
+            ImageNoteOut(index=i.index, seed=i.seed, nsfw=i.nsfw, withheld=i.withheld, nsfw_score=i.nsfw_score)
+            for i in report.images
+        ],
     )
 
 

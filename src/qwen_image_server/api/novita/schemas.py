@@ -37,9 +37,14 @@ class Webhook(LenientRequest):
 
 
 class ExtraIn(LenientRequest):
-    """`extra` of a request; only `webhook` means something here, other keys are ignored."""
+    """`extra` of a request: `webhook` and `enable_nsfw_detection`; other keys are ignored."""
 
     webhook: Webhook | None = None
+    enable_nsfw_detection: bool = Field(
+        default=False,
+        description="Check each image with the server's safety checker; the result reports `has_nsfw_contents` and "
+        "each image's `nsfw_detection_result`.",
+    )
 
 
 class Txt2ImgBody(LenientRequest):
@@ -76,7 +81,9 @@ class DebugInfoOut(BaseModel):
 class ExtraOut(BaseModel):
     seed: str
     enable_nsfw_detection: bool = False
-    has_nsfw_contents: list[bool] = Field(default_factory=list, description="Empty: no NSFW detection runs here.")
+    has_nsfw_contents: list[bool] = Field(
+        default_factory=list, description="Per image, whether the checker flagged it; empty when no check ran."
+    )
     debug_info: DebugInfoOut
 
 
@@ -89,11 +96,16 @@ class TaskOut(BaseModel):
     progress_percent: int
 
 
+class NsfwResultOut(BaseModel):
+    valid: bool = Field(description="True when the image passed the check (not flagged).")
+    confidence: float = Field(description="The checker's probability that the image is NSFW, 0-1.")
+
+
 class ImageOut(BaseModel):
     image_url: str
     image_url_ttl: str = Field(description="Seconds the URL stays valid, as a string (the provider's type).")
     image_type: str
-    nsfw_detection_result: None = None
+    nsfw_detection_result: NsfwResultOut | None = None
 
 
 class TaskResultOut(BaseModel):

@@ -14,6 +14,7 @@ from qwen_image_server.api.novita.schemas import (
     ExtraOut,
     ImageOut,
     NovitaStatus,
+    NsfwResultOut,
     TaskOut,
     TaskResultOut,
     Txt2ImgBody,
@@ -27,6 +28,7 @@ from qwen_image_server.domain import (
     size_keeping_input,
 )
 from qwen_image_server.errors import InvalidParameter, InvalidRequest, QwenImageError
+from qwen_image_server.report import ImageNote
 from qwen_image_server.results.links import ResultLinker
 from qwen_image_server.tasks.model import Task, TaskStatus, utcnow
 
@@ -60,7 +62,12 @@ def txt2img_request(body: Txt2ImgBody) -> GenerationRequest:
         width=size.width,
         height=size.height,
         output_format=OutputFormat.JPEG,  # what Novita answers (its example's image_type)
+        safety_check=_nsfw_detection(body.extra),
     )
+
+
+def _nsfw_detection(extra: ExtraIn | None) -> bool:
+    return extra is not None and extra.enable_nsfw_detection
 
 
 def edit_request(body: EditBody, image: bytes) -> GenerationRequest:
@@ -73,6 +80,7 @@ def edit_request(body: EditBody, image: bytes) -> GenerationRequest:
         height=size.height,
         seed=None if body.seed == RANDOM_SEED else body.seed,
         output_format=body.output_format,
+        safety_check=_nsfw_detection(body.extra),
     )
 
 
@@ -99,14 +107,21 @@ def task_result(task: Task, link: ResultLinker, *, now: datetime | None = None) 
     """The `GET /v3/async/task-result` body for `task`."""
     now = now or utcnow()
     found: list[ImageOut] = []
+    checks = {note.index: note for note in task.report.images} if task.report else {}
     if task.status is TaskStatus.SUCCEEDED:
         for image in task.results:
             url, expires = link(image, task)
             ttl = max(int((expires - now).total_seconds()), 0)
-            found.append(ImageOut(image_url=url, image_url_ttl=str(ttl), image_type=image.output_format.value))
+            note = checks.get(image.index)
+            verdict = _nsfw_result(note) if note is not None else None
+            found.append(ImageOut(image_url=url, image_url_ttl=str(ttl), image_type=image.output_format.value,
+                                  nsfw_detection_result=verdict))  # fmt: skip
+    checked = bool(task.report and task.report.checked)
     return TaskResultOut(
         extra=ExtraOut(
             seed=str(task.request.seed),
+            enable_nsfw_detection=task.request.safety_check,
+            has_nsfw_contents=task.report.nsfw_flags() if task.report and checked else [],
             debug_info=DebugInfoOut(
                 submit_time_ms=_millis(task.created_at),
                 execute_time_ms=_millis(task.started_at),
@@ -123,6 +138,12 @@ def task_result(task: Task, link: ResultLinker, *, now: datetime | None = None) 
         ),
         images=found,
     )
+
+
+def _nsfw_result(note: ImageNote) -> NsfwResultOut | None:
+    if note.nsfw is None:
+        return None
+    return NsfwResultOut(valid=not note.nsfw, confidence=note.nsfw_score if note.nsfw_score is not None else 1.0)
 
 
 def callback_payload(task: Task, link: ResultLinker, *, now: datetime | None = None) -> dict[str, Any]:

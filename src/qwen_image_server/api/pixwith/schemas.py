@@ -21,7 +21,9 @@ QWEN_IMAGE_MODEL_ID = "0-24"
 
 class Options(LenientRequest):
     prompt_optimization: bool = Field(
-        default=False, description="Pixwith translates the prompt to English; accepted and ignored here."
+        default=False,
+        description="Translate the prompt into English first, as Pixwith does (the loaded language model; a server "
+        "with prompt extension off uses the prompt as given).",
     )
     num_outputs: int = Field(default=1, ge=1, le=4)
     aspect_ratio: AspectRatio | None = Field(default=None, description="Text-to-image only.")

@@ -49,6 +49,7 @@ def to_generation_request(body: CreateBody, inputs: tuple[bytes, ...]) -> Genera
         height=size.height,
         num_images_per_prompt=body.options.num_outputs,
         output_format=OutputFormat.JPEG,  # Pixwith's result URLs are JPEG
+        prompt_translate=body.options.prompt_optimization,
     )
 
 
