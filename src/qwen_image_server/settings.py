@@ -197,6 +197,9 @@ class Settings(BaseSettings):
         "memory); or an image classifier, a local folder or Hugging Face repo id (e.g. "
         "Falconsai/nsfw_image_detection). Requests that ask for a check on a server without one are told so.",
     )
+    safety_check_force: bool = Field(
+        default=False, description="Check every image with `safety_checker`, whatever the request says."
+    )
     safety_threshold: float = Field(default=0.5, gt=0, lt=1, description="The score from which an image is flagged.")
     nsfw_action: NsfwAction = Field(
         default="withhold",

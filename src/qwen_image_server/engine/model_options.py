@@ -102,7 +102,8 @@ class ModelOptions:
     ) -> list[SafetyVerdict]:
         """Per picture, the safety verdict (`NOT_CHECKED` where the request asked for none or the
         server has no checker)."""
-        if not request.safety_check or self.settings.safety_checker == "none":
+        asked = request.safety_check or self.settings.safety_check_force
+        if not asked or self.settings.safety_checker == "none":
             return [NOT_CHECKED for _ in pictures]
         from qwen_image_server.engine.safety import flagged
 
