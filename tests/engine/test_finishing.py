@@ -169,3 +169,14 @@ def test_the_real_checkers_score_every_picture(tmp_path: Path, checker: str) -> 
     )
     assert all(result.nsfw is not None for result in results)
     assert "safety_check" not in dict(results[0].notes.not_applied)
+
+
+def test_a_c2pa_pair_that_cannot_sign_stops_the_load(tmp_path: Path) -> None:
+    from qwen_image_server.domain import ModelName
+    from qwen_image_server.errors import ProvenanceFailed
+
+    (tmp_path / "cert.pem").write_text("not a certificate")
+    (tmp_path / "key.pem").write_text("not a key")
+    engine = engine_with(tmp_path, c2pa_cert=tmp_path / "cert.pem", c2pa_key=tmp_path / "key.pem")
+    with pytest.raises(ProvenanceFailed):
+        engine.load(ModelName.QWEN_IMAGE)

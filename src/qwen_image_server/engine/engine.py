@@ -86,9 +86,11 @@ class Engine:
     # -- loading ---------------------------------------------------------------------------------
 
     def load(self, model: ModelName) -> LoadedModel:
-        """Load `model` (and the components it shares) if it is not loaded yet."""
+        """Load `model` (and the components it shares) if it is not loaded yet, and set up what
+        finishes its pictures (a C2PA pair that cannot sign stops the start here, not at the first image)."""
         with self._lock:
             self._pipeline(model)
+            self._finishing()
             return self._describe(model)
 
     def pipeline(self, model: ModelName, mode: PipelineMode = PipelineMode.STANDARD) -> DiffusionPipeline:
