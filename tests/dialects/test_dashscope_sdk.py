@@ -52,7 +52,8 @@ def test_image_synthesis_async_call_wait_fetch(sdk: Any) -> None:
 
     done = sdk.ImageSynthesis.wait(created, api_key=KEY)
     assert done.status_code == 200 and done.output.task_status == "SUCCEEDED", done
-    assert [result.actual_prompt for result in done.output.results] == ["a red fox in snow"] * 2
+    assert [result.orig_prompt for result in done.output.results] == ["a red fox in snow"] * 2
+    assert all(result.actual_prompt for result in done.output.results), "extended: prompt_extend is on by default"
     assert done.usage.image_count == 2
     for result in done.output.results:
         assert fetch_png(result.url).size == (256, 256)

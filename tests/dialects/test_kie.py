@@ -239,9 +239,10 @@ async def test_an_edit_as_jpeg_with_a_callback_url(client: httpx.AsyncClient, se
     assert task.request.true_cfg_scale == 1.0 and task.request.model is ModelName.QWEN_IMAGE_EDIT
     payload = callback_payload(task, lambda image, _task: (f"https://cdn/{image.key}", datetime.now(UTC)))
     assert payload["code"] == 200 and payload["msg"] == "Playground task completed successfully."
-    assert payload["data"]["resultJson"] == json.dumps(
-        {"resultUrls": [f"https://cdn/{task_id}/0.jpg"]}, separators=(",", ":")
-    )
+    result = json.loads(payload["data"]["resultJson"])
+    assert result["resultUrls"] == [f"https://cdn/{task_id}/0.jpg"]
+    # kie checks by default (enable_safety_checker); this server has no checker and says so.
+    assert "no safety checker" in result["not_applied"]["safety_check"]
 
 
 BAD_BODIES: dict[str, dict[str, Any]] = {
@@ -386,6 +387,7 @@ def test_record_states_and_failures() -> None:
             "guidance_scale": 2.5,
             "output_format": "png",
             "acceleration": "none",
+            "enable_safety_checker": False,
         },
     }
     running = record_data(make_task(TaskStatus.RUNNING, size=(512, 768)), link)
