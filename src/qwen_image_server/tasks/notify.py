@@ -25,8 +25,9 @@ change to every process on the database:
 The cost: one extra connection per process, and one `pg_notify` per transition (notifications with
 the same channel and payload within one transaction are sent once). A new task wakes every idle
 worker on the database; all but one find nothing to claim (`SKIP LOCKED`, one cheap query each).
-Measured (bench/wake_latency.py, two stores on one local PostgreSQL 16): a change committed by one
-store wakes a waiter on the other in about 1 ms (median of 20).
+Measured (bench/wake_latency.py: two stores on one local PostgreSQL 15, 2 loaded cores, 40
+heartbeats): the waiter on the other store wakes within 0.02 ms (median; p95 0.17 ms) of the
+writer's commit returning, 3-6 ms after the writer's call began (its own transaction).
 """
 
 from __future__ import annotations
