@@ -195,3 +195,20 @@ async def _until_relistening(store: SqlTaskStore, old_pid: int) -> None:
     assert listener is not None
     while not (listener.listening and listener.backend_pid not in (None, old_pid)):
         await asyncio.sleep(0.01)
+
+
+async def test_a_store_told_not_to_listen_holds_no_listener_but_still_notifies(
+    pg_url: str, store_b: SqlTaskStore
+) -> None:
+    async with _started_quiet(pg_url) as quiet:
+        assert quiet.listener is None
+        new = new_task()
+        waiter = _waiter(store_b, new.id)
+        await asyncio.sleep(0)
+        await quiet.create(new)
+        await _woken(waiter)
+
+
+class _started_quiet(_started):
+    def __init__(self, url: str) -> None:
+        self.store = SqlTaskStore(url, listen=False)

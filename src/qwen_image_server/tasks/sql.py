@@ -97,10 +97,13 @@ _NO_LEASE: dict[str, Any] = {"worker_id": None, "lease_expires_at": None}
 class SqlTaskStore:
     """The `TaskStore` on a database URL: `sqlite+aiosqlite:///path/tasks.db` (the default; a plain
     `sqlite:///` URL gets the async driver) or e.g. `postgresql+asyncpg://...` (driver installed
-    separately). `clock` gives the time of every change (tests pass a fake one)."""
+    separately). `clock` gives the time of every change (tests pass a fake one). On PostgreSQL the
+    store listens for other processes' changes (tasks/notify.py) unless `listen` is False (a
+    short-lived command that waits on nothing need not hold the extra connection)."""
 
-    def __init__(self, database_url: str, *, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(self, database_url: str, *, clock: Callable[[], datetime] = utcnow, listen: bool = True) -> None:
         self._url: URL = make_url(database_url)
+        self._listen = listen and not is_sqlite(self._url)
         self._clock = clock
         self._engine: AsyncEngine | None = None
         self._reader: AsyncEngine | None = None
@@ -128,7 +131,7 @@ class SqlTaskStore:
             raise
         self._engine = engine
         self._reader = engine.execution_options(**{READ_ONLY_OPTION: True})
-        if not is_sqlite(self._url):
+        if self._listen:
             self._listener = TaskChangeListener(engine, self._changes)
             await self._listener.start()
 
