@@ -52,6 +52,8 @@ FIRST_RETRY_SECONDS = 0.2
 LAST_RETRY_SECONDS = 30.0
 # A connection that vanished without a word (network gone) raises no error: a ping finds it out.
 PING_SECONDS = 30.0
+# How long start() waits for the first LISTEN (the database answered the migrations just before).
+FIRST_LISTEN_SECONDS = 5.0
 
 # Options of SQLAlchemy's asyncpg URL that are SQLAlchemy's own, not asyncpg.connect()'s.
 _SQLALCHEMY_ONLY_OPTIONS = ("prepared_statement_cache_size", "prepared_statement_name_func", "async_fallback")
@@ -86,16 +88,13 @@ class TaskChangeListener:
     def listening(self) -> bool:
         return self._listening.is_set()
 
-    async def until_listening(self) -> None:
-        await self._listening.wait()
-
     async def start(self) -> None:
         """Listen from now on; the first connection is made before this returns, when it can be."""
         if self._task is not None:
             return
         self._task = asyncio.create_task(self._stay_listening(), name="task-change-listener")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._listening.wait()), timeout=5)
+            await asyncio.wait_for(self._listening.wait(), timeout=FIRST_LISTEN_SECONDS)
 
     async def close(self) -> None:
         task, self._task = self._task, None
