@@ -79,6 +79,7 @@ class Service:
             server_secret=server_webhook_secret(settings),
         )
         service = cls(settings, store, results, signer, keys, callbacks, sender)
+        store.on_task_queued(service.wake_worker)  # tasks queued by other processes (PostgreSQL)
         service.rate_limiter = build_rate_limiter(settings)
         if run_worker:
             if engine is None:

@@ -39,7 +39,7 @@ def with_task_store(settings: Settings, action: Callable[[SqlTaskStore], Awaitab
 
     async def run() -> Result:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        store = SqlTaskStore(settings.resolved_database_url)
+        store = SqlTaskStore(settings.resolved_database_url, listen=False)
         await store.start()
         try:
             return await action(store)

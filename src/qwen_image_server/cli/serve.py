@@ -93,7 +93,7 @@ async def _refuse_open_exposure(settings: Settings) -> None:
     from qwen_image_server.tasks.sql import SqlTaskStore
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = SqlTaskStore(settings.resolved_database_url)
+    store = SqlTaskStore(settings.resolved_database_url, listen=False)
     await store.start()
     try:
         has_keys = await SqlKeyStore(store).keys_required()

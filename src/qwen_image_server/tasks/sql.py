@@ -12,7 +12,9 @@ Errors of the worker-side calls, when the UPDATE changed nothing:
   another worker), canceled while queued, or finished without this worker (failed as `worker_lost`).
 
 Every transition that makes a task terminal also records its callback (tasks/outbox.py) in the same
-transaction.
+transaction. Every transition also announces the tasks it changed: after commit to this process's
+waiters (`TaskChanges`), and on PostgreSQL, in the transaction, to every process by NOTIFY
+(tasks/notify.py: `_announce` here, one call per transition).
 
 The claim selects the next queued task with `FOR UPDATE SKIP LOCKED` and updates it in the same
 transaction: on PostgreSQL concurrent claimers skip each other's row; on SQLite the clause is dropped
@@ -69,6 +71,7 @@ from qwen_image_server.tasks.model import (
     WorkerInfo,
     utcnow,
 )
+from qwen_image_server.tasks.notify import TaskChangeListener, notify_changed
 from qwen_image_server.tasks.outbox import delete_callbacks_of, enqueue_final_callback
 from qwen_image_server.tasks.schema import idempotency_keys, tasks, workers
 from qwen_image_server.tasks.sql_rows import (
@@ -94,14 +97,18 @@ _NO_LEASE: dict[str, Any] = {"worker_id": None, "lease_expires_at": None}
 class SqlTaskStore:
     """The `TaskStore` on a database URL: `sqlite+aiosqlite:///path/tasks.db` (the default; a plain
     `sqlite:///` URL gets the async driver) or e.g. `postgresql+asyncpg://...` (driver installed
-    separately). `clock` gives the time of every change (tests pass a fake one)."""
+    separately). `clock` gives the time of every change (tests pass a fake one). On PostgreSQL the
+    store listens for other processes' changes (tasks/notify.py) unless `listen` is False (a
+    short-lived command that waits on nothing need not hold the extra connection)."""
 
-    def __init__(self, database_url: str, *, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(self, database_url: str, *, clock: Callable[[], datetime] = utcnow, listen: bool = True) -> None:
         self._url: URL = make_url(database_url)
+        self._listen = listen and not is_sqlite(self._url)
         self._clock = clock
         self._engine: AsyncEngine | None = None
         self._reader: AsyncEngine | None = None
         self._changes = TaskChanges()
+        self._listener: TaskChangeListener | None = None
         self._write_turn: contextlib.AbstractAsyncContextManager[Any] = (
             asyncio.Lock() if is_sqlite(self._url) else contextlib.nullcontext()
         )
@@ -124,8 +131,14 @@ class SqlTaskStore:
             raise
         self._engine = engine
         self._reader = engine.execution_options(**{READ_ONLY_OPTION: True})
+        if self._listen:
+            self._listener = TaskChangeListener(engine, self._changes)
+            await self._listener.start()
 
     async def close(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await listener.close()
         engine, self._engine, self._reader = self._engine, None, None
         if engine is not None:
             await engine.dispose()
@@ -140,6 +153,16 @@ class SqlTaskStore:
         that was free again after a millisecond. Other processes still meet at the busy handler."""
         async with self._write_turn, self._writer.begin() as conn:
             yield conn
+
+    @property
+    def listener(self) -> TaskChangeListener | None:
+        """What hears other processes' changes (PostgreSQL, once started); None on SQLite."""
+        return self._listener
+
+    def on_task_queued(self, hook: Callable[[], None]) -> None:
+        """Call `hook` (on the event loop) when another process queues a task (PostgreSQL only: on
+        SQLite, and for tasks queued in this process, whoever queues wakes the worker itself)."""
+        self._changes.on_queued(hook)
 
     @property
     def read_engine(self) -> AsyncEngine:
@@ -172,6 +195,7 @@ class SqlTaskStore:
                     return task_from_row(await _required_row(conn, await task_holding_key(conn, new)))
                 await conn.execute(insert(tasks).values(values))
                 await store_inputs(conn, new.id, new.request)
+                await _announce(conn, [values])
         except IntegrityError as exc:
             raise TaskConflict(f"a task with id {new.id!r} already exists") from exc
         return task_from_row(values, request=new.request.without_inputs())
@@ -195,7 +219,8 @@ class SqlTaskStore:
         return task_from_row(row)
 
     async def wait_for_change(self, task_id: str, timeout: float) -> None:
-        """Until this store changes the task (so in this process), or `timeout` seconds pass."""
+        """Until the task changes (by this store; on PostgreSQL by any process on the database,
+        while the listener is up), or `timeout` seconds pass."""
         await self._changes.wait(task_id, timeout)
 
     async def list_tasks(
@@ -265,6 +290,8 @@ class SqlTaskStore:
                     .values(cancel_requested=True, updated_at=now)
                 )
                 row = await _task_row(conn, task_id)
+            if row is not None:
+                await _announce(conn, [row])
         if row is None:
             raise TaskNotFound(f"there is no task {task_id!r}")
         self._changes.changed(task_id)
@@ -295,6 +322,7 @@ class SqlTaskStore:
                 partners = _next_queued(*queued, tasks.c.batch_key == head.batch_key, tasks.c.id != head.id)
                 task_ids += (await conn.execute(partners.limit(limit - 1))).scalars().all()
             rows = (await conn.execute(_lease(task_ids, worker_id, now, lease_seconds))).mappings().all()
+            await _announce(conn, rows)
         for row in rows:
             self._changes.changed(row["id"])
         order = {task_id: position for position, task_id in enumerate(task_ids)}
@@ -328,6 +356,7 @@ class SqlTaskStore:
             cancel_requested = result.scalar_one_or_none()
             if cancel_requested is None:
                 raise await _not_held(conn, task_id, worker_id)
+            await notify_changed(conn, [task_id])
         self._changes.changed(task_id)
         return bool(cancel_requested)
 
@@ -361,6 +390,7 @@ class SqlTaskStore:
             values = _after_transient_failure(held, error, now, delay_seconds)
             row = await _update_held(conn, task_id, worker_id, {**values, "updated_at": now, **_NO_LEASE})
             await _ended(conn, row, now)
+            await _announce(conn, [row])
         self._changes.changed(task_id)
         return task_from_row(row)
 
@@ -383,6 +413,7 @@ class SqlTaskStore:
                 },
             )
             await _ended(conn, row, now)  # when it was canceled
+            await _announce(conn, [row])
         self._changes.changed(task_id)
         return task_from_row(row)
 
@@ -406,6 +437,7 @@ class SqlTaskStore:
                 if row is not None:
                     await _ended(conn, row, now)  # when it was canceled or failed for good
                     changed.append(row)
+            await _announce(conn, changed)
         for changed_row in changed:
             self._changes.changed(changed_row["id"])
         return [task_from_row(changed_row) for changed_row in changed]
@@ -427,6 +459,7 @@ class SqlTaskStore:
                 conn, task_id, worker_id, {**values, "finished_at": now, "updated_at": now, "lease_expires_at": None}
             )
             await _ended(conn, row, now)
+            await _announce(conn, [row])
         self._changes.changed(task_id)
         return task_from_row(row)
 
@@ -464,6 +497,13 @@ async def _ended(conn: AsyncConnection, row: Row, now: datetime) -> None:
     if TaskStatus(row["status"]).is_terminal:
         await enqueue_final_callback(conn, row, now)
         await delete_inputs_of(conn, [row["id"]])
+
+
+async def _announce(conn: AsyncConnection, rows: Sequence[Row]) -> None:
+    """In the transaction that changed `rows`: tell other processes (NOTIFY, sent at commit), and
+    their idle workers of the rows that became claimable now (queued, no retry backoff)."""
+    queued = [row["id"] for row in rows if row["status"] == QUEUED and row.get("not_before") is None]
+    await notify_changed(conn, [row["id"] for row in rows], queued=queued)
 
 
 def _next_queued(*conditions: ColumnElement[bool]) -> Select[tuple[str]]:

@@ -90,7 +90,8 @@ class TaskStore(Protocol):
 
     async def wait_for_change(self, task_id: str, timeout: float) -> None:
         """Until this store changes the task, or `timeout` seconds pass (readers poll after it: a
-        change made by another process is not announced)."""
+        change made by another process is announced only on PostgreSQL, and only while its
+        listening connection is up; see tasks/notify.py)."""
 
     async def queue_position(self, task_id: str) -> int | None:
         """0 for the next task to run; None unless the task is queued."""
