@@ -52,7 +52,9 @@ class S3ResultStore:
         self.prefix = prefix.strip("/")
         # A custom endpoint (MinIO, moto, an IP address) rarely serves bucket subdomains: path style.
         addressing = {"addressing_style": "path"} if endpoint_url else {}
-        config = Config(**_CLIENT_CONFIG, s3=addressing)
+        # SigV4 for presigned URLs too (boto3 would presign with the legacy SigV2, which R2 and
+        # newer AWS regions refuse); it also bounds them to 7 days.
+        config = Config(**_CLIENT_CONFIG, s3=addressing, signature_version="s3v4")
         self._client: Any = boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
 
     @classmethod
