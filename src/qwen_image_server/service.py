@@ -20,7 +20,8 @@ from qwen_image_server.api.rate_limit import RequestRateLimiter, build_rate_limi
 from qwen_image_server.callbacks.sender import CallbackSender, CallbackShape
 from qwen_image_server.callbacks.signing import WEBHOOK_SECRET_FILE, as_webhook_secret
 from qwen_image_server.domain import ModelName
-from qwen_image_server.results.links import SignedLinks
+from qwen_image_server.errors import InvalidParameter
+from qwen_image_server.results.links import Presigner, result_linker
 from qwen_image_server.results.local import LocalResultStore
 from qwen_image_server.results.signing import UrlSigner, load_or_create_secret
 from qwen_image_server.results.store import ResultStore
@@ -47,6 +48,7 @@ class Service:
     keys: SqlKeyStore
     callbacks: SqlCallbackStore
     sender: CallbackSender
+    presigner: Presigner | None = None  # set when result links are presigned URLs of the store
     engine: GenerationEngine | None = None
     worker: Worker | None = None
     rate_limiter: RequestRateLimiter | None = None  # requests per minute per key (api/rate_limit.py)
@@ -66,7 +68,7 @@ class Service:
             else load_or_create_secret(settings.data_dir / "url-secret")
         )
         store = SqlTaskStore(settings.resolved_database_url)
-        results = LocalResultStore(settings.data_dir / "results")
+        results, presigner = build_results(settings)
         signer = UrlSigner(secret, ttl_seconds=settings.result_ttl_seconds)
         keys, callbacks = SqlKeyStore(store), SqlCallbackStore(store)
         sender = CallbackSender(
@@ -74,12 +76,13 @@ class Service:
             store,
             callbacks,
             keys,
-            links=SignedLinks(signer, callback_link_base(settings)),
+            links=result_linker(signer, presigner, callback_link_base(settings)),
             shapes=_callback_shapes(),
             server_secret=server_webhook_secret(settings),
         )
         service = cls(settings, store, results, signer, keys, callbacks, sender)
         store.on_task_queued(service.wake_worker)  # tasks queued by other processes (PostgreSQL)
+        service.presigner = presigner
         service.rate_limiter = build_rate_limiter(settings)
         if run_worker:
             if engine is None:
@@ -164,6 +167,19 @@ def models_ready(workers: list[WorkerInfo]) -> dict[ModelName, list[WorkerInfo]]
 def worker_problems(workers: list[WorkerInfo]) -> list[str]:
     """What keeps `workers` from finishing tasks (results storage full...), one line each."""
     return [f"worker {worker.id}: {worker.problem}" for worker in workers if worker.problem]
+
+
+def build_results(settings: Settings) -> tuple[ResultStore, Presigner | None]:
+    """The results store `results_url` names, and itself again when links are presigned by it."""
+    if settings.results_url is None:
+        return LocalResultStore(settings.data_dir / "results"), None  # settings refuse presigned here
+    try:
+        from qwen_image_server.results.s3 import S3ResultStore
+    except ModuleNotFoundError as exc:
+        message = f"results_url={settings.results_url} needs boto3: pip install 'qwen-image-server[s3]'"
+        raise InvalidParameter(message, param="results_url") from exc
+    store = S3ResultStore.from_url(settings.results_url, endpoint_url=settings.s3_endpoint_url)
+    return store, store if settings.results_links == "presigned" else None
 
 
 def server_webhook_secret(settings: Settings) -> str:

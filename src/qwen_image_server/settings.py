@@ -26,12 +26,15 @@ from qwen_image_server.callbacks.signing import secret_key
 from qwen_image_server.domain import ModelName
 from qwen_image_server.errors import InvalidParameter
 from qwen_image_server.provenance.visible_mark import Corner
+from qwen_image_server.results.store import parse_results_url
 
 Offload = Literal["none", "model", "sequential", "group"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 EvictTo = Literal["host", "drop"]
 Quantization = Literal["none", "fp8"]
 NsfwAction = Literal["report", "blur", "withhold"]
+ResultLinks = Literal["signed", "presigned"]
+PRESIGN_MAX_SECONDS = 7 * 86_400  # the longest a SigV4 presigned URL may live
 
 DEFAULT_CHECKPOINTS: dict[ModelName, str] = {
     ModelName.QWEN_IMAGE: "Qwen/Qwen-Image",
@@ -241,6 +244,23 @@ class Settings(BaseSettings):
         description="Secret that signs result URLs; default: a random one kept in `DATA_DIR/url-secret`.",
     )
     result_ttl_seconds: int = Field(default=86_400, ge=60, description="How long result URLs and images live.")
+    results_url: str | None = Field(
+        default=None,
+        description="Where result images are kept: `s3://bucket/prefix` for an S3-compatible bucket (needs the "
+        "`s3` extra; region and credentials come from the AWS chain: AWS_* variables, profiles, roles); "
+        "default: the folder `DATA_DIR/results`.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        description="Endpoint of an S3-compatible service other than AWS (MinIO, Cloudflare R2...), e.g. "
+        "`http://minio:9000`; path-style addressing is used then.",
+    )
+    results_links: ResultLinks = Field(
+        default="signed",
+        description="`signed`: result URLs are this server's signed links and the API streams the images; "
+        "`presigned`: result URLs are presigned GET URLs of the S3 bucket (needs an s3:// results_url), "
+        "expiring at the same time.",
+    )
     task_retention_seconds: int = Field(
         default=7 * 86_400, ge=60, description="How long finished tasks are kept before they are deleted."
     )
@@ -454,6 +474,27 @@ class Settings(BaseSettings):
     def _c2pa_pair(self) -> Settings:
         if (self.c2pa_cert is None) != (self.c2pa_key is None):
             raise ValueError("give both c2pa_cert and c2pa_key, or neither (a self-signed pair is made then)")
+        return self
+
+    @field_validator("results_url")
+    @classmethod
+    def _results_url_format(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_results_url(value)  # raises ValueError with what is wrong
+        return value
+
+    @model_validator(mode="after")
+    def _presigned_needs_s3(self) -> Settings:
+        if self.results_links == "presigned" and self.results_url is None:
+            raise ValueError(
+                "results_links=presigned needs an S3 results_url (s3://bucket/prefix); "
+                "results in the local folder are served by the API's signed links"
+            )
+        if self.results_links == "presigned" and self.result_ttl_seconds > PRESIGN_MAX_SECONDS:
+            raise ValueError(
+                f"results_links=presigned: S3 presigned URLs live at most {PRESIGN_MAX_SECONDS} "
+                "seconds (7 days); lower result_ttl_seconds"
+            )
         return self
 
     @property

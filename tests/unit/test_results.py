@@ -1,9 +1,9 @@
-"""LocalResultStore: round trips, atomic writes, strict keys (no way out of the root) and sweeping."""
+"""LocalResultStore's own workings: files under the root, rename-replace, disk faults, no way out of the
+root, what the sweep leaves. The ResultStore contract it shares with S3: tests/results/."""
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -57,39 +57,14 @@ def test_local_store_satisfies_the_protocol(store: LocalResultStore) -> None:
 
 
 @pytest.mark.anyio
-async def test_put_then_read_round_trip(store: LocalResultStore, root: Path) -> None:
+async def test_images_are_files_under_the_root_with_no_temporary_files_left(
+    store: LocalResultStore, root: Path
+) -> None:
     task_id = new_task_id()
-    result = image(index=1)
-    stored = await store.put(task_id, result)
-
-    assert stored.key == f"{task_id}/1.png"
-    assert (stored.index, stored.seed, stored.width, stored.height) == (1, 1235, 64, 48)
-    assert stored.output_format is OutputFormat.PNG
-    assert stored.content_type == "image/png"
-    assert stored.size_bytes == len(result.data)
-    assert stored.sha256 == hashlib.sha256(result.data).hexdigest()
-    assert await store.read(stored.key) == result.data
-    assert (root / task_id / "1.png").read_bytes() == result.data
-
-
-@pytest.mark.anyio
-@pytest.mark.parametrize(("fmt", "suffix"), [(OutputFormat.JPEG, "jpg"), (OutputFormat.WEBP, "webp")])
-async def test_key_uses_the_format_extension(store: LocalResultStore, fmt: OutputFormat, suffix: str) -> None:
-    task_id = new_task_id()
-    stored = await store.put(task_id, image(fmt=fmt, data=b"not really an image"))
-    assert stored.key == f"{task_id}/0.{suffix}"
-    assert await store.read(stored.key) == b"not really an image"
-
-
-@pytest.mark.anyio
-async def test_put_again_replaces_and_leaves_no_temporary_files(store: LocalResultStore, root: Path) -> None:
-    task_id = new_task_id()
-    for index in range(3):
-        await store.put(task_id, image(index=index))
-    stored = await store.put(task_id, image(index=0, data=b"second attempt"))
-
-    assert await store.read(stored.key) == b"second attempt"
-    assert files_under(root) == [f"{task_id}/0.png", f"{task_id}/1.png", f"{task_id}/2.png"]
+    await store.put(task_id, image(index=1))
+    stored = await store.put(task_id, image(index=1, data=b"second attempt"))
+    assert (root / task_id / "1.png").read_bytes() == b"second attempt"
+    assert files_under(root) == [stored.key]
 
 
 @pytest.mark.anyio
@@ -120,21 +95,6 @@ async def test_failed_write_leaves_nothing_behind(
     assert files_under(root) == []
     with pytest.raises(ResultNotFound):
         await store.read(f"{task_id}/0.png")
-
-
-@pytest.mark.anyio
-@pytest.mark.parametrize("task_id", ["../escape", "task_../x", "TASK_ABC", "task_", "task_12/34", "task_xyz"])
-async def test_put_refuses_a_malformed_task_id(store: LocalResultStore, root: Path, task_id: str) -> None:
-    with pytest.raises(ValueError, match="task id"):
-        await store.put(task_id, image())
-    assert not root.exists()
-
-
-@pytest.mark.anyio
-async def test_read_unknown_key_is_not_found(store: LocalResultStore) -> None:
-    with pytest.raises(ResultNotFound) as info:
-        await store.read(f"{new_task_id()}/0.png")
-    assert (info.value.status, info.value.code) == (404, "result_not_found")
 
 
 TRAVERSALS = [
@@ -200,49 +160,6 @@ async def test_a_symlink_out_of_the_root_is_not_followed(store: LocalResultStore
 
 
 @pytest.mark.anyio
-async def test_delete_task_removes_its_images_and_is_idempotent(store: LocalResultStore, root: Path) -> None:
-    doomed, kept = new_task_id(), new_task_id()
-    first = await store.put(doomed, image(index=0))
-    await store.put(doomed, image(index=1))
-    survivor = await store.put(kept, image(index=0))
-
-    await store.delete_task(doomed)
-    await store.delete_task(doomed)
-    await store.delete_task(new_task_id())  # never existed
-
-    with pytest.raises(ResultNotFound):
-        await store.read(first.key)
-    assert not (root / doomed).exists()
-    assert await store.read(survivor.key) == image(index=0).data
-
-
-@pytest.mark.anyio
-async def test_delete_task_refuses_a_malformed_task_id(store: LocalResultStore, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="task id"):
-        await store.delete_task("..")
-    assert tmp_path.exists()
-
-
-@pytest.mark.anyio
-async def test_delete_older_than_removes_only_old_tasks(store: LocalResultStore, root: Path) -> None:
-    old, new, mixed = new_task_id(), new_task_id(), new_task_id()
-    for task_id in (old, new, mixed):
-        await store.put(task_id, image(index=0))
-        await store.put(task_id, image(index=1))
-    age(root / old, NOW - timedelta(days=2))
-    age(root / new, NOW - timedelta(hours=1))
-    age(root / mixed, NOW - timedelta(days=2))
-    os.utime(root / mixed / "1.png", ((NOW - timedelta(hours=1)).timestamp(),) * 2)
-
-    removed = await store.delete_older_than(NOW - timedelta(days=1))
-
-    assert removed == 2
-    assert not (root / old).exists()
-    assert files_under(root) == sorted([f"{new}/0.png", f"{new}/1.png", f"{mixed}/0.png", f"{mixed}/1.png"])
-    assert await store.delete_older_than(NOW - timedelta(days=1)) == 0
-
-
-@pytest.mark.anyio
 async def test_delete_older_than_leaves_foreign_files_alone(store: LocalResultStore, root: Path) -> None:
     root.mkdir()
     foreign = root / "notes"
@@ -270,10 +187,3 @@ async def test_delete_older_than_sweeps_old_empty_folders_and_leftover_temp_file
 
     assert await store.delete_older_than(NOW - timedelta(days=1)) == 1
     assert sorted(path.name for path in root.iterdir()) == [empty_new]
-
-
-@pytest.mark.anyio
-async def test_delete_older_than_on_a_missing_root_and_naive_cutoff(store: LocalResultStore) -> None:
-    assert await store.delete_older_than(NOW) == 0
-    with pytest.raises(ValueError, match="timezone"):
-        await store.delete_older_than(datetime(2025, 1, 1))  # naive on purpose

@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import time
 from collections.abc import AsyncIterator, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from fastapi import Request
 
@@ -20,11 +20,11 @@ from qwen_image_server.domain import MAX_INPUT_IMAGES, GenerationRequest
 from qwen_image_server.engine.acceleration import plan_for
 from qwen_image_server.engine.loras import check_request_loras
 from qwen_image_server.errors import InvalidParameter, QueueFull, QwenImageError, RateLimited
-from qwen_image_server.results.links import SignedLinks
+from qwen_image_server.results.links import result_linker
 from qwen_image_server.safe_fetch import IPNetwork, check_url
 from qwen_image_server.service import Service
 from qwen_image_server.sources import read_remote_image
-from qwen_image_server.tasks.model import Idempotency, NewTask, Task, TaskStatus, utcnow
+from qwen_image_server.tasks.model import Idempotency, NewTask, StoredImage, Task, TaskStatus, utcnow
 from qwen_image_server.tasks.outbox import Callback
 from qwen_image_server.tasks.store import TaskConflict, TaskNotFound
 
@@ -222,8 +222,13 @@ async def task_callbacks(service: Service, task_id: str, caller: Caller) -> list
     return await service.callbacks.for_task(task.id)
 
 
-class ResultLinks(SignedLinks):
-    """Result links for an API answer: under `public_url`, else the URL the client used."""
+class ResultLinks:
+    """Result links for an API answer: signed ones under `public_url`, else under the URL the client
+    used; or presigned URLs of the store (setting `results_links`)."""
 
     def __init__(self, service: Service, request: Request) -> None:
-        super().__init__(service.signer, service.settings.public_url or str(request.base_url))
+        base = service.settings.public_url or str(request.base_url)
+        self._link = result_linker(service.signer, service.presigner, base)
+
+    def __call__(self, image: StoredImage, task: Task) -> tuple[str, datetime]:
+        return self._link(image, task)

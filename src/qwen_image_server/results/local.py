@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import tempfile
 from datetime import datetime
@@ -17,7 +16,13 @@ from pathlib import Path
 
 from qwen_image_server.domain import ImageResult
 from qwen_image_server.errors import StorageUnavailable
-from qwen_image_server.results.store import ResultNotFound, is_valid_key, is_valid_task_id, result_key
+from qwen_image_server.results.store import (
+    ResultNotFound,
+    is_valid_key,
+    is_valid_task_id,
+    result_key,
+    stored_image,
+)
 from qwen_image_server.tasks.model import StoredImage
 
 _TEMP_PREFIX = ".tmp-"  # never matches the key pattern, so a half-written file is never served
@@ -33,17 +38,7 @@ class LocalResultStore:
             await asyncio.to_thread(self._write, key, result.data)
         except OSError as exc:  # full, read-only, gone: the disk's fault, not the task's
             raise StorageUnavailable(f"the results folder cannot be written: {_reason(exc)}", retry_after=30) from exc
-        return StoredImage(
-            key=key,
-            index=result.index,
-            seed=result.seed,
-            width=result.width,
-            height=result.height,
-            output_format=result.output_format,
-            size_bytes=len(result.data),
-            sha256=hashlib.sha256(result.data).hexdigest(),
-            partial_index=result.partial_index,
-        )
+        return stored_image(key, result)
 
     async def read(self, key: str) -> bytes:
         if not is_valid_key(key):

@@ -1,13 +1,14 @@
 """The results store seam: where the encoded image bytes of finished tasks live.
 
-`LocalResultStore` (results/local.py) keeps them in a folder; an S3-compatible store can implement
-the same Protocol later, so nothing here assumes a local disk. A key is an opaque string to callers,
+`LocalResultStore` (results/local.py) keeps them in a folder, `S3ResultStore` (results/s3.py) in an
+S3-compatible bucket; nothing here assumes a local disk. A key is an opaque string to callers,
 made by `result_key`: `<task id>/<index>.<extension>`. It is also the path of the public result URL,
 which is why every implementation must treat a key from outside as hostile (see `is_valid_key`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import datetime
 from typing import Protocol
@@ -45,6 +46,30 @@ def result_key(task_id: str, result: ImageResult) -> str:
     if not is_valid_key(key):
         raise ValueError(f"cannot store a result for task id {task_id!r} with index {result.index}")
     return key
+
+
+def stored_image(key: str, result: ImageResult) -> StoredImage:
+    """What a store records of an image it has just written under `key`: its size and SHA-256."""
+    return StoredImage(
+        key=key,
+        index=result.index,
+        seed=result.seed,
+        width=result.width,
+        height=result.height,
+        output_format=result.output_format,
+        size_bytes=len(result.data),
+        sha256=hashlib.sha256(result.data).hexdigest(),
+        partial_index=result.partial_index,
+    )
+
+
+def parse_results_url(url: str) -> tuple[str, str]:
+    """`s3://bucket/some/prefix` -> `("bucket", "some/prefix")`; ValueError for anything else."""
+    scheme, _, rest = url.partition("://")
+    bucket, _, prefix = rest.partition("/")
+    if scheme != "s3" or not bucket:
+        raise ValueError(f"results_url must look like s3://bucket/prefix, got {url!r}")
+    return bucket, prefix.strip("/")
 
 
 class ResultStore(Protocol):
