@@ -186,6 +186,14 @@ async def test_pixwith_translates_the_prompt(open_server: Any) -> None:
     assert task.report.actual_prompt and task.report.actual_prompt != "一只狐狸"
 
 
+async def test_openai_answers_moderation_blocked(strict_server: Any) -> None:
+    _, client = strict_server
+    body = {"prompt": "a fox", "size": "256x256", "moderation": "low", "quality": "low"}
+    answer = await client.post("/v1/images/generations", json=body)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["code"] == "moderation_blocked"
+
+
 def test_dashscope_lists_a_withheld_image_as_data_inspection_failed() -> None:
     from dataclasses import replace
 

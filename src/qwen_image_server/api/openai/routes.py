@@ -25,6 +25,7 @@ from qwen_image_server.api.spec import EVENT_STREAM
 from qwen_image_server.api.tasks import ResultLinks, abandon, idempotency_of, next_state, submit, wait_attended
 from qwen_image_server.domain import GenerationRequest
 from qwen_image_server.errors import InvalidRequest, QwenImageError
+from qwen_image_server.report import CONTENT_WITHHELD
 from qwen_image_server.service import Service
 from qwen_image_server.tasks.model import Idempotency, Task, TaskStatus
 
@@ -40,8 +41,8 @@ class TaskFailed(QwenImageError):
         error = task.error
         code = error.code if error else task.status.value
         super().__init__(error.message if error else f"the image task was {task.status.value}")
-        self.code = code
-        self.status = 400 if code.startswith(("invalid", "prompt")) else 500
+        self.code = "moderation_blocked" if code == CONTENT_WITHHELD else code  # OpenAI's code for it
+        self.status = 400 if code.startswith(("invalid", "prompt")) or code == CONTENT_WITHHELD else 500
 
 
 def _edit_form_schema() -> dict[str, Any]:

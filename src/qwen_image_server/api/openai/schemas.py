@@ -42,9 +42,11 @@ class ImageOptions(BaseModel):
     stream: bool = False
     partial_images: int = Field(default=0, ge=0, le=3)
     user: str | None = None
-    # Accepted and ignored: style (dall-e-3), moderation, input_fidelity, safety_identifier.
+    # Accepted and ignored: style (dall-e-3), input_fidelity, safety_identifier.
     style: str | None = None
-    moderation: str | None = None
+    # OpenAI moderates every image; here each is checked by the server's safety checker (when one is
+    # configured), `low` as strictly as `auto` (the checker has one threshold).
+    moderation: Literal["auto", "low"] | None = None
     input_fidelity: str | None = None
     safety_identifier: str | None = None
 

@@ -87,6 +87,7 @@ def to_generation_request(
         partial_images=options.partial_images if options.stream else 0,
         images=images,
         mask=mask,
+        safety_check=True,  # OpenAI moderates every image, whatever `moderation` says
     )
 
 
