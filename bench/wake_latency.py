@@ -55,7 +55,7 @@ async def throwaway_database(admin_url: str) -> AsyncIterator[str]:
 
 
 async def measure(database_url: str, changes: int) -> dict[str, list[float]]:
-    writer, reader = SqlTaskStore(database_url), SqlTaskStore(database_url)
+    writer, reader = SqlTaskStore.open(database_url), SqlTaskStore.open(database_url)
     await writer.start()
     await reader.start()
     try:

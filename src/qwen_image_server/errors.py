@@ -109,6 +109,22 @@ class StorageUnavailable(RetryLater):
     code = "storage_unavailable"
 
 
+class StoreUnavailable(RetryLater):
+    """The task database cannot take the call now: unreachable (down, restarting, network trouble),
+    busy past its lock timeout, or out of space. The stores raise it (tasks/database.py translates
+    the drivers' errors); the same call may succeed later, so the API answers 503 with Retry-After
+    and workers and senders wait. `trouble` says which in a few words, `detail` is the driver's own
+    line, for the log."""
+
+    status = 503
+    code = "database_unavailable"  # the code clients have seen since before the stores raised it
+
+    def __init__(self, trouble: str, detail: str, *, retry_after: int) -> None:
+        super().__init__(f"the task database is {trouble} right now; try again shortly", retry_after=retry_after)
+        self.trouble = trouble
+        self.detail = detail
+
+
 class UnknownModel(QwenImageError):
     status = 404
     code = "model_not_found"

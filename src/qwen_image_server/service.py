@@ -26,6 +26,7 @@ from qwen_image_server.results.local import LocalResultStore
 from qwen_image_server.results.signing import UrlSigner, load_or_create_secret
 from qwen_image_server.results.store import ResultStore
 from qwen_image_server.settings import Settings
+from qwen_image_server.tasks.database import Database
 from qwen_image_server.tasks.keys import SqlKeyStore
 from qwen_image_server.tasks.model import WorkerInfo, utcnow
 from qwen_image_server.tasks.outbox import SqlCallbackStore
@@ -42,6 +43,7 @@ class Service:
     """The parts of a server or worker process. Build with `Service.build`, then `start()`."""
 
     settings: Settings
+    database: Database  # shared by the three stores below; started and closed with the service
     store: TaskStore
     results: ResultStore
     signer: UrlSigner
@@ -67,10 +69,11 @@ class Service:
             if settings.url_secret
             else load_or_create_secret(settings.data_dir / "url-secret")
         )
-        store = SqlTaskStore(settings.resolved_database_url)
+        database = Database(settings.resolved_database_url)
+        store = SqlTaskStore(database)
         results, presigner = build_results(settings)
         signer = UrlSigner(secret, ttl_seconds=settings.result_ttl_seconds)
-        keys, callbacks = SqlKeyStore(store), SqlCallbackStore(store)
+        keys, callbacks = SqlKeyStore(database), SqlCallbackStore(database)
         sender = CallbackSender(
             settings,
             store,
@@ -80,7 +83,7 @@ class Service:
             shapes=_callback_shapes(),
             server_secret=server_webhook_secret(settings),
         )
-        service = cls(settings, store, results, signer, keys, callbacks, sender)
+        service = cls(settings, database, store, results, signer, keys, callbacks, sender)
         store.on_task_queued(service.wake_worker)  # tasks queued by other processes (PostgreSQL)
         service.presigner = presigner
         service.rate_limiter = build_rate_limiter(settings)
@@ -97,7 +100,7 @@ class Service:
         if self._started:
             return
         self._started = True
-        await self.store.start()
+        await self.database.start()
         maintenance = Maintenance(self.settings, self.store, self.results)
         self._background.append(asyncio.create_task(maintenance.run(), name="maintenance"))
         self._background.append(asyncio.create_task(self.sender.run(), name="callbacks"))
@@ -107,7 +110,7 @@ class Service:
             self._background.append(worker_task)
 
     async def stop(self) -> None:
-        """Drain the worker (up to `drain_seconds`), stop the jobs, close the store."""
+        """Drain the worker (up to `drain_seconds`), stop the jobs, close the database."""
         if not self._started:
             return
         if self.worker is not None:
@@ -120,7 +123,7 @@ class Service:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         self._background.clear()
-        await self.store.close()
+        await self.database.close()
         if self.rate_limiter is not None:
             await self.rate_limiter.close()
         self._started = False

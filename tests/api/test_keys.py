@@ -159,7 +159,7 @@ async def test_an_open_server_accepts_any_key_header(client: httpx.AsyncClient) 
 
 async def test_a_key_made_before_callbacks_gets_a_webhook_secret_on_first_use(service: Service) -> None:
     key, _token = await service.keys.create("old")
-    async with service.store.write() as conn:  # as migration 0005 leaves the keys that existed
+    async with service.database.write() as conn:  # as migration 0005 leaves the keys that existed
         await conn.exec_driver_sql("UPDATE api_keys SET webhook_secret = NULL")
     first = await service.keys.webhook_secret(key.id)
     assert first.startswith("whsec_")

@@ -19,10 +19,10 @@ GONE = "https://hooks.example/gone"
 def disable(data_dir: Path, url: str) -> None:
     async def run() -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
-        store = SqlTaskStore(f"sqlite:///{data_dir / 'tasks.db'}")
+        store = SqlTaskStore.open(f"sqlite:///{data_dir / 'tasks.db'}")
         await store.start()
         try:
-            await SqlCallbackStore(store).disable_url(url, "it answered HTTP 410 Gone", utcnow())
+            await SqlCallbackStore(store.database).disable_url(url, "it answered HTTP 410 Gone", utcnow())
         finally:
             await store.close()
 

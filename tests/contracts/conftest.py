@@ -92,7 +92,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 async def store(database_url: str, clock: FakeClock) -> AsyncIterator[SqlTaskStore]:
-    task_store = SqlTaskStore(database_url, clock=clock)
+    task_store = SqlTaskStore.open(database_url, clock=clock)
     await task_store.start()
     try:
         yield task_store
@@ -103,7 +103,7 @@ async def store(database_url: str, clock: FakeClock) -> AsyncIterator[SqlTaskSto
 @pytest.fixture
 async def other_store(store: SqlTaskStore, database_url: str, clock: FakeClock) -> AsyncIterator[SqlTaskStore]:
     """A second store on the same database, as a second process would have (after `store` migrated it)."""
-    task_store = SqlTaskStore(database_url, clock=clock)
+    task_store = SqlTaskStore.open(database_url, clock=clock)
     await task_store.start()
     try:
         yield task_store

@@ -32,7 +32,7 @@ async def running(store: SqlTaskStore, new: NewTask, worker: str = "w1") -> str:
 
 
 async def test_completion_records_one_pending_callback(store: SqlTaskStore) -> None:
-    callbacks = SqlCallbackStore(store)
+    callbacks = SqlCallbackStore(store.database)
     task_id = await running(store, with_hook(new_task(), owner="key1"))
     assert await callbacks.for_task(task_id) == []  # nothing before the end
     await store.complete(task_id, "w1", [IMAGE])
@@ -45,11 +45,11 @@ async def test_completion_records_one_pending_callback(store: SqlTaskStore) -> N
 async def test_a_task_without_a_callback_url_records_none(store: SqlTaskStore) -> None:
     task_id = await running(store, new_task())
     await store.complete(task_id, "w1", [IMAGE])
-    assert await SqlCallbackStore(store).for_task(task_id) == []
+    assert await SqlCallbackStore(store.database).for_task(task_id) == []
 
 
 async def test_failure_and_worker_side_cancel_record_a_callback(store: SqlTaskStore) -> None:
-    callbacks = SqlCallbackStore(store)
+    callbacks = SqlCallbackStore(store.database)
     failed = await running(store, with_hook(new_task()))
     await store.fail(failed, "w1", TaskError("generation_failed", "out of memory"))
     canceled = await running(store, with_hook(new_task()))
@@ -62,11 +62,11 @@ async def test_canceling_a_queued_task_records_a_callback(store: SqlTaskStore) -
     created = await store.create(with_hook(new_task()))
     await store.request_cancel(created.id)
     await store.request_cancel(created.id)  # a second cancel changes nothing, adds nothing
-    assert len(await SqlCallbackStore(store).for_task(created.id)) == 1
+    assert len(await SqlCallbackStore(store.database).for_task(created.id)) == 1
 
 
 async def test_a_requested_cancel_records_the_callback_when_the_task_ends_not_before(store: SqlTaskStore) -> None:
-    callbacks = SqlCallbackStore(store)
+    callbacks = SqlCallbackStore(store.database)
     task_id = await running(store, with_hook(new_task()))
     await store.request_cancel(task_id)
     assert await callbacks.for_task(task_id) == []  # still running: not final yet
@@ -78,13 +78,13 @@ async def test_a_requested_cancel_records_the_callback_when_the_task_ends_not_be
 async def test_release_back_to_the_queue_records_nothing(store: SqlTaskStore) -> None:
     task_id = await running(store, with_hook(new_task()))
     await store.release(task_id, "w1")
-    assert await SqlCallbackStore(store).for_task(task_id) == []
+    assert await SqlCallbackStore(store.database).for_task(task_id) == []
 
 
 async def test_a_lost_worker_records_a_callback_only_when_the_task_fails_for_good(
     store: SqlTaskStore, clock: FakeClock
 ) -> None:
-    callbacks = SqlCallbackStore(store)
+    callbacks = SqlCallbackStore(store.database)
     task_id = await running(store, with_hook(new_task(max_attempts=2)))
     await store.requeue_expired(clock.advance(60))
     assert await callbacks.for_task(task_id) == []  # requeued: it will run again
@@ -95,7 +95,7 @@ async def test_a_lost_worker_records_a_callback_only_when_the_task_fails_for_goo
 
 
 async def test_claims_hold_a_callback_and_attempts_are_kept_in_order(store: SqlTaskStore, clock: FakeClock) -> None:
-    callbacks = SqlCallbackStore(store)
+    callbacks = SqlCallbackStore(store.database)
     task_id = await running(store, with_hook(new_task()))
     await store.complete(task_id, "w1", [IMAGE])
     now = clock()
@@ -120,7 +120,7 @@ async def test_claims_hold_a_callback_and_attempts_are_kept_in_order(store: SqlT
 
 
 async def test_an_expired_claim_is_taken_again(store: SqlTaskStore, clock: FakeClock) -> None:
-    callbacks = SqlCallbackStore(store)
+    callbacks = SqlCallbackStore(store.database)
     task_id = await running(store, with_hook(new_task()))
     await store.complete(task_id, "w1", [IMAGE])
     [claimed] = await callbacks.claim_due(clock(), limit=10, hold_seconds=30)
@@ -130,7 +130,7 @@ async def test_an_expired_claim_is_taken_again(store: SqlTaskStore, clock: FakeC
 
 
 async def test_retention_deletes_callbacks_with_their_tasks(store: SqlTaskStore, clock: FakeClock) -> None:
-    callbacks = SqlCallbackStore(store)
+    callbacks = SqlCallbackStore(store.database)
     task_id = await running(store, with_hook(new_task()))
     await store.complete(task_id, "w1", [IMAGE])
     [claimed] = await callbacks.claim_due(clock(), limit=10, hold_seconds=30)
@@ -148,7 +148,7 @@ async def ended_with_hook(store: SqlTaskStore, url: str) -> str:
 
 
 async def test_claims_take_at_most_the_room_each_destination_has(store: SqlTaskStore, clock: FakeClock) -> None:
-    callbacks = SqlCallbackStore(store)
+    callbacks = SqlCallbackStore(store.database)
     for _ in range(4):
         await ended_with_hook(store, "https://slow.example/a")
     await ended_with_hook(store, "https://fast.example/b")
@@ -172,7 +172,7 @@ async def test_claims_take_at_most_the_room_each_destination_has(store: SqlTaskS
 
 async def test_claims_take_at_most_the_room_each_owner_has(store: SqlTaskStore, clock: FakeClock) -> None:
     """One tenant with many receivers (a host name each) gets no more than its owner cap."""
-    callbacks = SqlCallbackStore(store)
+    callbacks = SqlCallbackStore(store.database)
     for number in range(5):
         task_id = await running(store, with_hook(new_task(), owner="mallory", url=f"https://h{number}.evil.example/"))
         await store.complete(task_id, "w1", [IMAGE])
@@ -197,7 +197,7 @@ async def test_claims_take_at_most_the_room_each_owner_has(store: SqlTaskStore, 
 
 
 async def test_a_claim_takes_no_more_than_its_limit_soonest_first(store: SqlTaskStore, clock: FakeClock) -> None:
-    callbacks = SqlCallbackStore(store)
+    callbacks = SqlCallbackStore(store.database)
     first = await ended_with_hook(store, "https://a.example/")
     await ended_with_hook(store, "https://b.example/")
     [claimed] = await callbacks.claim_due(
@@ -209,7 +209,7 @@ async def test_a_claim_takes_no_more_than_its_limit_soonest_first(store: SqlTask
 async def test_next_due_at_is_the_soonest_pending_callback_of_the_destinations_not_excluded(
     store: SqlTaskStore, clock: FakeClock
 ) -> None:
-    callbacks = SqlCallbackStore(store)
+    callbacks = SqlCallbackStore(store.database)
     assert await callbacks.next_due_at() is None
     await ended_with_hook(store, "https://a.example/")
     [held] = await callbacks.claim_due(clock.advance(1), limit=10, hold_seconds=60)
@@ -228,7 +228,7 @@ async def test_next_due_at_is_the_soonest_pending_callback_of_the_destinations_n
 async def test_disabled_urls_are_kept_with_their_first_reason_until_enabled(
     store: SqlTaskStore, other_store: SqlTaskStore, clock: FakeClock
 ) -> None:
-    callbacks, elsewhere = SqlCallbackStore(store), SqlCallbackStore(other_store)
+    callbacks, elsewhere = SqlCallbackStore(store.database), SqlCallbackStore(other_store.database)
     assert await callbacks.disabled_reason(HOOK) is None
     await callbacks.disable_url(HOOK, "it answered HTTP 410 Gone", clock())
     await elsewhere.disable_url(HOOK, "a second 410", clock())  # another sender, later: no error

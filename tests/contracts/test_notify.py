@@ -59,7 +59,7 @@ async def store_b(store_a: SqlTaskStore, pg_url: str) -> AsyncIterator[SqlTaskSt
 
 class _started:
     def __init__(self, url: str) -> None:
-        self.store = SqlTaskStore(url)
+        self.store = SqlTaskStore.open(url)
 
     async def __aenter__(self) -> SqlTaskStore:
         await self.store.start()
@@ -127,7 +127,7 @@ async def test_after_the_listener_is_cut_polling_still_works_and_notifications_c
     store_a: SqlTaskStore, store_b: SqlTaskStore, pg_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="qwen_image_server.tasks.notify")
-    listener = store_b.listener
+    listener = store_b.database.listener
     assert listener is not None and listener.listening and listener.backend_pid is not None
     old_pid = listener.backend_pid
     await _terminate_listener(pg_url, old_pid)
@@ -151,10 +151,10 @@ async def test_a_rolled_back_transaction_notifies_nobody(store_a: SqlTaskStore, 
     rolled_back, committed = _waiter(store_b, "rolled-back"), _waiter(store_b, "committed")
     await asyncio.sleep(0)
     with pytest.raises(RuntimeError):
-        async with store_a.write() as conn:
+        async with store_a.database.write() as conn:
             await notify_changed(conn, ["rolled-back"])
             raise RuntimeError("roll back")
-    async with store_a.write() as conn:
+    async with store_a.database.write() as conn:
         await notify_changed(conn, ["committed"])
     # One connection delivers in commit order: had the first been sent, it would have come first.
     await _woken(committed)
@@ -164,7 +164,7 @@ async def test_a_rolled_back_transaction_notifies_nobody(store_a: SqlTaskStore, 
 
 async def test_sqlite_has_no_listener(tmp_path: Path) -> None:
     async with sqlite_backend(tmp_path) as url, _started(url) as store:
-        assert store.listener is None
+        assert store.database.listener is None
 
 
 async def _until_status(store: SqlTaskStore, task_id: str, status: TaskStatus, *, timeout: float) -> None:
@@ -191,7 +191,7 @@ async def _terminate_listener(pg_url: str, pid: int) -> None:
 
 
 async def _until_relistening(store: SqlTaskStore, old_pid: int) -> None:
-    listener = store.listener
+    listener = store.database.listener
     assert listener is not None
     while not (listener.listening and listener.backend_pid not in (None, old_pid)):
         await asyncio.sleep(0.01)
@@ -201,7 +201,7 @@ async def test_a_store_told_not_to_listen_holds_no_listener_but_still_notifies(
     pg_url: str, store_b: SqlTaskStore
 ) -> None:
     async with _started_quiet(pg_url) as quiet:
-        assert quiet.listener is None
+        assert quiet.database.listener is None
         new = new_task()
         waiter = _waiter(store_b, new.id)
         await asyncio.sleep(0)
@@ -211,4 +211,4 @@ async def test_a_store_told_not_to_listen_holds_no_listener_but_still_notifies(
 
 class _started_quiet(_started):
     def __init__(self, url: str) -> None:
-        self.store = SqlTaskStore(url, listen=False)
+        self.store = SqlTaskStore.open(url, listen=False)

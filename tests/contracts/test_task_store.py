@@ -98,7 +98,7 @@ async def test_input_images_stay_out_of_the_task_row_and_go_with_its_end(store: 
     big = noise_png(300, 200)
     request = make_request(ModelName.QWEN_IMAGE_EDIT_PLUS, images=(big, big, big))
     await store.create(new_task(request=request))
-    async with store.read_engine.connect() as conn:
+    async with store.database.read() as conn:
         row_size = (await conn.execute(select(func.length(tasks.c.request_json)))).scalar_one()
         held = (await conn.execute(select(func.count()).select_from(task_inputs))).scalar_one()
     assert row_size < 2000 < len(big), f"the task row holds {row_size} characters"
@@ -106,7 +106,7 @@ async def test_input_images_stay_out_of_the_task_row_and_go_with_its_end(store: 
     claimed = await store.claim("w1", [ModelName.QWEN_IMAGE_EDIT_PLUS], 30)
     assert claimed is not None
     await store.complete(claimed.id, "w1", [])
-    async with store.read_engine.connect() as conn:
+    async with store.database.read() as conn:
         assert (await conn.execute(select(func.count()).select_from(task_inputs))).scalar_one() == 0
     with pytest.raises(LeaseLost):
         await store.with_inputs(claimed)
@@ -132,7 +132,7 @@ async def test_a_task_stored_inline_by_an_older_version_keeps_its_images(store: 
     request = make_request(ModelName.QWEN_IMAGE_EDIT, images=(picture_bytes((64, 64)),))
     created = await store.create(new_task(request=request))
     legacy = request.model_dump_json(exclude={"input_image_count", "has_mask"})  # as version 0.1 stored it
-    async with store.write() as conn:
+    async with store.database.write() as conn:
         await conn.execute(update(tasks).where(tasks.c.id == created.id).values(request_json=legacy))
     claimed = await store.claim("w1", [ModelName.QWEN_IMAGE_EDIT], 30)
     assert claimed is not None
@@ -543,7 +543,7 @@ async def test_list_tasks_filters_by_status(store: SqlTaskStore) -> None:
 
 
 async def test_list_tasks_pages_through_equal_creation_times(database_url: str) -> None:
-    store = SqlTaskStore(database_url, clock=FakeClock(tick=timedelta(0)))
+    store = SqlTaskStore.open(database_url, clock=FakeClock(tick=timedelta(0)))
     await store.start()
     try:
         ids = [f"task_{n:02d}" for n in range(8)]
@@ -673,7 +673,7 @@ async def test_migrations_create_the_schema_of_schema_py(store: SqlTaskStore, da
 
 async def test_start_on_a_migrated_database_keeps_its_tasks(store: SqlTaskStore, database_url: str) -> None:
     created = await store.create(new_task())
-    again = SqlTaskStore(database_url)
+    again = SqlTaskStore.open(database_url)
     await again.start()
     try:
         assert await again.get(created.id) == created
@@ -682,7 +682,7 @@ async def test_start_on_a_migrated_database_keeps_its_tasks(store: SqlTaskStore,
 
 
 async def test_stores_starting_at_once_on_a_new_database_both_start(database_url: str) -> None:
-    stores = [SqlTaskStore(database_url) for _ in range(3)]
+    stores = [SqlTaskStore.open(database_url) for _ in range(3)]
     try:
         await asyncio.gather(*(store.start() for store in stores))
         created = await stores[0].create(new_task())
@@ -694,7 +694,7 @@ async def test_stores_starting_at_once_on_a_new_database_both_start(database_url
 
 async def test_a_store_that_is_not_started_says_so(database_url: str) -> None:
     with pytest.raises(RuntimeError, match="start"):
-        await SqlTaskStore(database_url).get("task_x")
+        await SqlTaskStore.open(database_url).get("task_x")
 
 
 # -- SQLite only (tasks/sqlite.py) -------------------------------------------------------------------
@@ -737,11 +737,11 @@ async def test_sqlite_writes_wait_for_the_lock_instead_of_failing(store: SqlTask
 @pytest.mark.parametrize("url", ["sqlite+aiosqlite://", "sqlite+aiosqlite:///:memory:", "sqlite://"])
 async def test_sqlite_in_memory_database_is_refused(url: str) -> None:
     with pytest.raises(ValueError, match="in-memory"):
-        await SqlTaskStore(url).start()
+        await SqlTaskStore.open(url).start()
 
 
 async def test_sqlite_url_without_driver_gets_the_async_one(tmp_path: Path) -> None:
-    store = SqlTaskStore(f"sqlite:///{tmp_path / 'a' / 'b' / 'tasks.db'}")
+    store = SqlTaskStore.open(f"sqlite:///{tmp_path / 'a' / 'b' / 'tasks.db'}")
     await store.start()
     try:
         created = await store.create(new_task())

@@ -40,7 +40,7 @@ async def _finished_task(store: SqlTaskStore, results: LocalResultStore) -> str:
 
 async def test_old_tasks_and_their_images_are_deleted_and_recent_ones_kept(tmp_path: Path) -> None:
     clock = Clock()
-    store = SqlTaskStore(f"sqlite:///{tmp_path / 'tasks.db'}", clock=clock)
+    store = SqlTaskStore.open(f"sqlite:///{tmp_path / 'tasks.db'}", clock=clock)
     results = LocalResultStore(tmp_path / "results")
     await store.start()
     try:
@@ -59,7 +59,7 @@ async def test_old_tasks_and_their_images_are_deleted_and_recent_ones_kept(tmp_p
 
 
 async def test_images_past_their_ttl_are_deleted_but_the_task_stays(tmp_path: Path) -> None:
-    store = SqlTaskStore(f"sqlite:///{tmp_path / 'tasks.db'}")
+    store = SqlTaskStore.open(f"sqlite:///{tmp_path / 'tasks.db'}")
     results = LocalResultStore(tmp_path / "results")
     await store.start()
     try:
@@ -76,7 +76,7 @@ async def test_images_past_their_ttl_are_deleted_but_the_task_stays(tmp_path: Pa
 
 async def test_a_task_whose_worker_went_silent_is_requeued(tmp_path: Path) -> None:
     clock = Clock()
-    store = SqlTaskStore(f"sqlite:///{tmp_path / 'tasks.db'}", clock=clock)
+    store = SqlTaskStore.open(f"sqlite:///{tmp_path / 'tasks.db'}", clock=clock)
     await store.start()
     try:
         task = await store.create(NewTask(REQUEST))

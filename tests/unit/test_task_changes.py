@@ -33,7 +33,7 @@ async def test_without_a_change_the_wait_ends_at_its_timeout() -> None:
 
 
 async def test_a_store_transition_wakes_a_reader_at_once(tmp_path: Path) -> None:
-    store = SqlTaskStore(f"sqlite+aiosqlite:///{tmp_path / 'tasks.db'}")
+    store = SqlTaskStore.open(f"sqlite+aiosqlite:///{tmp_path / 'tasks.db'}")
     await store.start()
     try:
         task = await store.create(new_task())

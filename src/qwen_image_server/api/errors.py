@@ -3,9 +3,10 @@
 Routes raise; they never build error responses. Each dialect registers the path prefix it serves
 and a function that renders a `QwenImageError` in its own shape; everything else gets the native
 shape `{"error": {"code", "message", "param"}}`. Malformed requests (bad JSON, wrong types) become
-400 `invalid_request`, never a 500; a task database that cannot be reached (down, restarting) is a
-503 `database_unavailable` with Retry-After; an unexpected exception is logged and becomes a 500
-that says no more than that.
+400 `invalid_request`, never a 500; a task database that cannot take the call now (the stores raise
+`StoreUnavailable`: down, restarting, busy past its lock timeout, full) is a 503
+`database_unavailable` with Retry-After, logged in one line; an unexpected exception is logged and
+becomes a 500 that says no more than that.
 """
 
 from __future__ import annotations
@@ -17,12 +18,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match
 
-from qwen_image_server.errors import InvalidParameter, InvalidRequest, QwenImageError, RetryLater
-from qwen_image_server.tasks.db_errors import describe_connection_error, is_connection_error, is_transient_error
+from qwen_image_server.errors import InvalidParameter, InvalidRequest, QwenImageError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +41,6 @@ class HttpError(QwenImageError):
         self.status = status
         self.code = code
         self.headers = dict(headers) if headers else None  # e.g. the Allow of a 405 (RFC 9110)
-
-
-class DatabaseUnavailable(RetryLater):
-    """The task database could not be reached; the service goes on once it is back."""
-
-    status = 503
-    code = "database_unavailable"
-
-
-DATABASE_RETRY_AFTER_SECONDS = 5  # about what a database restart or fail-over takes
 
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
@@ -98,33 +87,24 @@ def install_error_handlers(app: FastAPI, renderers: dict[str, ErrorRenderer]) ->
         log.exception("%s %s crashed", request.method, request.url.path)
         return render(request, QwenImageError("internal server error; the details are in the server log"))
 
-    async def on_database_error(request: Request, exc: Exception) -> Response:
-        # Registered for driver errors that can mean "unreachable", "busy" or "full"; others are crashes.
-        error = database_unavailable(exc, f"{request.method} {request.url.path}")
-        if error is None:
-            return await on_unexpected(request, exc)
-        return render(request, error)
+    async def on_store_unavailable(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StoreUnavailable)
+        log_store_unavailable(exc, f"{request.method} {request.url.path}")
+        return render(request, exc)
 
     app.add_exception_handler(QwenImageError, on_ours)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
-    app.add_exception_handler(ConnectionError, on_database_error)
-    app.add_exception_handler(DBAPIError, on_database_error)
+    app.add_exception_handler(StoreUnavailable, on_store_unavailable)  # the most specific class wins
     app.add_exception_handler(Exception, on_unexpected)
 
 
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
-def database_unavailable(exc: BaseException, doing: str) -> DatabaseUnavailable | None:
-    """The 503 for a task database that cannot take the call now (unreachable, busy past its lock
-    timeout, full), logged in one line; None for any other error."""
-    if not is_transient_error(exc):
-        return None
-    trouble = "unreachable" if is_connection_error(exc) else "busy or out of space"
-    log.warning("%s: the task database is %s: %s", doing, trouble, describe_connection_error(exc))
-    message = f"the task database is {trouble} right now; try again shortly"
-    return DatabaseUnavailable(message, retry_after=DATABASE_RETRY_AFTER_SECONDS)
+def log_store_unavailable(exc: StoreUnavailable, doing: str) -> None:
+    """One line per refused request (an outage is expected now and then: no traceback)."""
+    log.warning("%s: the task database is %s: %s", doing, exc.trouble, exc.detail)
 
 
 def allowed_methods(request: Request) -> str:

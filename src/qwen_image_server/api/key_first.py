@@ -21,8 +21,8 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from qwen_image_server.api.dialect import VERIFIED_KEY, Unauthorized, presented_key, unauthorized_message
-from qwen_image_server.api.errors import database_unavailable
-from qwen_image_server.errors import QwenImageError
+from qwen_image_server.api.errors import log_store_unavailable
+from qwen_image_server.errors import QwenImageError, StoreUnavailable
 from qwen_image_server.tasks.keys import SqlKeyStore
 
 ErrorRender = Callable[[str, QwenImageError], Response]
@@ -53,10 +53,9 @@ class KeyBeforeBody:
         request = Request(scope)  # headers only: the body stays unread
         try:
             refusal = await self._check(request, rule)
-        except Exception as exc:  # outside the app's error handlers: translate the database's here
-            refusal = database_unavailable(exc, f"{scope['method']} {scope['path']}")
-            if refusal is None:
-                raise
+        except StoreUnavailable as exc:  # outside the app's error handlers: answer it here
+            log_store_unavailable(exc, f"{scope['method']} {scope['path']}")
+            refusal = exc
         if refusal is None:
             await self.app(scope, receive, send)
             return

@@ -41,10 +41,9 @@ from typing import Any
 from qwen_image_server import safe_fetch
 from qwen_image_server.callbacks.retry_after import retry_after_seconds
 from qwen_image_server.callbacks.signing import secret_key, signature_headers
-from qwen_image_server.errors import FetchFailed, UrlNotAllowed
+from qwen_image_server.errors import FetchFailed, StoreUnavailable, UrlNotAllowed
 from qwen_image_server.results.links import ResultLinker
 from qwen_image_server.settings import Settings
-from qwen_image_server.tasks.db_errors import describe_connection_error, is_transient_error
 from qwen_image_server.tasks.keys import SqlKeyStore
 from qwen_image_server.tasks.model import Task, utcnow
 from qwen_image_server.tasks.outbox import Callback, CallbackAttempt, CallbackStatus, DeliverySlots, SqlCallbackStore
@@ -175,8 +174,8 @@ class CallbackSender:
         self._wake.set()  # a slot is free
 
     def _log_failure(self, exc: BaseException | None) -> None:
-        if exc is not None and is_transient_error(exc):  # an outage is expected now and then: one line
-            log.warning("callbacks wait: the task database is unreachable or busy: %s", describe_connection_error(exc))
+        if isinstance(exc, StoreUnavailable):  # an outage is expected now and then: one line
+            log.warning("callbacks wait: the task database is unreachable or busy: %s", exc.detail)
         else:
             log.error("callback delivery failed", exc_info=exc)
 

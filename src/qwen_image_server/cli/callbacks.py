@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from qwen_image_server.cli.keys import ConfigOpt, DataDirOpt, settings_from, with_task_store
+from qwen_image_server.cli.keys import ConfigOpt, DataDirOpt, settings_from, with_database
 from qwen_image_server.cli.main import app, err, friendly_errors, out
 from qwen_image_server.errors import InvalidParameter
 from qwen_image_server.tasks.outbox import SqlCallbackStore
@@ -24,7 +24,9 @@ app.add_typer(callbacks_app, name="callbacks")
 def disabled(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
     """List the disabled callback URLs: when, and why."""
     with friendly_errors():
-        found = with_task_store(settings_from(data_dir, config), lambda store: SqlCallbackStore(store).disabled_urls())
+        found = with_database(
+            settings_from(data_dir, config), lambda database: SqlCallbackStore(database).disabled_urls()
+        )
         for entry in found:
             out.print(f"{entry.disabled_at:%Y-%m-%d %H:%M}  {entry.url}  ({entry.reason})", highlight=False)
         if not found:
@@ -39,8 +41,8 @@ def enable(
 ) -> None:
     """Call a disabled URL again, from the next callback on (the refused ones are not sent again)."""
     with friendly_errors():
-        enabled = with_task_store(
-            settings_from(data_dir, config), lambda store: SqlCallbackStore(store).enable_url(url)
+        enabled = with_database(
+            settings_from(data_dir, config), lambda database: SqlCallbackStore(database).enable_url(url)
         )
         if not enabled:
             raise InvalidParameter(f"{url} is not disabled; `qwen-image callbacks disabled` lists those that are")

@@ -23,7 +23,7 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", help="A TOML file of
 Result = TypeVar("Result")
 
 if TYPE_CHECKING:  # imported when a command runs, so that `--help` stays instant
-    from qwen_image_server.tasks.sql import SqlTaskStore
+    from qwen_image_server.tasks.database import Database
 
 
 def settings_from(data_dir: Path | None, config: Path | None) -> Settings:
@@ -33,24 +33,24 @@ def settings_from(data_dir: Path | None, config: Path | None) -> Settings:
         raise invalid_setting(exc) from None
 
 
-def with_task_store(settings: Settings, action: Callable[[SqlTaskStore], Awaitable[Result]]) -> Result:
+def with_database(settings: Settings, action: Callable[[Database], Awaitable[Result]]) -> Result:
     """Run `action` on the task database of `settings` (the data dir's, or `database_url`'s)."""
-    from qwen_image_server.tasks.sql import SqlTaskStore
+    from qwen_image_server.tasks.database import Database
 
     async def run() -> Result:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        store = SqlTaskStore(settings.resolved_database_url, listen=False)
-        await store.start()
+        database = Database(settings.resolved_database_url, listen=False)  # a command waits on nothing
+        await database.start()
         try:
-            return await action(store)
+            return await action(database)
         finally:
-            await store.close()
+            await database.close()
 
     return asyncio.run(run())
 
 
 def _with_keys(settings: Settings, action: Callable[[SqlKeyStore], Awaitable[Result]]) -> Result:
-    return with_task_store(settings, lambda store: action(SqlKeyStore(store)))
+    return with_database(settings, lambda database: action(SqlKeyStore(database)))
 
 
 @keys_app.command("create")

@@ -89,16 +89,16 @@ async def _refuse_open_exposure(settings: Settings) -> None:
     """Secure by default: beyond loopback, serve only with API keys (or when told `--open`)."""
     if settings.open or _is_loopback(settings.host):
         return
+    from qwen_image_server.tasks.database import Database
     from qwen_image_server.tasks.keys import SqlKeyStore
-    from qwen_image_server.tasks.sql import SqlTaskStore
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = SqlTaskStore(settings.resolved_database_url, listen=False)
-    await store.start()
+    database = Database(settings.resolved_database_url, listen=False)
+    await database.start()
     try:
-        has_keys = await SqlKeyStore(store).keys_required()
+        has_keys = await SqlKeyStore(database).keys_required()
     finally:
-        await store.close()
+        await database.close()
     if not has_keys:
         raise InvalidParameter(
             f"refusing to listen on {settings.host} without API keys: create one with "

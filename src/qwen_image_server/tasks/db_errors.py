@@ -1,8 +1,8 @@
 """What the task database's errors mean for the callers of the stores: is it worth trying again?
 
-The API answers such errors with 503 and Retry-After, and workers, maintenance and the callback
-sender wait and go on; any other database error is a fault. Kept apart from the store so that the
-layers above need not know the drivers' exceptions.
+tasks/database.py turns such errors into `StoreUnavailable` (the API answers 503 with Retry-After,
+and workers, maintenance and the callback sender wait and go on); any other database error is a
+fault. Only tasks/database.py imports this module: the layers above never see a driver's exception.
 """
 
 from __future__ import annotations

@@ -24,9 +24,9 @@ from sqlalchemy import func, insert, select, update
 
 from qwen_image_server.callbacks.signing import new_webhook_secret
 from qwen_image_server.errors import QwenImageError
+from qwen_image_server.tasks.database import Database
 from qwen_image_server.tasks.model import utcnow
 from qwen_image_server.tasks.schema import api_keys
-from qwen_image_server.tasks.sql import SqlTaskStore
 
 KEYS_REQUIRED_TTL_SECONDS = 1.0
 _TOKEN = re.compile(r"qik_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
@@ -67,10 +67,10 @@ def _digest(secret: str) -> str:
 
 
 class SqlKeyStore:
-    """API keys in the task database (the same engine as `store`)."""
+    """API keys in the task database (raises `StoreUnavailable` when it cannot take a call now)."""
 
-    def __init__(self, store: SqlTaskStore) -> None:
-        self._store = store
+    def __init__(self, database: Database) -> None:
+        self._database = database
         self._keys_required = False  # once True, for good (see `keys_required`)
         self._no_keys_seen_at: float | None = None  # when the database last said there is no key
 
@@ -86,18 +86,18 @@ class SqlKeyStore:
             "revoked_at": None,
             "webhook_secret": new_webhook_secret(),
         }
-        async with self._store.write() as conn:
+        async with self._database.write() as conn:
             await conn.execute(insert(api_keys).values(row))
         self._keys_required = True
         return _key(row), f"qik_{key_id}_{secret}"
 
     async def list_keys(self) -> list[ApiKey]:
-        async with self._store.read_engine.connect() as conn:
+        async with self._database.read() as conn:
             rows = (await conn.execute(select(api_keys).order_by(api_keys.c.created_at))).mappings().all()
         return [_key(row) for row in rows]
 
     async def revoke(self, key_id: str) -> ApiKey:
-        async with self._store.write() as conn:
+        async with self._database.write() as conn:
             await conn.execute(
                 update(api_keys)
                 .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
@@ -111,10 +111,10 @@ class SqlKeyStore:
     async def webhook_secret(self, key_id: str) -> str:
         """The secret that signs the key's callbacks (made on first use for keys older than callbacks)."""
         query = select(api_keys.c.id, api_keys.c.webhook_secret).where(api_keys.c.id == key_id)
-        async with self._store.read_engine.connect() as conn:  # once made, only read: no write lock
+        async with self._database.read() as conn:  # once made, only read: no write lock
             row = (await conn.execute(query)).first()
         if row is not None and row.webhook_secret is None:
-            async with self._store.write() as conn:
+            async with self._database.write() as conn:
                 await conn.execute(
                     update(api_keys)
                     .where(api_keys.c.id == key_id, api_keys.c.webhook_secret.is_(None))
@@ -131,7 +131,7 @@ class SqlKeyStore:
         if match is None:
             return None
         key_id, secret = match.groups()
-        async with self._store.read_engine.connect() as conn:
+        async with self._database.read() as conn:
             row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).mappings().first()
         if row is None or not hmac.compare_digest(row["secret_sha256"], _digest(secret)):
             return None
@@ -148,7 +148,7 @@ class SqlKeyStore:
             return True
         now = time.monotonic()
         if self._no_keys_seen_at is None or now - self._no_keys_seen_at > KEYS_REQUIRED_TTL_SECONDS:
-            async with self._store.read_engine.connect() as conn:
+            async with self._database.read() as conn:
                 count = (await conn.execute(select(func.count()).select_from(api_keys))).scalar_one()
             self._keys_required, self._no_keys_seen_at = int(count) > 0, now
         return self._keys_required

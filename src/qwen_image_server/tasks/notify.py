@@ -10,7 +10,7 @@ change to every process on the database:
   commits, and drops it when it rolls back: a listener never hears of a change it cannot read yet,
   nor of one that did not happen. A task that becomes queued (created, released, requeued) is also
   sent on `QUEUED_CHANNEL`, for idle workers.
-- Receiving: one `TaskChangeListener` per store (so per process) holds one dedicated asyncpg
+- Receiving: one `TaskChangeListener` per `Database` (tasks/database.py; so per process) holds one dedicated asyncpg
   connection that LISTENs on both channels. Dedicated, because a LISTEN belongs to its session: a
   pooled connection would be handed to other work and notifications would arrive only while it
   sits idle in the pool (or be lost when the pool recycles it). Each notification arrives on the

@@ -24,19 +24,17 @@ from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import ColumnElement, Select, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from qwen_image_server.tasks.database import Database
 from qwen_image_server.tasks.model import TaskStatus
 from qwen_image_server.tasks.schema import callback_attempts, callbacks, disabled_callback_urls
 from qwen_image_server.tasks.sql_rows import Row
-
-if TYPE_CHECKING:
-    from qwen_image_server.tasks.sql import SqlTaskStore
 
 
 class CallbackStatus(StrEnum):
@@ -173,10 +171,10 @@ async def delete_callbacks_of(conn: AsyncConnection, task_ids: Collection[str]) 
 
 
 class SqlCallbackStore:
-    """Callbacks in the task database (the same engines as `store`)."""
+    """Callbacks in the task database (raises `StoreUnavailable` when it cannot take a call now)."""
 
-    def __init__(self, store: SqlTaskStore) -> None:
-        self._store = store
+    def __init__(self, database: Database) -> None:
+        self._database = database
 
     async def claim_due(
         self, now: datetime, *, limit: int, hold_seconds: float, slots: DeliverySlots | None = None
@@ -193,7 +191,7 @@ class SqlCallbackStore:
         if soonest is None or soonest > now:  # mostly nothing is due: then take no write lock
             return claimed
         held_until = now + timedelta(seconds=hold_seconds)
-        async with self._store.write() as conn:
+        async with self._database.write() as conn:
             while len(claimed) < limit:
                 wanted = limit - len(claimed)
                 due = _due(now, room).limit(wanted).with_for_update(skip_locked=True)
@@ -222,7 +220,7 @@ class SqlCallbackStore:
             callbacks.c.destination.not_in(list(exclude)),
             _not_of(exclude_owners),
         )
-        async with self._store.read_engine.connect() as conn:
+        async with self._database.read() as conn:
             soonest: datetime | None = (await conn.execute(query)).scalar()
         return soonest
 
@@ -231,7 +229,7 @@ class SqlCallbackStore:
         record. Disabling a URL that is disabled already keeps the first reason."""
         row = {"url": url, "reason": reason, "disabled_at": now}
         with contextlib.suppress(IntegrityError):  # disabled already (by another sender, at the same time)
-            async with self._store.write() as conn:
+            async with self._database.write() as conn:
                 found = select(disabled_callback_urls.c.url).where(disabled_callback_urls.c.url == url)
                 if (await conn.execute(found)).first() is None:
                     await conn.execute(insert(disabled_callback_urls).values(row))
@@ -239,20 +237,20 @@ class SqlCallbackStore:
     async def disabled_reason(self, url: str) -> str | None:
         """Why `url` is disabled, or None when it is not."""
         query = select(disabled_callback_urls.c.reason).where(disabled_callback_urls.c.url == url)
-        async with self._store.read_engine.connect() as conn:
+        async with self._database.read() as conn:
             reason: str | None = (await conn.execute(query)).scalar()
         return reason
 
     async def disabled_urls(self) -> list[DisabledUrl]:
         """Every disabled URL, most recently disabled first."""
         query = select(disabled_callback_urls).order_by(disabled_callback_urls.c.disabled_at.desc())
-        async with self._store.read_engine.connect() as conn:
+        async with self._database.read() as conn:
             rows = (await conn.execute(query)).mappings().all()
         return [DisabledUrl(url=row["url"], reason=row["reason"], disabled_at=row["disabled_at"]) for row in rows]
 
     async def enable_url(self, url: str) -> bool:
         """Call `url` again (an operator's decision); False when it was not disabled."""
-        async with self._store.write() as conn:
+        async with self._database.write() as conn:
             result = await conn.execute(delete(disabled_callback_urls).where(disabled_callback_urls.c.url == url))
         return bool(result.rowcount)
 
@@ -260,7 +258,7 @@ class SqlCallbackStore:
         self, callback: Callback, attempt: CallbackAttempt, *, status: CallbackStatus, next_attempt_at: datetime | None
     ) -> Callback:
         """Add `attempt` and move the callback to `status` (PENDING with the time of the next try)."""
-        async with self._store.write() as conn:
+        async with self._database.write() as conn:
             await conn.execute(insert(callback_attempts).values(callback_id=callback.id, **_attempt_row(attempt)))
             await conn.execute(
                 update(callbacks)
@@ -276,7 +274,7 @@ class SqlCallbackStore:
         return found[0]
 
     async def for_task(self, task_id: str) -> list[Callback]:
-        async with self._store.read_engine.connect() as conn:
+        async with self._database.read() as conn:
             return await _callbacks_where(conn, callbacks.c.task_id == task_id)
 
 

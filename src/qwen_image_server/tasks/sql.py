@@ -1,6 +1,8 @@
 """`SqlTaskStore`: the task store and queue on SQLAlchemy's asyncio Core (SQLite or PostgreSQL).
 
-The SQL here is portable; what SQLite needs beyond it lives in tasks/sqlite.py. Every state change is
+The SQL here is portable; what SQLite needs beyond it lives in tasks/sqlite.py, and the engines,
+migrations and error translation in tasks/database.py (`Database`: a read or write the database
+cannot take now raises `StoreUnavailable`). Every state change is
 one conditional UPDATE (`WHERE id = ... AND status = ...`, and for a worker `AND worker_id = ...`)
 whose result decides: no row changed means the transition no longer applies, and nothing changed.
 
@@ -24,9 +26,7 @@ the same way, the queued tasks that share its batch key, and leases them all wit
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -46,17 +46,15 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from qwen_image_server.domain import ModelName
 from qwen_image_server.errors import InvalidParameter
 from qwen_image_server.report import TaskReport
-from qwen_image_server.tasks.changes import TaskChanges
+from qwen_image_server.tasks.database import Database
 from qwen_image_server.tasks.idempotency import check_fingerprint, claim_key, key_row, task_holding_key
 from qwen_image_server.tasks.inputs import attach_inputs, delete_inputs_of, store_inputs
-from qwen_image_server.tasks.migrations import upgrade_database
 from qwen_image_server.tasks.model import (
     IDEMPOTENCY_TTL_SECONDS,
     TERMINAL_STATUSES,
@@ -71,7 +69,7 @@ from qwen_image_server.tasks.model import (
     WorkerInfo,
     utcnow,
 )
-from qwen_image_server.tasks.notify import TaskChangeListener, notify_changed
+from qwen_image_server.tasks.notify import notify_changed
 from qwen_image_server.tasks.outbox import delete_callbacks_of, enqueue_final_callback
 from qwen_image_server.tasks.schema import idempotency_keys, tasks, workers
 from qwen_image_server.tasks.sql_rows import (
@@ -84,7 +82,6 @@ from qwen_image_server.tasks.sql_rows import (
     worker_from_row,
     worker_row,
 )
-from qwen_image_server.tasks.sqlite import READ_ONLY_OPTION, create_sqlite_engine, is_sqlite
 from qwen_image_server.tasks.store import LeaseLost, TaskConflict, TaskNotFound, TaskStore
 
 QUEUED = TaskStatus.QUEUED.value
@@ -95,91 +92,34 @@ _NO_LEASE: dict[str, Any] = {"worker_id": None, "lease_expires_at": None}
 
 
 class SqlTaskStore:
-    """The `TaskStore` on a database URL: `sqlite+aiosqlite:///path/tasks.db` (the default; a plain
-    `sqlite:///` URL gets the async driver) or e.g. `postgresql+asyncpg://...` (driver installed
-    separately). `clock` gives the time of every change (tests pass a fake one). On PostgreSQL the
-    store listens for other processes' changes (tasks/notify.py) unless `listen` is False (a
-    short-lived command that waits on nothing need not hold the extra connection)."""
+    """The `TaskStore` on a `Database` (tasks/database.py), which it may share with the key and
+    callback stores. `clock` gives the time of every change (tests pass a fake one). Its reads and
+    writes raise `StoreUnavailable` when the database cannot take them now."""
 
-    def __init__(self, database_url: str, *, clock: Callable[[], datetime] = utcnow, listen: bool = True) -> None:
-        self._url: URL = make_url(database_url)
-        self._listen = listen and not is_sqlite(self._url)
+    def __init__(self, database: Database, *, clock: Callable[[], datetime] = utcnow) -> None:
+        self._database = database
         self._clock = clock
-        self._engine: AsyncEngine | None = None
-        self._reader: AsyncEngine | None = None
-        self._changes = TaskChanges()
-        self._listener: TaskChangeListener | None = None
-        self._write_turn: contextlib.AbstractAsyncContextManager[Any] = (
-            asyncio.Lock() if is_sqlite(self._url) else contextlib.nullcontext()
-        )
+        self._changes = database.changes
+
+    @classmethod
+    def open(cls, database_url: str, *, clock: Callable[[], datetime] = utcnow, listen: bool = True) -> SqlTaskStore:
+        """A store on a database of its own (see `Database` for `listen`)."""
+        return cls(Database(database_url, listen=listen), clock=clock)
 
     @property
-    def url(self) -> URL:
-        return self._url
+    def database(self) -> Database:
+        return self._database
 
     async def start(self) -> None:
-        if self._engine is not None:
-            return
-        if is_sqlite(self._url):
-            engine = create_sqlite_engine(self._url)
-        else:
-            engine = create_async_engine(self._url, pool_pre_ping=True)
-        try:
-            await upgrade_database(engine)
-        except BaseException:
-            await engine.dispose()
-            raise
-        self._engine = engine
-        self._reader = engine.execution_options(**{READ_ONLY_OPTION: True})
-        if self._listen:
-            self._listener = TaskChangeListener(engine, self._changes)
-            await self._listener.start()
+        await self._database.start()
 
     async def close(self) -> None:
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            await listener.close()
-        engine, self._engine, self._reader = self._engine, None, None
-        if engine is not None:
-            await engine.dispose()
-
-    @contextlib.asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
-        """A transaction that writes (also for the stores that share this database: keys, callbacks).
-
-        On SQLite, this process's writers take turns on an asyncio lock before BEGIN IMMEDIATE:
-        SQLite has one write lock per file, and a connection that finds it taken sleeps in SQLite's
-        busy handler (up to 100 ms a try), which under load made writes wait seconds for a lock
-        that was free again after a millisecond. Other processes still meet at the busy handler."""
-        async with self._write_turn, self._writer.begin() as conn:
-            yield conn
-
-    @property
-    def listener(self) -> TaskChangeListener | None:
-        """What hears other processes' changes (PostgreSQL, once started); None on SQLite."""
-        return self._listener
+        await self._database.close()
 
     def on_task_queued(self, hook: Callable[[], None]) -> None:
         """Call `hook` (on the event loop) when another process queues a task (PostgreSQL only: on
         SQLite, and for tasks queued in this process, whoever queues wakes the worker itself)."""
         self._changes.on_queued(hook)
-
-    @property
-    def read_engine(self) -> AsyncEngine:
-        """For stores that share this database: transactions that only read."""
-        return self._read_only
-
-    @property
-    def _writer(self) -> AsyncEngine:
-        if self._engine is None:
-            raise RuntimeError("the task store is not started; call start() first")
-        return self._engine
-
-    @property
-    def _read_only(self) -> AsyncEngine:
-        if self._reader is None:
-            raise RuntimeError("the task store is not started; call start() first")
-        return self._reader
 
     # -- API side --------------------------------------------------------------------------------
 
@@ -190,7 +130,7 @@ class SqlTaskStore:
         now = self._clock()
         values = new_task_row(new, now)
         try:
-            async with self.write() as conn:
+            async with self._database.write() as conn:
                 if new.idempotency is not None and not await claim_key(conn, new, now):
                     return task_from_row(await _required_row(conn, await task_holding_key(conn, new)))
                 await conn.execute(insert(tasks).values(values))
@@ -204,7 +144,7 @@ class SqlTaskStore:
         """The task an unexpired use of this key (with the same request) made, or None; raises
         `IdempotencyKeyReused` when the key came with another request. Lets a replay skip the
         limits that a new task has to pass."""
-        async with self._read_only.connect() as conn:
+        async with self._database.read() as conn:
             row = await key_row(conn, owner, idempotency.key, self._clock())
             if row is None:
                 return None
@@ -212,7 +152,7 @@ class SqlTaskStore:
             return task_from_row(await _required_row(conn, str(row["task_id"])))
 
     async def get(self, task_id: str) -> Task:
-        async with self._read_only.connect() as conn:
+        async with self._database.read() as conn:
             row = await _task_row(conn, task_id)
         if row is None:
             raise TaskNotFound(f"there is no task {task_id!r}")
@@ -241,7 +181,7 @@ class SqlTaskStore:
         if cursor is not None:
             created_at, last_id = decode_cursor(cursor)
             query = query.where(_before(created_at, last_id))
-        async with self._read_only.connect() as conn:
+        async with self._database.read() as conn:
             rows = (await conn.execute(query)).mappings().all()
         page = [task_from_row(row) for row in rows[:limit]]
         next_cursor = encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None
@@ -261,11 +201,11 @@ class SqlTaskStore:
             query = query.where(tasks.c.status.in_([status.value for status in statuses]))
         if created_since is not None:
             query = query.where(tasks.c.created_at >= created_since)
-        async with self._read_only.connect() as conn:
+        async with self._database.read() as conn:
             return int((await conn.execute(query)).scalar_one())
 
     async def queue_position(self, task_id: str) -> int | None:
-        async with self._read_only.connect() as conn:
+        async with self._database.read() as conn:
             row = (await conn.execute(_QUEUE_POSITION, {"task_id": task_id})).first()
         if row is None:
             raise TaskNotFound(f"there is no task {task_id!r}")
@@ -273,7 +213,7 @@ class SqlTaskStore:
 
     async def request_cancel(self, task_id: str) -> Task:
         now = self._clock()
-        async with self.write() as conn:
+        async with self._database.write() as conn:
             canceled = await conn.execute(
                 update(tasks)
                 .where(tasks.c.id == task_id, tasks.c.status == QUEUED)
@@ -313,7 +253,7 @@ class SqlTaskStore:
             return []
         now = self._clock()
         queued = (tasks.c.status == QUEUED, tasks.c.model.in_(names), _due(now))
-        async with self.write() as conn:
+        async with self._database.write() as conn:
             head = (await conn.execute(_next_queued(*queued).add_columns(tasks.c.batch_key).limit(1))).first()
             if head is None:
                 return []
@@ -332,7 +272,7 @@ class SqlTaskStore:
         """The claimed task with the bytes of its input images, which task reads leave out."""
         if task.request.has_inputs_attached:
             return task
-        async with self._read_only.connect() as conn:
+        async with self._database.read() as conn:
             return replace(task, request=await attach_inputs(conn, task.id, task.request))
 
     async def heartbeat(
@@ -349,7 +289,7 @@ class SqlTaskStore:
             values.update(progress_step=progress.step, progress_total=progress.total)
         if previews is not None:
             values["previews_json"] = results_to_json(previews)
-        async with self.write() as conn:
+        async with self._database.write() as conn:
             result = await conn.execute(
                 update(tasks).where(*_held(task_id, worker_id)).values(values).returning(tasks.c.cancel_requested)
             )
@@ -385,7 +325,7 @@ class SqlTaskStore:
         not to be claimed for `delay_seconds`, while the task has attempts left (the claim counted
         this one); else it fails with `error`. A task whose cancel was requested is canceled."""
         now = self._clock()
-        async with self.write() as conn:
+        async with self._database.write() as conn:
             held = await _held_row(conn, task_id, worker_id)
             values = _after_transient_failure(held, error, now, delay_seconds)
             row = await _update_held(conn, task_id, worker_id, {**values, "updated_at": now, **_NO_LEASE})
@@ -398,7 +338,7 @@ class SqlTaskStore:
         """Back to the queue, the attempt not counted; a task whose cancel was requested is canceled
         instead (nobody wants it run again)."""
         now = self._clock()
-        async with self.write() as conn:
+        async with self._database.write() as conn:
             row = await _update_held(
                 conn,
                 task_id,
@@ -425,7 +365,7 @@ class SqlTaskStore:
             .with_for_update(skip_locked=True)
         )
         changed: list[Row] = []
-        async with self.write() as conn:
+        async with self._database.write() as conn:
             for task in (await conn.execute(expired)).mappings().all():
                 statement = (
                     update(tasks)
@@ -445,7 +385,7 @@ class SqlTaskStore:
     async def delete_finished_before(self, cutoff: datetime) -> list[Task]:
         statement = delete(tasks).where(tasks.c.status.in_(TERMINAL), tasks.c.finished_at < cutoff).returning(*tasks.c)
         stale_keys = idempotency_keys.c.created_at < self._clock() - timedelta(seconds=IDEMPOTENCY_TTL_SECONDS)
-        async with self.write() as conn:
+        async with self._database.write() as conn:
             rows = (await conn.execute(statement)).mappings().all()
             await delete_callbacks_of(conn, [row["id"] for row in rows])
             await delete_inputs_of(conn, [row["id"] for row in rows])
@@ -454,7 +394,7 @@ class SqlTaskStore:
 
     async def _finish_held(self, task_id: str, worker_id: str, **values: Any) -> Task:
         now = self._clock()
-        async with self.write() as conn:
+        async with self._database.write() as conn:
             row = await _update_held(
                 conn, task_id, worker_id, {**values, "finished_at": now, "updated_at": now, "lease_expires_at": None}
             )
@@ -470,7 +410,7 @@ class SqlTaskStore:
         changes = {key: value for key, value in values.items() if key != "id"}
         for attempt in range(2):
             try:
-                async with self.write() as conn:
+                async with self._database.write() as conn:
                     result = await conn.execute(update(workers).where(workers.c.id == worker.id).values(changes))
                     if result.rowcount == 0:
                         await conn.execute(insert(workers).values(values))
@@ -481,12 +421,12 @@ class SqlTaskStore:
                     raise
 
     async def forget_worker(self, worker_id: str) -> None:
-        async with self.write() as conn:
+        async with self._database.write() as conn:
             await conn.execute(delete(workers).where(workers.c.id == worker_id))
 
     async def live_workers(self, seen_since: datetime) -> list[WorkerInfo]:
         query = select(workers).where(workers.c.last_seen >= seen_since).order_by(workers.c.id)
-        async with self._read_only.connect() as conn:
+        async with self._database.read() as conn:
             rows = (await conn.execute(query)).mappings().all()
         return [worker_from_row(row) for row in rows]
 

@@ -10,9 +10,9 @@ import asyncio
 import logging
 from datetime import timedelta
 
+from qwen_image_server.errors import StoreUnavailable
 from qwen_image_server.results.store import ResultStore
 from qwen_image_server.settings import Settings
-from qwen_image_server.tasks.db_errors import describe_connection_error, is_transient_error
 from qwen_image_server.tasks.model import utcnow
 from qwen_image_server.tasks.store import TaskStore
 
@@ -54,13 +54,9 @@ class Maintenance:
                 if since_cleanup >= cleanup_every:
                     await self.clean_up()
                     since_cleanup = 0.0
-            except Exception as exc:  # a failing job must not kill the loop; it will run again
-                if is_transient_error(exc):
-                    log.warning(
-                        "maintenance waits: the task database is unreachable or busy (%s)",
-                        describe_connection_error(exc),
-                    )
-                else:
-                    log.exception("maintenance failed")
+            except StoreUnavailable as exc:  # an outage is expected now and then: one line
+                log.warning("maintenance waits: the task database is unreachable or busy (%s)", exc.detail)
+            except Exception:  # a failing job must not kill the loop; it will run again
+                log.exception("maintenance failed")
             await asyncio.sleep(rescue_every)
             since_cleanup += rescue_every

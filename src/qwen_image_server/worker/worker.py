@@ -54,11 +54,16 @@ from qwen_image_server.domain import (
     RenderedImage,
     StepProgress,
 )
-from qwen_image_server.errors import GenerationCanceled, QwenImageError, RetryLater, StorageUnavailable
+from qwen_image_server.errors import (
+    GenerationCanceled,
+    QwenImageError,
+    RetryLater,
+    StorageUnavailable,
+    StoreUnavailable,
+)
 from qwen_image_server.report import CONTENT_WITHHELD, TaskReport
 from qwen_image_server.results.store import ResultStore
 from qwen_image_server.settings import Settings
-from qwen_image_server.tasks.db_errors import describe_connection_error, is_transient_error
 from qwen_image_server.tasks.model import Progress, StoredImage, Task, TaskError, WorkerInfo, utcnow
 from qwen_image_server.tasks.store import LeaseLost, TaskConflict, TaskStore
 from qwen_image_server.worker.lane import EngineLane, Job
@@ -184,9 +189,8 @@ class Worker:
             presence.cancel()
             try:
                 await self.store.forget_worker(self.id)
-            except Exception as exc:
-                if not self._database_unreachable(exc, "signing off"):
-                    raise  # else our row simply ages out of /readyz
+            except StoreUnavailable as exc:
+                self._database_unreachable(exc, "signing off")  # our row simply ages out of /readyz
 
     async def _until_engine_wants_work(self) -> bool:
         """Wait until the engine is idle or in the last step of its batch, with room for one more
@@ -227,9 +231,8 @@ class Worker:
                 self.id, settings.models, settings.lease_seconds, limit=settings.max_batch_size
             )
             batch = [task for task in [await self._with_inputs(task) for task in claimed] if task is not None]
-        except Exception as exc:
-            if not self._database_unreachable(exc, "claiming a task"):
-                raise
+        except StoreUnavailable as exc:
+            self._database_unreachable(exc, "claiming a task")
             return []
         self._database_reached()
         return batch
@@ -252,17 +255,12 @@ class Worker:
             await asyncio.wait_for(self._stopping.wait(), timeout=remaining)
         return True
 
-    def _database_unreachable(self, exc: Exception, doing: str) -> bool:
-        """True when `exc` says the task database cannot be reached or cannot take the call now
-        (locked past the busy timeout, full; logged once per outage): the caller carries on and
-        tries again later. False for any other error."""
-        if not is_transient_error(exc):
-            return False
+    def _database_unreachable(self, exc: StoreUnavailable, doing: str) -> None:
+        """The task database cannot be reached or cannot take the call now (locked past the busy
+        timeout, full); logged once per outage: the caller carries on and tries again later."""
         if not self._database_lost:
-            reason = describe_connection_error(exc)
-            log.warning("the task database is unreachable or busy (%s, while %s); waiting for it", reason, doing)
+            log.warning("the task database is unreachable or busy (%s, while %s); waiting for it", exc.detail, doing)
         self._database_lost = True
-        return True
 
     def _database_reached(self) -> None:
         if self._database_lost:
@@ -276,9 +274,8 @@ class Worker:
         while True:
             try:
                 await write()
-            except Exception as exc:
-                if not self._database_unreachable(exc, doing):
-                    raise
+            except StoreUnavailable as exc:
+                self._database_unreachable(exc, doing)
                 await asyncio.sleep(self.settings.poll_interval_seconds)
                 continue
             self._database_reached()
@@ -302,9 +299,8 @@ class Worker:
         )
         try:
             await self.store.announce_worker(info)
-        except Exception as exc:
-            if not self._database_unreachable(exc, "announcing this worker"):
-                raise  # else the next announcement, a third of a lease later, tries again
+        except StoreUnavailable as exc:  # the next announcement, a third of a lease later, tries again
+            self._database_unreachable(exc, "announcing this worker")
 
     async def _see_batch_through(
         self, batch: Sequence[Task], runs: Sequence[_Run], job: Job[Sequence[Outcome]]
@@ -403,9 +399,8 @@ class Worker:
             # then claimed again by this worker, has finished the task meanwhile: stop this run too
             run.stop(StopReason.LEASE_LOST)
             return
-        except Exception as exc:
-            if not self._database_unreachable(exc, f"reporting progress of task {task.id}"):
-                raise
+        except StoreUnavailable as exc:
+            self._database_unreachable(exc, f"reporting progress of task {task.id}")
             return  # the engine goes on; the next heartbeat tries again
         if canceled:
             run.stop(StopReason.USER)

@@ -1,0 +1,134 @@
+"""`Database`: the one handle on the task database that the stores share.
+
+A process opens one `Database` (a URL: `sqlite+aiosqlite:///path/tasks.db`, a plain `sqlite:///`
+URL gets the async driver, or e.g. `postgresql+asyncpg://...`) and hands it to the stores that keep
+their rows there: `SqlTaskStore` (tasks/sql.py), `SqlKeyStore` (tasks/keys.py) and
+`SqlCallbackStore` (tasks/outbox.py). It owns what they share:
+
+- the engines: one that writes, and the same one marked read-only (on SQLite its transactions
+  start a deferred BEGIN and read alongside the writer: tasks/sqlite.py);
+- on SQLite, this process's turn to write (see `write`);
+- the migrations, run by `start()` (tasks/migrations);
+- on PostgreSQL, the connection that LISTENs for other processes' changes (tasks/notify.py), which
+  feeds `changes`, the wake-ups of this process's waiters.
+
+The drivers' errors are translated here, once, for every store: `read()` and `write()` turn an
+error that says the database cannot take the call now (tasks/db_errors.py: unreachable, busy past
+its lock timeout, out of space) into `StoreUnavailable`, a `QwenImageError` with a 503 and
+Retry-After. Any other database error (a constraint, a bug) passes unchanged: a store may expect one
+(`IntegrityError`), and otherwise it is a fault, not an outage. `start()` is not translated: a
+process that cannot reach its database at start-up fails with the driver's own account of why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from qwen_image_server.errors import StoreUnavailable
+from qwen_image_server.tasks.changes import TaskChanges
+from qwen_image_server.tasks.db_errors import describe_connection_error, is_connection_error, is_transient_error
+from qwen_image_server.tasks.migrations import upgrade_database
+from qwen_image_server.tasks.notify import TaskChangeListener
+from qwen_image_server.tasks.sqlite import READ_ONLY_OPTION, create_sqlite_engine, is_sqlite
+
+RETRY_AFTER_SECONDS = 5  # about what a database restart or fail-over takes
+
+
+class Database:
+    """The task database of one process (see the module docstring). `listen`: on PostgreSQL, hear
+    other processes' changes; a short-lived command that waits on nothing passes False and saves
+    the extra connection."""
+
+    def __init__(self, url: str | URL, *, listen: bool = True) -> None:
+        self._url: URL = make_url(url)
+        self._listen = listen and not is_sqlite(self._url)
+        self._engine: AsyncEngine | None = None
+        self._reader: AsyncEngine | None = None
+        self._listener: TaskChangeListener | None = None
+        self._write_turn: contextlib.AbstractAsyncContextManager[Any] = (
+            asyncio.Lock() if is_sqlite(self._url) else contextlib.nullcontext()
+        )
+        self.changes = TaskChanges()  # this process's waiters, woken by its stores and its listener
+
+    @property
+    def url(self) -> URL:
+        return self._url
+
+    @property
+    def listener(self) -> TaskChangeListener | None:
+        """What hears other processes' changes (PostgreSQL, once started); None on SQLite."""
+        return self._listener
+
+    async def start(self) -> None:
+        """Connect, bring the schema up to date, and listen (PostgreSQL). Again: nothing."""
+        if self._engine is not None:
+            return
+        engine = (
+            create_sqlite_engine(self._url)
+            if is_sqlite(self._url)
+            else create_async_engine(self._url, pool_pre_ping=True)
+        )
+        try:
+            await upgrade_database(engine)
+        except BaseException:
+            await engine.dispose()
+            raise
+        self._engine = engine
+        self._reader = engine.execution_options(**{READ_ONLY_OPTION: True})
+        if self._listen:
+            self._listener = TaskChangeListener(engine, self.changes)
+            await self._listener.start()
+
+    async def close(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await listener.close()
+        engine, self._engine, self._reader = self._engine, None, None
+        if engine is not None:
+            await engine.dispose()
+
+    @contextlib.asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction that writes, committed when the block ends (rolled back on an error).
+
+        On SQLite, this process's writers take turns on an asyncio lock before BEGIN IMMEDIATE:
+        SQLite has one write lock per file, and a connection that finds it taken sleeps in SQLite's
+        busy handler (up to 100 ms a try), which under load made writes wait seconds for a lock
+        that was free again after a millisecond. Other processes still meet at the busy handler."""
+        engine = self._started(self._engine)
+        with translated_errors():
+            async with self._write_turn, engine.begin() as conn:
+                yield conn
+
+    @contextlib.asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for queries that only read (no write turn, no write lock)."""
+        engine = self._started(self._reader)
+        with translated_errors():
+            async with engine.connect() as conn:
+                yield conn
+
+    @staticmethod
+    def _started(engine: AsyncEngine | None) -> AsyncEngine:
+        if engine is None:
+            raise RuntimeError("the task database is not started; call start() first")
+        return engine
+
+
+@contextlib.contextmanager
+def translated_errors() -> Iterator[None]:
+    """Raise `StoreUnavailable` for a driver error that says "not now" (see the module docstring)."""
+    try:
+        yield
+    except (DBAPIError, ConnectionError) as exc:
+        if not is_transient_error(exc):
+            raise
+        trouble = "unreachable" if is_connection_error(exc) else "busy or out of space"
+        raise StoreUnavailable(trouble, describe_connection_error(exc), retry_after=RETRY_AFTER_SECONDS) from exc
