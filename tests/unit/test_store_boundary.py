@@ -8,6 +8,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 import qwen_image_server
 
 PACKAGE = Path(qwen_image_server.__file__).parent
@@ -51,3 +53,23 @@ def test_database_errors_are_classified_only_where_they_are_translated() -> None
         if any(module == DB_ERRORS or module.startswith(f"{DB_ERRORS}.") for module in imported_modules(path))
     )
     assert importers == ["tasks/database.py"]
+
+
+@pytest.mark.parametrize("error", [OSError(113, "No route to host"), OSError(101, "Network is unreachable"),
+                                   TimeoutError(), ConnectionRefusedError(111, "refused")])  # fmt: skip
+def test_a_connect_without_a_route_is_store_unavailable(error: BaseException) -> None:
+    """Found by the multi-host test: a worker whose host was cut off got a bare OSError 113 from a new
+    connection, which passed through as a fault and stopped the worker."""
+    from qwen_image_server.errors import StoreUnavailable
+    from qwen_image_server.tasks.database import translated_errors
+
+    with pytest.raises(StoreUnavailable) as caught, translated_errors():
+        raise error
+    assert caught.value.trouble == "unreachable"
+
+
+def test_other_os_errors_pass_through() -> None:
+    from qwen_image_server.tasks.database import translated_errors
+
+    with pytest.raises(PermissionError), translated_errors():
+        raise PermissionError(13, "denied")

@@ -127,7 +127,7 @@ def translated_errors() -> Iterator[None]:
     """Raise `StoreUnavailable` for a driver error that says "not now" (see the module docstring)."""
     try:
         yield
-    except (DBAPIError, ConnectionError) as exc:
+    except (DBAPIError, OSError, TimeoutError) as exc:  # OSError: a connect with no route (ConnectionError is one)
         if not is_transient_error(exc):
             raise
         trouble = "unreachable" if is_connection_error(exc) else "busy or out of space"

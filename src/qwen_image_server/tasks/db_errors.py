@@ -7,19 +7,28 @@ fault. Only tasks/database.py imports this module: the layers above never see a 
 
 from __future__ import annotations
 
+import errno
+
 from sqlalchemy.exc import DBAPIError
 
 # SQLSTATEs of a server that is gone or not there yet: class 08 (connection exception), and the
 # shutdowns and start-up of PostgreSQL (admin_shutdown, crash_shutdown, cannot_connect_now).
 _UNREACHABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+# A connect that fails below the driver: the host's network is gone or the route is (a host cut off,
+# found by the multi-host test: the connect raised a bare OSError 113 and the worker stopped).
+_NETWORK_ERRNOS = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN, errno.EHOSTDOWN,
+                             errno.ETIMEDOUT, errno.ECONNABORTED})  # fmt: skip
 
 
 def is_connection_error(exc: BaseException) -> bool:
     """True when `exc` means the database could not be reached or dropped the connection (down,
     restarting, network trouble), so the same call may succeed later. What the drivers raise: a bare
-    `ConnectionError` when the connect is refused, a `DBAPIError` that SQLAlchemy marks
+    `ConnectionError` when the connect is refused, an `OSError` with a network errno or a
+    `TimeoutError` when there is no route or no answer, a `DBAPIError` that SQLAlchemy marks
     `connection_invalidated` when an open connection breaks, or one with the server's SQLSTATE."""
-    if isinstance(exc, ConnectionError):
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    if isinstance(exc, OSError) and exc.errno in _NETWORK_ERRNOS:
         return True
     if not isinstance(exc, DBAPIError):
         return False

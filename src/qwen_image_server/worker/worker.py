@@ -425,6 +425,8 @@ class Worker:
             reasons = "; ".join(sorted({image.withheld or "" for image in images}))
             await self._fail(task, TaskError(CONTENT_WITHHELD, f"every image was withheld: {reasons}"))
             return
+        if not await self._still_ours(task):
+            return
         try:
             stored: list[StoredImage] = [await self.results.put(task.id, image) for image in delivered]
         except StorageUnavailable as exc:
@@ -439,6 +441,21 @@ class Worker:
         except TaskConflict:
             # Another run owns the task now and writes the same keys; its images are the ones kept.
             log.warning("task %s finished after its lease was lost; another run owns it", task.id)
+
+    async def _still_ours(self, task: Task) -> bool:
+        """Renew the lease before the images are written: a run that lost its task (its host was cut
+        off and another run took over) must not overwrite the other run's images, which have the same
+        keys. The fenced final write refuses it anyway; this keeps its bytes out of the store too,
+        but for a lease that lapses in the moment between this check and the writes."""
+        try:
+            await self._until_written(
+                f"renewing the lease of task {task.id}",
+                lambda: self.store.heartbeat(task.id, self.id, self.settings.lease_seconds, None),
+            )
+        except TaskConflict:
+            log.warning("task %s finished after its lease was lost; another run owns it: its images are kept", task.id)
+            return False
+        return True
 
     async def _retry_later(self, task: Task, error: TaskError) -> None:
         """A transient failure (results storage full or read-only, ...): the task goes back to the
