@@ -142,7 +142,7 @@ async def wait_ready(store: SqlTaskStore, count: int, processes: list[subprocess
 
 async def measure_level(database_url: str, workers: int, args: argparse.Namespace, root: Path) -> Level:
     env = {**os.environ, "QWEN_IMAGE_DATABASE_URL": database_url, "PYTHONUNBUFFERED": "1"}
-    store = SqlTaskStore(database_url)
+    store = SqlTaskStore.open(database_url)
     await store.start()  # creates the schema before the workers race to
     processes: list[subprocess.Popen[bytes]] = []
     try:

@@ -137,7 +137,15 @@ class TcpForwarder:
         self.port: int = self._port
 
     def _run(self, listen: tuple[str, int]) -> None:
-        self._loop.run_until_complete(self._serve(listen))
+        try:
+            self._loop.run_until_complete(self._serve(listen))
+        finally:  # the relays still open, then the loop itself: an unclosed loop leaks its self-pipe
+            pending = asyncio.all_tasks(self._loop)
+            for task in pending:
+                task.cancel()
+            if pending:
+                self._loop.run_until_complete(asyncio.wait(pending))
+            self._loop.close()
 
     async def _serve(self, listen: tuple[str, int]) -> None:
         self._stopped = asyncio.Event()
@@ -162,8 +170,10 @@ class TcpForwarder:
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(OSError):
-        while chunk := await reader.read(65536):
-            writer.write(chunk)
-            await writer.drain()
-    writer.close()
+    try:
+        with contextlib.suppress(OSError):
+            while chunk := await reader.read(65536):
+                writer.write(chunk)
+                await writer.drain()
+    finally:  # also when the forwarder stops (cancelled): no socket left for the GC to warn about
+        writer.close()
