@@ -14,7 +14,9 @@ import socket
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -176,3 +178,42 @@ def list_all_tasks(base_url: str, *, timeout: float = 30) -> list[dict[str, Any]
         cursor = page["next_cursor"]
         if cursor is None:
             return found
+
+
+async def create_database(admin_url: str, prefix: str) -> str:
+    """A fresh, empty PostgreSQL database on the server of `admin_url` (whose user may create
+    databases), named `<prefix>_<random>`; its URL."""
+    from sqlalchemy.engine import make_url
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    await _as_admin(admin_url, f'CREATE DATABASE "{name}"')
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+async def drop_database(admin_url: str, url: str) -> None:
+    """Drop the database of `url`, its open connections too."""
+    from sqlalchemy.engine import make_url
+
+    await _as_admin(admin_url, f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
+
+
+@asynccontextmanager
+async def throwaway_database(admin_url: str, prefix: str = "qis_bench") -> AsyncIterator[str]:
+    """A fresh database for the block, dropped after it (tests and benchmarks on PostgreSQL)."""
+    url = await create_database(admin_url, prefix)
+    try:
+        yield url
+    finally:
+        await drop_database(admin_url, url)
+
+
+async def _as_admin(admin_url: str, statement: str) -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from sqlalchemy.pool import NullPool
+
+    admin = create_async_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        async with admin.connect() as conn:
+            await conn.exec_driver_sql(statement)
+    finally:
+        await admin.dispose()

@@ -39,20 +39,23 @@ from qwen_image_server.provenance import invisible_mark
 PICTURES = ("photo", "grey", "white")
 
 
-def photo_like(side: int, seed: int = 0) -> Image.Image:
-    """A deterministic stand-in for a photograph: gradients, shapes, blurred texture, fine noise."""
+def photo_like(width: int, height: int | None = None, seed: int = 0) -> Image.Image:
+    """A deterministic stand-in for a photograph (square when `height` is None): gradients, shapes,
+    blurred texture, fine noise. The tests mark and read the same pictures."""
+    height = width if height is None else height
     generator = np.random.default_rng(seed)
-    across, down = np.meshgrid(np.linspace(0, 1, side), np.linspace(0, 1, side))
+    across, down = np.meshgrid(np.linspace(0, 1, width), np.linspace(0, 1, height))
     base = np.stack([40 + 170 * across, 60 + 140 * down, 200 - 120 * across * down], axis=-1)
     picture = Image.fromarray(base.astype(np.uint8))
     draw = ImageDraw.Draw(picture)
+    short = min(width, height)
     for _ in range(14):
-        x, y = generator.uniform(0, side, 2)
-        radius = generator.uniform(side / 20, side / 5)
+        x, y = generator.uniform(0, width), generator.uniform(0, height)
+        radius = generator.uniform(short / 20, short / 5)
         colour = tuple(int(c) for c in generator.integers(0, 256, 3))
         shape = draw.ellipse if generator.random() < 0.5 else draw.rectangle
         shape((x - radius, y - radius, x + radius, y + radius), fill=colour)
-    texture = Image.fromarray(generator.normal(128, 60, (side, side)).clip(0, 255).astype(np.uint8))
+    texture = Image.fromarray(generator.normal(128, 60, (height, width)).clip(0, 255).astype(np.uint8))
     texture = texture.filter(ImageFilter.GaussianBlur(1.5))
     pixels = np.asarray(picture, dtype=np.float32) + (np.asarray(texture, dtype=np.float32)[..., None] - 128) * 0.4
     pixels += generator.normal(0, 3, pixels.shape)

@@ -6,7 +6,7 @@ store on PostgreSQL with LISTEN/NOTIFY, claims, leases, heartbeats, results stor
 one change: the engine is `bench.fake_engine`'s stand-in, whose denoising steps sleep `--step-ms`
 each, because two cores cannot run eight real pipelines and the question here is the service's
 share. (`qwen-image worker` always builds the real engine, so the worker process is this script in
-`--worker` mode, which runs the same steps as `cli/serve.py`'s `_run_worker`.) Each worker has its
+`--worker` mode, which runs `cli/serve.py`'s `run_worker` with the stand-in engine.) Each worker has its
 own data dir and local results folder: nothing is shared but the database.
 
 The submitter has no API: it creates the tasks straight in the store, all at once, once every
@@ -48,9 +48,8 @@ if __package__ in (None, ""):  # run as `python bench/scale_out.py`: make `bench
 
 from PIL import Image, PngImagePlugin
 
-from bench.common import emit, machine, note, table
+from bench.common import emit, machine, note, table, throwaway_database
 from bench.fake_engine import InstantEngine
-from bench.wake_latency import throwaway_database
 from qwen_image_server.domain import GenerationRequest, ModelName
 from qwen_image_server.tasks.model import NewTask, TaskStatus
 from qwen_image_server.tasks.sql import SqlTaskStore
@@ -85,25 +84,16 @@ def host_of(png: bytes) -> str:
         return str(image.info["host"])
 
 
-async def run_worker(data_dir: Path, step_seconds: float) -> None:
-    """What `qwen-image worker` does (cli/serve.py), with the stand-in engine: run until SIGTERM,
-    then drain."""
+def stand_in_worker(data_dir: Path, step_seconds: float) -> None:
+    """`qwen-image worker`'s own loop (cli/serve.py `run_worker`) with the stand-in engine: run until
+    SIGTERM, then drain; exit 1 if the worker failed."""
     import logging
 
-    from qwen_image_server.service import Service
+    from qwen_image_server.cli.serve import run_worker
     from qwen_image_server.settings import load_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = load_settings(data_dir=data_dir)
-    service = Service.build(settings, engine=HostStampedEngine(step_seconds), run_worker=True)
-    stop = asyncio.Event()
-    service.on_worker_failure = stop.set
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with service.running():
-        print(f"worker {service.worker.id if service.worker else ''} running", flush=True)
-        await stop.wait()
+    service = asyncio.run(run_worker(load_settings(data_dir=data_dir), HostStampedEngine(step_seconds)))
     if service.worker_failed:
         raise SystemExit(1)
 
@@ -243,7 +233,7 @@ def main(argv: list[str] | None = None) -> float | None:
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON record here")
     args = parser.parse_args(argv)
     if args.worker:
-        asyncio.run(run_worker(args.data_dir, args.step_ms / 1000))
+        stand_in_worker(args.data_dir, args.step_ms / 1000)
         return None
     if not args.admin_url:
         parser.error("--admin-url or QWEN_IMAGE_TEST_POSTGRES_URL is required")

@@ -18,18 +18,11 @@ import argparse
 import asyncio
 import os
 import time
-import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 from unittest.mock import patch
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.pool import NullPool
-
-from bench.common import Summary, emit, machine, table
+from bench.common import Summary, emit, machine, table, throwaway_database
 from qwen_image_server.domain import GenerationRequest, ModelName
 from qwen_image_server.tasks import sql
 from qwen_image_server.tasks.model import NewTask, Progress
@@ -37,21 +30,6 @@ from qwen_image_server.tasks.sql import SqlTaskStore
 
 WORKER = "bench-worker"
 POLL_FALLBACK_SECONDS = 60.0
-
-
-@asynccontextmanager
-async def throwaway_database(admin_url: str) -> AsyncIterator[str]:
-    url = make_url(admin_url)
-    name = f"qis_bench_{uuid.uuid4().hex[:12]}"
-    admin = create_async_engine(url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    try:
-        async with admin.connect() as conn:
-            await conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        yield url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        async with admin.connect() as conn:
-            await conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.dispose()
 
 
 async def measure(database_url: str, changes: int) -> dict[str, list[float]]:

@@ -214,16 +214,3 @@ def encode_image(image: Image.Image, output_format: str, quality: int) -> bytes:
     else:
         raise ValueError(f"unknown output format {output_format!r}")
     return buffer.getvalue()
-
-
-SIGNABLE_INPUT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
-
-
-def as_ingredient(data: bytes) -> tuple[bytes, str]:
-    """An input image as C2PA takes an ingredient: as it came if PNG, JPEG or WebP, else re-encoded as
-    PNG (its pixels; the manifest then records that copy)."""
-    with Image.open(io.BytesIO(data)) as image:
-        kind = SIGNABLE_INPUT_TYPES.get(image.format or "")
-        if kind is not None:
-            return data, kind
-        return encode_image(image.convert("RGBA"), "png", 100), "image/png"

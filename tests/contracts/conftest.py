@@ -9,7 +9,6 @@ test gets its own database, dropped afterwards.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
@@ -17,9 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.pool import NullPool
+from bench.common import throwaway_database
 
 from qwen_image_server.domain import MODEL_SPECS, GenerationRequest, ModelName
 from qwen_image_server.tasks.model import NewTask
@@ -39,17 +36,8 @@ async def sqlite_backend(tmp_path: Path) -> AsyncIterator[str]:
 
 @asynccontextmanager
 async def postgres_backend(tmp_path: Path) -> AsyncIterator[str]:
-    admin_url = make_url(os.environ[POSTGRES_ENV])
-    name = f"qis_test_{uuid.uuid4().hex[:12]}"
-    admin = create_async_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    try:
-        async with admin.connect() as conn:
-            await conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        yield admin_url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        async with admin.connect() as conn:
-            await conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.dispose()
+    async with throwaway_database(os.environ[POSTGRES_ENV], prefix="qis_test") as url:
+        yield url
 
 
 BACKENDS: dict[str, Backend] = {"sqlite": sqlite_backend}

@@ -28,16 +28,13 @@ from typing import Any
 import boto3
 import httpx
 import pytest
+from bench.common import create_database, drop_database
 from bench.scale_out import host_of, worker_command
-from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 from PIL import Image
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.pool import NullPool
 
 from tests.e2e import hosts
 from tests.e2e.processes import FAST_ENV, Process, free_port, start_api, wait_for, wait_ready
-from tests.results.conftest import DUMMY_AWS
+from tests.results.conftest import DUMMY_AWS, moto_server
 
 POSTGRES_ENV = "QWEN_IMAGE_TEST_POSTGRES_URL"
 BUCKET = "qwen-multi-host"
@@ -131,18 +128,8 @@ def network() -> Iterator[hosts.Network]:
 @pytest.fixture(scope="module")
 def s3_endpoint(network: hosts.Network) -> Iterator[str]:
     """A moto S3 server on the bridge's address, reached by the API and by every host."""
-    with pytest.MonkeyPatch.context() as env:
-        for name, value in DUMMY_AWS.items():
-            env.setenv(name, value)
-        server = ThreadedMotoServer(ip_address=network.gateway, port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
-        try:
-            yield endpoint
-        finally:
-            server.stop()
+    with moto_server(network.gateway, BUCKET) as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(scope="module")
@@ -152,21 +139,11 @@ def database() -> Iterator[str]:
     admin_url = os.environ.get(POSTGRES_ENV)
     if not admin_url:
         pytest.skip(f"PostgreSQL only: set {POSTGRES_ENV}")
-    name = f"qis_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(admin_url, f'CREATE DATABASE "{name}"'))
+    url = asyncio.run(create_database(admin_url, "qis_test"))
     try:
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+        yield url
     finally:
-        asyncio.run(_admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-async def _admin(admin_url: str, statement: str) -> None:
-    admin = create_async_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    try:
-        async with admin.connect() as conn:
-            await conn.exec_driver_sql(statement)
-    finally:
-        await admin.dispose()
+        asyncio.run(drop_database(admin_url, url))
 
 
 @pytest.fixture(scope="module")

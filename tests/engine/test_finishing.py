@@ -180,3 +180,15 @@ def test_a_c2pa_pair_that_cannot_sign_stops_the_load(tmp_path: Path) -> None:
     engine = engine_with(tmp_path, c2pa_cert=tmp_path / "cert.pem", c2pa_key=tmp_path / "key.pem")
     with pytest.raises(ProvenanceFailed):
         engine.load(ModelName.QWEN_IMAGE)
+
+
+def test_a_checked_request_sends_no_previews_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = engine_with(tmp_path, safety_checker="qwen-vl", nsfw_action="report", c2pa=False)
+    monkeypatch.setattr(type(engine._model_options()), "_checker", lambda self, pipeline: Flags(0.9))
+    previews: list[ImageResult] = []
+    [result] = engine.generate(request(safety_check=True, partial_images=1), on_partial=previews.append)
+    assert previews == [], "a preview would leave the server before the check"
+    assert "only checked pictures" in dict(result.notes.not_applied)["partial_images"]
+    unchecked: list[ImageResult] = []
+    engine.generate(request(partial_images=1), on_partial=unchecked.append)
+    assert len(unchecked) == 1

@@ -13,7 +13,6 @@ from PIL import Image
 from qwen_image_server.engine.safety import (
     ClassifierChecker,
     SafetyChecker,
-    Verdict,
     VisionLanguageChecker,
     answer_tokens,
     flagged,
@@ -211,5 +210,5 @@ def test_a_failing_vision_language_check_raises_safety_check_failed(components: 
 def test_verdicts_flag_scores_at_or_above_the_threshold() -> None:
     assert flagged(0.5) and not flagged(0.49)
     assert flagged(0.2, threshold=0.2) and not flagged(0.9, threshold=0.95)
-    assert Verdict.of(0.7) == Verdict(0.7, True)
-    assert Verdict.of(0.7, threshold=0.8) == Verdict(0.7, False)
+    assert flagged(0.7) is True
+    assert flagged(0.7, threshold=0.8) is False

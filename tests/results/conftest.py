@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,23 +32,31 @@ DUMMY_AWS = {
 }
 
 
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    """The endpoint of a moto S3 server holding the bucket `BUCKET`."""
+@contextmanager
+def moto_server(address: str, bucket: str) -> Iterator[str]:
+    """A moto S3 server on `address` holding an empty `bucket`, with dummy AWS credentials in the
+    environment (and no developer profile); yields its endpoint."""
     with pytest.MonkeyPatch.context() as env:
         for name, value in DUMMY_AWS.items():
             env.setenv(name, value)
         for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION"):
             env.delenv(name, raising=False)
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server = ThreadedMotoServer(ip_address=address, port=0, verbose=False)
         server.start()
         host, port = server.get_host_and_port()
         endpoint = f"http://{host}:{port}"
-        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
         try:
             yield endpoint
         finally:
             server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """The endpoint of a moto S3 server holding the bucket `BUCKET`."""
+    with moto_server("127.0.0.1", BUCKET) as endpoint:
+        yield endpoint
 
 
 def s3_client(endpoint: str) -> Any:

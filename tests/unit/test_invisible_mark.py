@@ -11,27 +11,13 @@ from typing import Any
 import numpy as np
 import pytest
 import pywt  # type: ignore[import-untyped]
-from PIL import Image, ImageDraw
+from bench.invisible_mark import photo_like
+from PIL import Image
 
 from qwen_image_server.provenance import invisible_mark
 from qwen_image_server.provenance.invisible_mark import MINIMUM_SIDE, detect, embed, read
 
 PAYLOAD = bytes.fromhex("0123456789abcdef")
-
-
-def photo_like(width: int, height: int, seed: int = 0) -> Image.Image:
-    """Gradients, shapes and noise: textured and edged like a photograph, deterministic."""
-    generator = np.random.default_rng(seed)
-    across, down = np.meshgrid(np.linspace(0, 1, width), np.linspace(0, 1, height))
-    base = np.stack([40 + 170 * across, 60 + 140 * down, 200 - 120 * across * down], axis=-1)
-    picture = Image.fromarray(base.astype(np.uint8))
-    draw = ImageDraw.Draw(picture)
-    for _ in range(10):
-        x, y = generator.uniform(0, width), generator.uniform(0, height)
-        radius = generator.uniform(20, width / 5)
-        draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=tuple(generator.integers(0, 256, 3)))
-    pixels = np.asarray(picture, dtype=np.float32) + generator.normal(0, 10, (height, width, 3))
-    return Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
 
 
 def flat(level: int, side: int = 1024) -> Image.Image:

@@ -17,6 +17,7 @@ from qwen_image_server.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from qwen_image_server.service import Service
+    from qwen_image_server.worker.worker import GenerationEngine
 
 DataDirOpt = Annotated[
     Path | None, typer.Option("--data-dir", help="Folder of the task database and result images [default: ./data].")
@@ -169,14 +170,16 @@ def worker(
     with friendly_errors():
         settings, notes = _service_settings(config, model, models, data_dir=data_dir)
         _describe(settings, notes)
-        service = asyncio.run(_run_worker(settings))
+        service = asyncio.run(run_worker(settings))
     _exit_if_the_worker_failed(service)
 
 
-async def _run_worker(settings: Settings) -> Service:
+async def run_worker(settings: Settings, engine: GenerationEngine | None = None) -> Service:
+    """A worker until SIGTERM or SIGINT, then drained; `engine` replaces the real one (benchmarks'
+    stand-in workers run exactly this)."""
     from qwen_image_server.service import Service
 
-    service = Service.build(settings, run_worker=True)
+    service = Service.build(settings, engine=engine, run_worker=True)
     stop = asyncio.Event()
     service.on_worker_failure = stop.set
     loop = asyncio.get_running_loop()

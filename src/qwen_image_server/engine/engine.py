@@ -337,7 +337,12 @@ class Engine:
                 pipeline = self._pipeline(first.model, first.pipeline_mode)
                 extended = [options.extend(pipeline, entry, note) for entry, note in zip(entries, notes, strict=True)]
                 notes = [note for _, note in extended]
-                calls = [dataclasses.replace(entry, request=plan.call_request(entry.request)) for entry, _ in extended]
+                calls = [
+                    dataclasses.replace(
+                        options.without_unchecked_previews(entry), request=plan.call_request(entry.request)
+                    )
+                    for entry, _ in extended
+                ]
                 adapters = self._adapters().adapters_for(first, plan.lightning.adapter if plan.lightning else None)
                 with (
                     self._adapters().active(pipeline.transformer, adapters),

@@ -67,10 +67,6 @@ class LoraDownloads:
         self._trim(keep=blob)
         return blob
 
-    def content_hash(self, url: str) -> str:
-        """The sha256 of `url`'s file (downloading it if needed): the adapter's identity."""
-        return self.file_for(url).stem
-
     def _known_blob(self, url: str) -> Path | None:
         try:
             digest = self._url_entry(url).read_text().strip()

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 EXTENSION_OFF = "prompt extension is turned off on this server (setting prompt_extension)"
 EXTENSION_EMPTY = "the language model gave no usable prompt; the prompt was used as given"
 NO_CHECKER = "no safety checker is configured on this server (setting safety_checker)"
+PREVIEWS_UNCHECKED = "previews are not sent for safety-checked images: only checked pictures leave the server"
 
 
 class ModelOptions:
@@ -54,7 +55,19 @@ class ModelOptions:
                 notes = notes.with_not_applied(option, EXTENSION_OFF)
         if request.safety_check and self.settings.safety_checker == "none":
             notes = notes.with_not_applied("safety_check", NO_CHECKER)
+        if request.partial_images and self.checks(request):
+            notes = notes.with_not_applied("partial_images", PREVIEWS_UNCHECKED)
         return notes
+
+    def checks(self, request: GenerationRequest) -> bool:
+        """Whether the request's pictures are checked (asked for, or forced, and a checker is set)."""
+        asked = request.safety_check or self.settings.safety_check_force
+        return asked and self.settings.safety_checker != "none"
+
+    def without_unchecked_previews(self, entry: BatchEntry) -> BatchEntry:
+        """Previews are not checked (a check per preview would cost a forward each): a checked
+        request gets none, so that no picture leaves the server before its check."""
+        return dataclasses.replace(entry, on_partial=None) if self.checks(entry.request) else entry
 
     def extend(self, pipeline: Any, entry: BatchEntry, notes: RequestNotes) -> tuple[BatchEntry, RequestNotes]:
         """`entry` with its prompt translated and extended, as it asks and the server allows."""
@@ -102,8 +115,7 @@ class ModelOptions:
     ) -> list[SafetyVerdict]:
         """Per picture, the safety verdict (`NOT_CHECKED` where the request asked for none or the
         server has no checker)."""
-        asked = request.safety_check or self.settings.safety_check_force
-        if not asked or self.settings.safety_checker == "none":
+        if not self.checks(request):
             return [NOT_CHECKED for _ in pictures]
         from qwen_image_server.engine.safety import flagged
 

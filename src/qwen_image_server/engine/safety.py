@@ -56,18 +56,6 @@ class SafetyChecker(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """One picture's score and whether it counts as NSFW at the threshold it was judged by."""
-
-    score: float
-    nsfw: bool
-
-    @classmethod
-    def of(cls, score: float, threshold: float = DEFAULT_THRESHOLD) -> Verdict:
-        return cls(score, flagged(score, threshold))
-
-
 def flagged(score: float, threshold: float = DEFAULT_THRESHOLD) -> bool:
     """NSFW when the score reaches the threshold (a tie is flagged: the cautious side)."""
     return score >= threshold

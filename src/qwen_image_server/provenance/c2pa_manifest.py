@@ -247,6 +247,18 @@ class ProvenanceSigner:
         return signed.getvalue()
 
 
+def as_ingredient(data: bytes) -> tuple[bytes, str]:
+    """An input image as C2PA takes an ingredient: as it came if PNG, JPEG or WebP, else re-encoded as
+    PNG (its pixels; the manifest then records that copy)."""
+    with Image.open(io.BytesIO(data)) as image:
+        kind = Image.MIME.get(image.format or "")
+        if kind in SIGNABLE_TYPES:
+            return data, kind
+        copy = io.BytesIO()
+        image.convert("RGBA").save(copy, "PNG")
+        return copy.getvalue(), "image/png"
+
+
 def manifest_definition(*, model: str, model_version: str, title: str, inputs: int = 0) -> dict[str, Any]:
     """The manifest we sign: a creation, or with `inputs` images an edit of the first (placing the rest)."""
     agent = {"name": model, "version": model_version}

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from PIL import Image, ImageFilter
 
 from qwen_image_server.domain import GenerationRequest, ImageResult
-from qwen_image_server.images import as_ingredient, encode_image
+from qwen_image_server.images import encode_image
 from qwen_image_server.provenance import invisible_mark
 from qwen_image_server.provenance.visible_mark import draw_mark
 from qwen_image_server.report import NO_NOTES, RequestNotes
@@ -127,6 +127,8 @@ class Finishing:
     def _sign(self, data: bytes, request: GenerationRequest, index: int, partial_index: int | None) -> bytes:
         assert self._signer is not None
         what = "preview" if partial_index is not None else "image"
+        from qwen_image_server.provenance.c2pa_manifest import as_ingredient
+
         parents = [as_ingredient(image) for image in request.images]
         return self._signer.sign(
             data,
