@@ -71,7 +71,12 @@ def test_the_same_command_gives_identical_pixels_and_another_seed_others(fox: Pa
     assert not np.array_equal(pixels(fox), pixels(other))
 
 
-def test_two_images_each_reproduced_alone_by_their_reported_seed(tmp_path: Path) -> None:
+def test_two_images_each_reproduced_alone_by_their_reported_seed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pipeline's reproduction, compared unmarked: batched and lone rows may round one level apart,
+    # which the invisible mark's quantization can widen (docs/provenance.md; found by CI with a random seed).
+    monkeypatch.setenv("QWEN_IMAGE_INVISIBLE_WATERMARK", "false")
     code, stdout, _ = qwen_image("generate", "a red fox in snow", *FAST, "-n", "2", "-o", tmp_path / "b.png")
     assert code == 0
     first, second = tmp_path / "b-1.png", tmp_path / "b-2.png"

@@ -90,6 +90,8 @@ def test_the_mark_keeps_image_i_equal_to_a_one_image_request_of_its_seed(engine:
     _, second = engine.generate(request(num_images_per_prompt=2, seed=5))
     [alone] = engine.generate(request(seed=6))
     assert np.abs(pixels(second) - pixels(alone)).max() <= 1
+    marks = [invisible_mark.detect(Image.open(io.BytesIO(result.data))) for result in (second, alone)]
+    assert marks[0] is not None and marks[0] == marks[1], "the same recipe: the same mark"
 
 
 def test_prompt_extension_rewrites_and_reports_the_prompt(plain: Engine) -> None:

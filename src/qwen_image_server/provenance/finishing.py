@@ -7,8 +7,9 @@
 3. the invisible mark in the luminance (`invisible_watermark`): a hash of this server's id and one of
    the image's recipe (the request as one image of its seed), 4 bytes each, for finished images
    (previews are transient and skip it). The recipe, not the task: the same request makes the same
-   pixels on the same server, as before marks existed, and image i of a request is still the image of
-   a one-image request with its seed;
+   pixels on the same server, as before marks existed, and image i of a request carries the mark of
+   a one-image request with its seed (a one-level rounding difference between batched and lone rows
+   can grow to a few levels where it tips a quantized coefficient);
 4. encoding (PNG, JPEG or WebP);
 5. the C2PA manifest (`c2pa`), signed over the encoded bytes; an edit's inputs are its ingredients.
 
