@@ -151,15 +151,18 @@ def note(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def wait_until_ready(base_url: str, *, alive: Callable[[], bool], explain: Callable[[], str], timeout: float) -> None:
-    """Poll `base_url/readyz` until it answers 200 (a worker has its models loaded). Raises
+def wait_until_ready(
+    base_url: str, *, alive: Callable[[], bool], explain: Callable[[], str], timeout: float, path: str = "/readyz"
+) -> None:
+    """Poll `base_url/readyz` until it answers 200 (a worker has its models loaded; an API alone
+    waits on `path="/healthz"`). Raises
     RuntimeError with `explain()` (e.g. the server's log) if the server exits or `timeout` passes."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not alive():
             raise RuntimeError(f"the server exited:\n{explain()}")
         try:
-            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{base_url}{path}", timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             pass

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from bench.fake_engine import InstantEngine
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -150,12 +150,14 @@ async def test_after_the_listener_is_cut_polling_still_works_and_notifications_c
 async def test_a_rolled_back_transaction_notifies_nobody(store_a: SqlTaskStore, store_b: SqlTaskStore) -> None:
     rolled_back, committed = _waiter(store_b, "rolled-back"), _waiter(store_b, "committed")
     await asyncio.sleep(0)
+
+    def notify_then_fail(conn: Connection) -> None:
+        notify_changed(conn, ["rolled-back"])
+        raise RuntimeError("roll back")
+
     with pytest.raises(RuntimeError):
-        async with store_a.database.write() as conn:
-            await notify_changed(conn, ["rolled-back"])
-            raise RuntimeError("roll back")
-    async with store_a.database.write() as conn:
-        await notify_changed(conn, ["committed"])
+        await store_a.database.run_write(notify_then_fail)
+    await store_a.database.run_write(lambda conn: notify_changed(conn, ["committed"]))
     # One connection delivers in commit order: had the first been sent, it would have come first.
     await _woken(committed)
     assert not rolled_back.done()

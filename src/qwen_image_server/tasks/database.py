@@ -7,6 +7,16 @@ their rows there: `SqlTaskStore` (tasks/sql.py), `SqlKeyStore` (tasks/keys.py) a
 
 - the engines: one that writes, and the same one marked read-only (on SQLite its transactions
   start a deferred BEGIN and read alongside the writer: tasks/sqlite.py);
+- how a store's work runs: `run_read(work)` and `run_write(work)` take a plain function of a
+  (synchronous) SQLAlchemy `Connection` and run it as one transaction. On PostgreSQL that is
+  `run_sync` on the asyncpg engine (each statement still awaits the network, through SQLAlchemy's
+  greenlet bridge). On SQLite it is one call into a thread that holds a synchronous connection:
+  SQLite is a library, not a server, and the async driver (aiosqlite) hops threads for every
+  cursor, execute, fetch, BEGIN and ROLLBACK (about a dozen hops for a poll, each a wake-up of
+  another thread under the GIL: 7 ms of a 10 ms poll on 2 cores, bench/api_ceiling.py); one hop
+  per transaction keeps the event loop free and costs what one statement did. Reads run in a few
+  threads alongside each other (WAL); writes in one thread, this process's writers' turn;
+- `read()` and `write()`: an `AsyncConnection` for the few that need one (migrations, tests);
 - on SQLite, this process's turn to write (see `write`);
 - the migrations, run by `start()` (tasks/migrations);
 - on PostgreSQL, the connection that LISTENs for other processes' changes (tasks/notify.py), which
@@ -24,10 +34,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -36,9 +47,11 @@ from qwen_image_server.tasks.changes import TaskChanges
 from qwen_image_server.tasks.db_errors import describe_connection_error, is_connection_error, is_transient_error
 from qwen_image_server.tasks.migrations import upgrade_database
 from qwen_image_server.tasks.notify import TaskChangeListener
-from qwen_image_server.tasks.sqlite import READ_ONLY_OPTION, create_sqlite_engine, is_sqlite
+from qwen_image_server.tasks.sqlite import READ_ONLY_OPTION, create_sqlite_engine, create_sync_sqlite_engine, is_sqlite
 
 RETRY_AFTER_SECONDS = 5  # about what a database restart or fail-over takes
+SQLITE_READ_THREADS = 4  # reads at once on SQLite (WAL readers do not wait for each other)
+T = TypeVar("T")
 
 
 class Database:
@@ -52,6 +65,7 @@ class Database:
         self._engine: AsyncEngine | None = None
         self._reader: AsyncEngine | None = None
         self._listener: TaskChangeListener | None = None
+        self._sqlite: _SqliteThreads | None = None
         self._write_turn: contextlib.AbstractAsyncContextManager[Any] = (
             asyncio.Lock() if is_sqlite(self._url) else contextlib.nullcontext()
         )
@@ -82,6 +96,8 @@ class Database:
             raise
         self._engine = engine
         self._reader = engine.execution_options(**{READ_ONLY_OPTION: True})
+        if is_sqlite(self._url):
+            self._sqlite = _SqliteThreads(create_sync_sqlite_engine(self._url))
         if self._listen:
             self._listener = TaskChangeListener(engine, self.changes)
             await self._listener.start()
@@ -93,6 +109,29 @@ class Database:
         engine, self._engine, self._reader = self._engine, None, None
         if engine is not None:
             await engine.dispose()
+        sqlite, self._sqlite = self._sqlite, None
+        if sqlite is not None:
+            await asyncio.to_thread(sqlite.close)
+
+    async def run_read(self, work: Callable[[Connection], T]) -> T:
+        """`work(connection)` in a transaction that only reads; its result."""
+        self._started(self._reader)
+        with translated_errors():
+            if self._sqlite is not None:
+                return await self._sqlite.read(work)
+        async with self.read() as conn:
+            return await conn.run_sync(work)
+
+    async def run_write(self, work: Callable[[Connection], T]) -> T:
+        """`work(connection)` in a transaction that writes, committed when it returns (rolled back if
+        it raises); its result."""
+        self._started(self._engine)
+        if self._sqlite is not None:
+            with translated_errors():
+                async with self._write_turn:
+                    return await self._sqlite.write(work)
+        async with self.write() as conn:
+            return await conn.run_sync(work)
 
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
@@ -120,6 +159,33 @@ class Database:
         if engine is None:
             raise RuntimeError("the task database is not started; call start() first")
         return engine
+
+
+class _SqliteThreads:
+    """Synchronous SQLite connections, each used in one call of a thread: reads in a few threads,
+    writes in one (see the module docstring)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._reader = engine.execution_options(**{READ_ONLY_OPTION: True})
+        self._reads = ThreadPoolExecutor(SQLITE_READ_THREADS, thread_name_prefix="sqlite-read")
+        self._writes = ThreadPoolExecutor(1, thread_name_prefix="sqlite-write")
+
+    async def read(self, work: Callable[[Connection], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._reads, _in_transaction, self._reader, work)
+
+    async def write(self, work: Callable[[Connection], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._writes, _in_transaction, self._engine, work)
+
+    def close(self) -> None:
+        self._reads.shutdown()
+        self._writes.shutdown()
+        self._engine.dispose()
+
+
+def _in_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
+    with engine.begin() as conn:
+        return work(conn)
 
 
 @contextlib.contextmanager

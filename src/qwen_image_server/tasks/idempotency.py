@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from qwen_image_server.errors import IdempotencyKeyReused
 from qwen_image_server.tasks.model import IDEMPOTENCY_TTL_SECONDS, Idempotency, NewTask
@@ -27,7 +27,7 @@ from qwen_image_server.tasks.sql_rows import Row
 from qwen_image_server.tasks.store import TaskConflict
 
 
-async def claim_key(conn: AsyncConnection, new: NewTask, now: datetime) -> bool:
+def claim_key(conn: Connection, new: NewTask, now: datetime) -> bool:
     """Make `new`'s key point at `new`: True when it was free (never used, or expired), False when
     another task holds it. Never deletes a key: an expired one is taken over by a conditional
     UPDATE, so of two concurrent takers only one succeeds."""
@@ -35,7 +35,7 @@ async def claim_key(conn: AsyncConnection, new: NewTask, now: datetime) -> bool:
     owner, key = new.owner or "", new.idempotency.key
     claim = {"fingerprint": new.idempotency.fingerprint, "task_id": new.id, "created_at": now}
     insert_if_absent = _dialect_insert(conn)(idempotency_keys).values(owner=owner, key=key, **claim)
-    if (await conn.execute(insert_if_absent.on_conflict_do_nothing())).rowcount == 1:
+    if conn.execute(insert_if_absent.on_conflict_do_nothing()).rowcount == 1:
         return True
     expired = idempotency_keys.c.created_at <= now - timedelta(seconds=IDEMPOTENCY_TTL_SECONDS)
     take_over = (
@@ -43,30 +43,30 @@ async def claim_key(conn: AsyncConnection, new: NewTask, now: datetime) -> bool:
         .where(idempotency_keys.c.owner == owner, idempotency_keys.c.key == key, expired)
         .values(**claim)
     )
-    return (await conn.execute(take_over)).rowcount == 1
+    return conn.execute(take_over).rowcount == 1
 
 
-def _dialect_insert(conn: AsyncConnection) -> Callable[[Any], Any]:
+def _dialect_insert(conn: Connection) -> Callable[[Any], Any]:
     """The INSERT of the connection's database, which has ON CONFLICT DO NOTHING (both do)."""
     return postgresql_insert if conn.dialect.name == "postgresql" else sqlite_insert
 
 
-async def task_holding_key(conn: AsyncConnection, new: NewTask) -> str:
+def task_holding_key(conn: Connection, new: NewTask) -> str:
     """The task that holds `new`'s key (just found taken); raises if it came with another request."""
     assert new.idempotency is not None
-    row = await key_row(conn, new.owner, new.idempotency.key, now=None)
+    row = key_row(conn, new.owner, new.idempotency.key, now=None)
     if row is None:  # cannot happen: the key was just found taken in this transaction
         raise TaskConflict("the Idempotency-Key was released while it was being read; send the request again")
     check_fingerprint(row, new.idempotency)
     return str(row["task_id"])
 
 
-async def key_row(conn: AsyncConnection, owner: str | None, key: str, now: datetime | None) -> Row | None:
+def key_row(conn: Connection, owner: str | None, key: str, now: datetime | None) -> Row | None:
     """The key's row; with `now`, only while it has not expired."""
     query = select(idempotency_keys).where(idempotency_keys.c.owner == (owner or ""), idempotency_keys.c.key == key)
     if now is not None:
         query = query.where(idempotency_keys.c.created_at > now - timedelta(seconds=IDEMPOTENCY_TTL_SECONDS))
-    return (await conn.execute(query)).mappings().first()
+    return conn.execute(query).mappings().first()
 
 
 def check_fingerprint(row: Row, idempotency: Idempotency) -> None:

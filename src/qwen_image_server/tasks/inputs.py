@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from sqlalchemy import delete, insert, select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from qwen_image_server.domain import GenerationRequest
 from qwen_image_server.tasks.schema import task_inputs
@@ -22,22 +22,22 @@ from qwen_image_server.tasks.store import LeaseLost
 IMAGE, MASK = "image", "mask"
 
 
-async def store_inputs(conn: AsyncConnection, task_id: str, request: GenerationRequest) -> None:
+def store_inputs(conn: Connection, task_id: str, request: GenerationRequest) -> None:
     """Write the request's input images and mask (call in the transaction that inserts the task)."""
     rows = [{"task_id": task_id, "kind": IMAGE, "position": i, "data": data} for i, data in enumerate(request.images)]
     if request.mask is not None:
         rows.append({"task_id": task_id, "kind": MASK, "position": 0, "data": request.mask})
     if rows:
-        await conn.execute(insert(task_inputs), rows)
+        conn.execute(insert(task_inputs), rows)
 
 
-async def attach_inputs(conn: AsyncConnection, task_id: str, request: GenerationRequest) -> GenerationRequest:
+def attach_inputs(conn: Connection, task_id: str, request: GenerationRequest) -> GenerationRequest:
     """The request with its input images put back. Raises `LeaseLost` when they are gone: the task
     ended (and they were deleted) since it was claimed."""
     if request.has_inputs_attached:  # none, or a task stored inline by an older version
         return request
     query = select(task_inputs.c.kind, task_inputs.c.data).where(task_inputs.c.task_id == task_id)
-    rows = (await conn.execute(query.order_by(task_inputs.c.kind, task_inputs.c.position))).all()
+    rows = conn.execute(query.order_by(task_inputs.c.kind, task_inputs.c.position)).all()
     images = tuple(bytes(row.data) for row in rows if row.kind == IMAGE)
     masks = [bytes(row.data) for row in rows if row.kind == MASK]
     try:
@@ -46,7 +46,7 @@ async def attach_inputs(conn: AsyncConnection, task_id: str, request: Generation
         raise LeaseLost(f"the input images of task {task_id} are gone; it has ended") from None
 
 
-async def delete_inputs_of(conn: AsyncConnection, task_ids: Collection[str]) -> None:
+def delete_inputs_of(conn: Connection, task_ids: Collection[str]) -> None:
     """With the end of their tasks."""
     if task_ids:
-        await conn.execute(delete(task_inputs).where(task_inputs.c.task_id.in_(list(task_ids))))
+        conn.execute(delete(task_inputs).where(task_inputs.c.task_id.in_(list(task_ids))))

@@ -19,8 +19,10 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import func, insert, select, update
+from sqlalchemy.engine import Connection
 
 from qwen_image_server.callbacks.signing import new_webhook_secret
 from qwen_image_server.errors import QwenImageError
@@ -86,24 +88,22 @@ class SqlKeyStore:
             "revoked_at": None,
             "webhook_secret": new_webhook_secret(),
         }
-        async with self._database.write() as conn:
-            await conn.execute(insert(api_keys).values(row))
+        await self._database.run_write(lambda conn: conn.execute(insert(api_keys).values(row)))
         self._keys_required = True
         return _key(row), f"qik_{key_id}_{secret}"
 
     async def list_keys(self) -> list[ApiKey]:
-        async with self._database.read() as conn:
-            rows = (await conn.execute(select(api_keys).order_by(api_keys.c.created_at))).mappings().all()
+        query = select(api_keys).order_by(api_keys.c.created_at)
+        rows = await self._database.run_read(lambda conn: conn.execute(query).mappings().all())
         return [_key(row) for row in rows]
 
     async def revoke(self, key_id: str) -> ApiKey:
-        async with self._database.write() as conn:
-            await conn.execute(
-                update(api_keys)
-                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-                .values(revoked_at=utcnow())
-            )
-            row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).mappings().first()
+        def revoke(conn: Connection) -> Any:
+            active = api_keys.c.revoked_at.is_(None)
+            conn.execute(update(api_keys).where(api_keys.c.id == key_id, active).values(revoked_at=utcnow()))
+            return conn.execute(select(api_keys).where(api_keys.c.id == key_id)).mappings().first()
+
+        row = await self._database.run_write(revoke)
         if row is None:
             raise KeyNotFound(f"there is no key {key_id!r}; `qwen-image keys list` shows them")
         return _key(row)
@@ -111,16 +111,16 @@ class SqlKeyStore:
     async def webhook_secret(self, key_id: str) -> str:
         """The secret that signs the key's callbacks (made on first use for keys older than callbacks)."""
         query = select(api_keys.c.id, api_keys.c.webhook_secret).where(api_keys.c.id == key_id)
-        async with self._database.read() as conn:  # once made, only read: no write lock
-            row = (await conn.execute(query)).first()
+        row = await self._database.run_read(lambda conn: conn.execute(query).first())  # once made, only read
         if row is not None and row.webhook_secret is None:
-            async with self._database.write() as conn:
-                await conn.execute(
-                    update(api_keys)
-                    .where(api_keys.c.id == key_id, api_keys.c.webhook_secret.is_(None))
-                    .values(webhook_secret=new_webhook_secret())
-                )
-                row = (await conn.execute(query)).first()
+            missing = api_keys.c.webhook_secret.is_(None)
+            make = update(api_keys).where(api_keys.c.id == key_id, missing).values(webhook_secret=new_webhook_secret())
+
+            def make_secret(conn: Connection) -> Any:
+                conn.execute(make)
+                return conn.execute(query).first()
+
+            row = await self._database.run_write(make_secret)
         if row is None:
             raise KeyNotFound(f"there is no key {key_id!r}; `qwen-image keys list` shows them")
         return str(row.webhook_secret)
@@ -131,8 +131,8 @@ class SqlKeyStore:
         if match is None:
             return None
         key_id, secret = match.groups()
-        async with self._database.read() as conn:
-            row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).mappings().first()
+        query = select(api_keys).where(api_keys.c.id == key_id)
+        row = await self._database.run_read(lambda conn: conn.execute(query).mappings().first())
         if row is None or not hmac.compare_digest(row["secret_sha256"], _digest(secret)):
             return None
         key = _key(row)
@@ -148,8 +148,8 @@ class SqlKeyStore:
             return True
         now = time.monotonic()
         if self._no_keys_seen_at is None or now - self._no_keys_seen_at > KEYS_REQUIRED_TTL_SECONDS:
-            async with self._database.read() as conn:
-                count = (await conn.execute(select(func.count()).select_from(api_keys))).scalar_one()
+            query = select(func.count()).select_from(api_keys)
+            count = await self._database.run_read(lambda conn: conn.execute(query).scalar_one())
             self._keys_required, self._no_keys_seen_at = int(count) > 0, now
         return self._keys_required
 

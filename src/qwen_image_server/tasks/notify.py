@@ -38,7 +38,8 @@ import logging
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from qwen_image_server.tasks.changes import TaskChanges
 
@@ -59,11 +60,11 @@ FIRST_LISTEN_SECONDS = 5.0
 _SQLALCHEMY_ONLY_OPTIONS = ("prepared_statement_cache_size", "prepared_statement_name_func", "async_fallback")
 
 
-def uses_notify(conn: AsyncConnection) -> bool:
+def uses_notify(conn: Connection) -> bool:
     return conn.dialect.name == "postgresql"
 
 
-async def notify_changed(conn: AsyncConnection, task_ids: list[str], *, queued: list[str] | None = None) -> None:
+def notify_changed(conn: Connection, task_ids: list[str], *, queued: list[str] | None = None) -> None:
     """In the write transaction on `conn`: announce `task_ids` as changed (and `queued` as newly
     queued) to every process, at commit. Nothing on SQLite."""
     if not uses_notify(conn):
@@ -71,7 +72,7 @@ async def notify_changed(conn: AsyncConnection, task_ids: list[str], *, queued: 
     sends = [(CHANGED_CHANNEL, task_id) for task_id in task_ids]
     sends += [(QUEUED_CHANNEL, task_id) for task_id in queued or ()]
     if sends:  # one round trip: SELECT pg_notify(...), pg_notify(...), ...
-        await conn.execute(select(*(func.pg_notify(channel, task_id) for channel, task_id in sends)))
+        conn.execute(select(*(func.pg_notify(channel, task_id) for channel, task_id in sends)))
 
 
 class TaskChangeListener:

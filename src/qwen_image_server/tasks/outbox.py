@@ -28,8 +28,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import ColumnElement, Select, delete, func, insert, or_, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from qwen_image_server.tasks.database import Database
 from qwen_image_server.tasks.model import TaskStatus
@@ -140,7 +140,7 @@ def _at_cap(counts: Counter[str], cap: int | None) -> list[str]:
     return [] if cap is None else [name for name, count in counts.items() if count >= cap]
 
 
-async def enqueue_final_callback(conn: AsyncConnection, task_row: Row, now: datetime) -> None:
+def enqueue_final_callback(conn: Connection, task_row: Row, now: datetime) -> None:
     """Record the callback of a task that has just become terminal, if it has a callback URL.
     Call inside the transaction that made it terminal."""
     if not task_row["callback_url"] or not TaskStatus(task_row["status"]).is_terminal:
@@ -158,16 +158,16 @@ async def enqueue_final_callback(conn: AsyncConnection, task_row: Row, now: date
         "created_at": now,
         "updated_at": now,
     }
-    await conn.execute(insert(callbacks).values(row))
+    conn.execute(insert(callbacks).values(row))
 
 
-async def delete_callbacks_of(conn: AsyncConnection, task_ids: Collection[str]) -> None:
+def delete_callbacks_of(conn: Connection, task_ids: Collection[str]) -> None:
     """With their tasks (retention): the callbacks and their attempts."""
     if not task_ids:
         return
     ids = select(callbacks.c.id).where(callbacks.c.task_id.in_(list(task_ids)))
-    await conn.execute(delete(callback_attempts).where(callback_attempts.c.callback_id.in_(ids)))
-    await conn.execute(delete(callbacks).where(callbacks.c.task_id.in_(list(task_ids))))
+    conn.execute(delete(callback_attempts).where(callback_attempts.c.callback_id.in_(ids)))
+    conn.execute(delete(callbacks).where(callbacks.c.task_id.in_(list(task_ids))))
 
 
 class SqlCallbackStore:
@@ -191,23 +191,26 @@ class SqlCallbackStore:
         if soonest is None or soonest > now:  # mostly nothing is due: then take no write lock
             return claimed
         held_until = now + timedelta(seconds=hold_seconds)
-        async with self._database.write() as conn:
+
+        def claim(conn: Connection) -> list[Callback]:
             while len(claimed) < limit:
                 wanted = limit - len(claimed)
                 due = _due(now, room).limit(wanted).with_for_update(skip_locked=True)
-                candidates = (await conn.execute(due)).all()
+                candidates = conn.execute(due).all()
                 taken = 0
                 for callback_id, destination, owner in candidates:
                     if not room.has_room(destination, owner):
                         continue  # filled up in this round: the row stays due, unheld
-                    row = await _hold(conn, callback_id, now, held_until)
+                    row = _hold(conn, callback_id, now, held_until)
                     if row is not None:
                         claimed.append(_callback(row, ()))
                         room.take(destination, owner)
                         taken += 1
                 if len(candidates) < wanted or taken == 0:
                     break  # nothing more is due here (skipped rows are looked at again without their destination)
-        return claimed
+            return claimed
+
+        return await self._database.run_write(claim)
 
     async def next_due_at(
         self, *, exclude: Collection[str] = (), exclude_owners: Collection[str] = ()
@@ -220,47 +223,47 @@ class SqlCallbackStore:
             callbacks.c.destination.not_in(list(exclude)),
             _not_of(exclude_owners),
         )
-        async with self._database.read() as conn:
-            soonest: datetime | None = (await conn.execute(query)).scalar()
+        soonest: datetime | None = await self._database.run_read(lambda conn: conn.execute(query).scalar())
         return soonest
 
     async def disable_url(self, url: str, reason: str, now: datetime) -> None:
         """Send nothing more to `url` (it answered 410 Gone); `reason` is what its later callbacks
         record. Disabling a URL that is disabled already keeps the first reason."""
         row = {"url": url, "reason": reason, "disabled_at": now}
+        found = select(disabled_callback_urls.c.url).where(disabled_callback_urls.c.url == url)
+
+        def disable(conn: Connection) -> None:
+            if conn.execute(found).first() is None:
+                conn.execute(insert(disabled_callback_urls).values(row))
+
         with contextlib.suppress(IntegrityError):  # disabled already (by another sender, at the same time)
-            async with self._database.write() as conn:
-                found = select(disabled_callback_urls.c.url).where(disabled_callback_urls.c.url == url)
-                if (await conn.execute(found)).first() is None:
-                    await conn.execute(insert(disabled_callback_urls).values(row))
+            await self._database.run_write(disable)
 
     async def disabled_reason(self, url: str) -> str | None:
         """Why `url` is disabled, or None when it is not."""
         query = select(disabled_callback_urls.c.reason).where(disabled_callback_urls.c.url == url)
-        async with self._database.read() as conn:
-            reason: str | None = (await conn.execute(query)).scalar()
+        reason: str | None = await self._database.run_read(lambda conn: conn.execute(query).scalar())
         return reason
 
     async def disabled_urls(self) -> list[DisabledUrl]:
         """Every disabled URL, most recently disabled first."""
         query = select(disabled_callback_urls).order_by(disabled_callback_urls.c.disabled_at.desc())
-        async with self._database.read() as conn:
-            rows = (await conn.execute(query)).mappings().all()
+        rows = await self._database.run_read(lambda conn: conn.execute(query).mappings().all())
         return [DisabledUrl(url=row["url"], reason=row["reason"], disabled_at=row["disabled_at"]) for row in rows]
 
     async def enable_url(self, url: str) -> bool:
         """Call `url` again (an operator's decision); False when it was not disabled."""
-        async with self._database.write() as conn:
-            result = await conn.execute(delete(disabled_callback_urls).where(disabled_callback_urls.c.url == url))
-        return bool(result.rowcount)
+        statement = delete(disabled_callback_urls).where(disabled_callback_urls.c.url == url)
+        return bool(await self._database.run_write(lambda conn: conn.execute(statement).rowcount))
 
     async def record_attempt(
         self, callback: Callback, attempt: CallbackAttempt, *, status: CallbackStatus, next_attempt_at: datetime | None
     ) -> Callback:
         """Add `attempt` and move the callback to `status` (PENDING with the time of the next try)."""
-        async with self._database.write() as conn:
-            await conn.execute(insert(callback_attempts).values(callback_id=callback.id, **_attempt_row(attempt)))
-            await conn.execute(
+
+        def record(conn: Connection) -> Callback:
+            conn.execute(insert(callback_attempts).values(callback_id=callback.id, **_attempt_row(attempt)))
+            conn.execute(
                 update(callbacks)
                 .where(callbacks.c.id == callback.id)
                 .values(
@@ -270,12 +273,12 @@ class SqlCallbackStore:
                     updated_at=attempt.started_at + timedelta(milliseconds=attempt.duration_ms),
                 )
             )
-            found = await _callbacks_where(conn, callbacks.c.id == callback.id)
-        return found[0]
+            return _callbacks_where(conn, callbacks.c.id == callback.id)[0]
+
+        return await self._database.run_write(record)
 
     async def for_task(self, task_id: str) -> list[Callback]:
-        async with self._database.read() as conn:
-            return await _callbacks_where(conn, callbacks.c.task_id == task_id)
+        return await self._database.run_read(lambda conn: _callbacks_where(conn, callbacks.c.task_id == task_id))
 
 
 def _due(now: datetime, room: DeliverySlots) -> Select[str, str, str | None]:
@@ -296,7 +299,7 @@ def _not_of(owners: Collection[str]) -> ColumnElement[bool]:
     return or_(callbacks.c.owner.is_(None), callbacks.c.owner.not_in(list(owners)))
 
 
-async def _hold(conn: AsyncConnection, callback_id: str, now: datetime, held_until: datetime) -> Row | None:
+def _hold(conn: Connection, callback_id: str, now: datetime, held_until: datetime) -> Row | None:
     """Hold one due callback until `held_until`; None if another sender took it meanwhile."""
     statement = (
         update(callbacks)
@@ -304,12 +307,12 @@ async def _hold(conn: AsyncConnection, callback_id: str, now: datetime, held_unt
         .values(next_attempt_at=held_until, updated_at=now)
         .returning(*callbacks.c)
     )
-    row: Row | None = (await conn.execute(statement)).mappings().first()
+    row: Row | None = conn.execute(statement).mappings().first()
     return row
 
 
-async def _callbacks_where(conn: AsyncConnection, condition: Any) -> list[Callback]:
-    rows = (await conn.execute(select(callbacks).where(condition).order_by(callbacks.c.created_at))).mappings().all()
+def _callbacks_where(conn: Connection, condition: Any) -> list[Callback]:
+    rows = conn.execute(select(callbacks).where(condition).order_by(callbacks.c.created_at)).mappings().all()
     if not rows:
         return []
     query = (
@@ -318,7 +321,7 @@ async def _callbacks_where(conn: AsyncConnection, condition: Any) -> list[Callba
         .order_by(callback_attempts.c.callback_id, callback_attempts.c.number)
     )
     attempts: dict[str, list[CallbackAttempt]] = {}
-    for attempt in (await conn.execute(query)).mappings().all():
+    for attempt in conn.execute(query).mappings().all():
         attempts.setdefault(attempt["callback_id"], []).append(_attempt(attempt))
     return [_callback(row, tuple(attempts.get(row["id"], ()))) for row in rows]
 

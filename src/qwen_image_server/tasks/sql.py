@@ -46,8 +46,8 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from qwen_image_server.domain import ModelName
 from qwen_image_server.errors import InvalidParameter
@@ -129,31 +129,37 @@ class SqlTaskStore:
         claimed in the task's transaction (tasks/idempotency.py): concurrent duplicates get one task."""
         now = self._clock()
         values = new_task_row(new, now)
+
+        def create(conn: Connection) -> Task:
+            if new.idempotency is not None and not claim_key(conn, new, now):
+                return task_from_row(_required_row(conn, task_holding_key(conn, new)))
+            conn.execute(insert(tasks).values(values))
+            store_inputs(conn, new.id, new.request)
+            _announce(conn, [values])
+            return task_from_row(values, request=new.request.without_inputs())
+
         try:
-            async with self._database.write() as conn:
-                if new.idempotency is not None and not await claim_key(conn, new, now):
-                    return task_from_row(await _required_row(conn, await task_holding_key(conn, new)))
-                await conn.execute(insert(tasks).values(values))
-                await store_inputs(conn, new.id, new.request)
-                await _announce(conn, [values])
+            return await self._database.run_write(create)
         except IntegrityError as exc:
             raise TaskConflict(f"a task with id {new.id!r} already exists") from exc
-        return task_from_row(values, request=new.request.without_inputs())
 
     async def replay(self, owner: str | None, idempotency: Idempotency) -> Task | None:
         """The task an unexpired use of this key (with the same request) made, or None; raises
         `IdempotencyKeyReused` when the key came with another request. Lets a replay skip the
         limits that a new task has to pass."""
-        async with self._database.read() as conn:
-            row = await key_row(conn, owner, idempotency.key, self._clock())
+        now = self._clock()
+
+        def replay(conn: Connection) -> Task | None:
+            row = key_row(conn, owner, idempotency.key, now)
             if row is None:
                 return None
             check_fingerprint(row, idempotency)
-            return task_from_row(await _required_row(conn, str(row["task_id"])))
+            return task_from_row(_required_row(conn, str(row["task_id"])))
+
+        return await self._database.run_read(replay)
 
     async def get(self, task_id: str) -> Task:
-        async with self._database.read() as conn:
-            row = await _task_row(conn, task_id)
+        row = await self._database.run_read(lambda conn: _task_row(conn, task_id))
         if row is None:
             raise TaskNotFound(f"there is no task {task_id!r}")
         return task_from_row(row)
@@ -181,8 +187,7 @@ class SqlTaskStore:
         if cursor is not None:
             created_at, last_id = decode_cursor(cursor)
             query = query.where(_before(created_at, last_id))
-        async with self._database.read() as conn:
-            rows = (await conn.execute(query)).mappings().all()
+        rows = await self._database.run_read(lambda conn: conn.execute(query).mappings().all())
         page = [task_from_row(row) for row in rows[:limit]]
         next_cursor = encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None
         return TaskPage(tasks=page, next_cursor=next_cursor)
@@ -201,20 +206,19 @@ class SqlTaskStore:
             query = query.where(tasks.c.status.in_([status.value for status in statuses]))
         if created_since is not None:
             query = query.where(tasks.c.created_at >= created_since)
-        async with self._database.read() as conn:
-            return int((await conn.execute(query)).scalar_one())
+        return int(await self._database.run_read(lambda conn: conn.execute(query).scalar_one()))
 
     async def queue_position(self, task_id: str) -> int | None:
-        async with self._database.read() as conn:
-            row = (await conn.execute(_QUEUE_POSITION, {"task_id": task_id})).first()
+        row = await self._database.run_read(lambda conn: conn.execute(_QUEUE_POSITION, {"task_id": task_id}).first())
         if row is None:
             raise TaskNotFound(f"there is no task {task_id!r}")
         return None if row.ahead is None else int(row.ahead)
 
     async def request_cancel(self, task_id: str) -> Task:
         now = self._clock()
-        async with self._database.write() as conn:
-            canceled = await conn.execute(
+
+        def cancel(conn: Connection) -> Row | None:
+            canceled = conn.execute(
                 update(tasks)
                 .where(tasks.c.id == task_id, tasks.c.status == QUEUED)
                 .values(status=TaskStatus.CANCELED.value, finished_at=now, updated_at=now)
@@ -222,16 +226,19 @@ class SqlTaskStore:
             )
             row: Row | None = canceled.mappings().first()
             if row is not None:
-                await _ended(conn, row, now)
+                _ended(conn, row, now)
             else:
-                await conn.execute(
+                conn.execute(
                     update(tasks)
                     .where(tasks.c.id == task_id, tasks.c.status == RUNNING, tasks.c.cancel_requested.is_(False))
                     .values(cancel_requested=True, updated_at=now)
                 )
-                row = await _task_row(conn, task_id)
+                row = _task_row(conn, task_id)
             if row is not None:
-                await _announce(conn, [row])
+                _announce(conn, [row])
+            return row
+
+        row = await self._database.run_write(cancel)
         if row is None:
             raise TaskNotFound(f"there is no task {task_id!r}")
         self._changes.changed(task_id)
@@ -253,16 +260,20 @@ class SqlTaskStore:
             return []
         now = self._clock()
         queued = (tasks.c.status == QUEUED, tasks.c.model.in_(names), _due(now))
-        async with self._database.write() as conn:
-            head = (await conn.execute(_next_queued(*queued).add_columns(tasks.c.batch_key).limit(1))).first()
+
+        def claim(conn: Connection) -> tuple[list[str], Sequence[Row]]:
+            head = conn.execute(_next_queued(*queued).add_columns(tasks.c.batch_key).limit(1)).first()
             if head is None:
-                return []
+                return [], []
             task_ids = [head.id]
             if head.batch_key is not None and limit > 1:
                 partners = _next_queued(*queued, tasks.c.batch_key == head.batch_key, tasks.c.id != head.id)
-                task_ids += (await conn.execute(partners.limit(limit - 1))).scalars().all()
-            rows = (await conn.execute(_lease(task_ids, worker_id, now, lease_seconds))).mappings().all()
-            await _announce(conn, rows)
+                task_ids += conn.execute(partners.limit(limit - 1)).scalars().all()
+            rows = conn.execute(_lease(task_ids, worker_id, now, lease_seconds)).mappings().all()
+            _announce(conn, rows)
+            return task_ids, rows
+
+        task_ids, rows = await self._database.run_write(claim)
         for row in rows:
             self._changes.changed(row["id"])
         order = {task_id: position for position, task_id in enumerate(task_ids)}
@@ -272,8 +283,8 @@ class SqlTaskStore:
         """The claimed task with the bytes of its input images, which task reads leave out."""
         if task.request.has_inputs_attached:
             return task
-        async with self._database.read() as conn:
-            return replace(task, request=await attach_inputs(conn, task.id, task.request))
+        request = await self._database.run_read(lambda conn: attach_inputs(conn, task.id, task.request))
+        return replace(task, request=request)
 
     async def heartbeat(
         self,
@@ -289,14 +300,18 @@ class SqlTaskStore:
             values.update(progress_step=progress.step, progress_total=progress.total)
         if previews is not None:
             values["previews_json"] = results_to_json(previews)
-        async with self._database.write() as conn:
-            result = await conn.execute(
+
+        def beat(conn: Connection) -> bool:
+            result = conn.execute(
                 update(tasks).where(*_held(task_id, worker_id)).values(values).returning(tasks.c.cancel_requested)
             )
             cancel_requested = result.scalar_one_or_none()
             if cancel_requested is None:
-                raise await _not_held(conn, task_id, worker_id)
-            await notify_changed(conn, [task_id])
+                raise _not_held(conn, task_id, worker_id)
+            notify_changed(conn, [task_id])
+            return bool(cancel_requested)
+
+        cancel_requested = await self._database.run_write(beat)
         self._changes.changed(task_id)
         return bool(cancel_requested)
 
@@ -325,12 +340,13 @@ class SqlTaskStore:
         not to be claimed for `delay_seconds`, while the task has attempts left (the claim counted
         this one); else it fails with `error`. A task whose cancel was requested is canceled."""
         now = self._clock()
-        async with self._database.write() as conn:
-            held = await _held_row(conn, task_id, worker_id)
+
+        def retry(conn: Connection) -> Row:
+            held = _held_row(conn, task_id, worker_id)
             values = _after_transient_failure(held, error, now, delay_seconds)
-            row = await _update_held(conn, task_id, worker_id, {**values, "updated_at": now, **_NO_LEASE})
-            await _ended(conn, row, now)
-            await _announce(conn, [row])
+            return _transition(conn, task_id, worker_id, {**values, "updated_at": now, **_NO_LEASE}, now)
+
+        row = await self._database.run_write(retry)
         self._changes.changed(task_id)
         return task_from_row(row)
 
@@ -338,22 +354,15 @@ class SqlTaskStore:
         """Back to the queue, the attempt not counted; a task whose cancel was requested is canceled
         instead (nobody wants it run again)."""
         now = self._clock()
-        async with self._database.write() as conn:
-            row = await _update_held(
-                conn,
-                task_id,
-                worker_id,
-                {
-                    "status": _if_cancel_requested(TaskStatus.CANCELED.value, QUEUED, tasks.c.status),
-                    "finished_at": _if_cancel_requested(now, None, tasks.c.finished_at),
-                    "attempts": tasks.c.attempts - 1,
-                    "progress_step": 0,
-                    "updated_at": now,
-                    **_NO_LEASE,
-                },
-            )
-            await _ended(conn, row, now)  # when it was canceled
-            await _announce(conn, [row])
+        values = {
+            "status": _if_cancel_requested(TaskStatus.CANCELED.value, QUEUED, tasks.c.status),
+            "finished_at": _if_cancel_requested(now, None, tasks.c.finished_at),
+            "attempts": tasks.c.attempts - 1,
+            "progress_step": 0,
+            "updated_at": now,
+            **_NO_LEASE,
+        }
+        row = await self._database.run_write(lambda conn: _transition(conn, task_id, worker_id, values, now))
         self._changes.changed(task_id)
         return task_from_row(row)
 
@@ -364,20 +373,24 @@ class SqlTaskStore:
             .order_by(tasks.c.id)
             .with_for_update(skip_locked=True)
         )
-        changed: list[Row] = []
-        async with self._database.write() as conn:
-            for task in (await conn.execute(expired)).mappings().all():
+
+        def requeue(conn: Connection) -> list[Row]:
+            changed: list[Row] = []
+            for task in conn.execute(expired).mappings().all():
                 statement = (
                     update(tasks)
                     .where(tasks.c.id == task["id"], tasks.c.status == RUNNING, tasks.c.lease_expires_at < now)
                     .values(_after_expiry(task, now))
                     .returning(*tasks.c)
                 )
-                row = (await conn.execute(statement)).mappings().first()
+                row = conn.execute(statement).mappings().first()
                 if row is not None:
-                    await _ended(conn, row, now)  # when it was canceled or failed for good
+                    _ended(conn, row, now)  # when it was canceled or failed for good
                     changed.append(row)
-            await _announce(conn, changed)
+            _announce(conn, changed)
+            return changed
+
+        changed = await self._database.run_write(requeue)
         for changed_row in changed:
             self._changes.changed(changed_row["id"])
         return [task_from_row(changed_row) for changed_row in changed]
@@ -385,21 +398,20 @@ class SqlTaskStore:
     async def delete_finished_before(self, cutoff: datetime) -> list[Task]:
         statement = delete(tasks).where(tasks.c.status.in_(TERMINAL), tasks.c.finished_at < cutoff).returning(*tasks.c)
         stale_keys = idempotency_keys.c.created_at < self._clock() - timedelta(seconds=IDEMPOTENCY_TTL_SECONDS)
-        async with self._database.write() as conn:
-            rows = (await conn.execute(statement)).mappings().all()
-            await delete_callbacks_of(conn, [row["id"] for row in rows])
-            await delete_inputs_of(conn, [row["id"] for row in rows])
-            await conn.execute(delete(idempotency_keys).where(stale_keys))  # expired keys go too
-        return [task_from_row(row) for row in rows]
+
+        def delete_finished(conn: Connection) -> Sequence[Row]:
+            rows = conn.execute(statement).mappings().all()
+            delete_callbacks_of(conn, [row["id"] for row in rows])
+            delete_inputs_of(conn, [row["id"] for row in rows])
+            conn.execute(delete(idempotency_keys).where(stale_keys))  # expired keys go too
+            return rows
+
+        return [task_from_row(row) for row in await self._database.run_write(delete_finished)]
 
     async def _finish_held(self, task_id: str, worker_id: str, **values: Any) -> Task:
         now = self._clock()
-        async with self._database.write() as conn:
-            row = await _update_held(
-                conn, task_id, worker_id, {**values, "finished_at": now, "updated_at": now, "lease_expires_at": None}
-            )
-            await _ended(conn, row, now)
-            await _announce(conn, [row])
+        values = {**values, "finished_at": now, "updated_at": now, "lease_expires_at": None}
+        row = await self._database.run_write(lambda conn: _transition(conn, task_id, worker_id, values, now))
         self._changes.changed(task_id)
         return task_from_row(row)
 
@@ -408,12 +420,14 @@ class SqlTaskStore:
     async def announce_worker(self, worker: WorkerInfo) -> None:
         values = worker_row(worker)
         changes = {key: value for key, value in values.items() if key != "id"}
+
+        def upsert(conn: Connection) -> None:
+            if conn.execute(update(workers).where(workers.c.id == worker.id).values(changes)).rowcount == 0:
+                conn.execute(insert(workers).values(values))
+
         for attempt in range(2):
             try:
-                async with self._database.write() as conn:
-                    result = await conn.execute(update(workers).where(workers.c.id == worker.id).values(changes))
-                    if result.rowcount == 0:
-                        await conn.execute(insert(workers).values(values))
+                await self._database.run_write(upsert)
                 return
             except IntegrityError:
                 # Another process inserted the same worker id between our UPDATE and INSERT: update it.
@@ -421,29 +435,35 @@ class SqlTaskStore:
                     raise
 
     async def forget_worker(self, worker_id: str) -> None:
-        async with self._database.write() as conn:
-            await conn.execute(delete(workers).where(workers.c.id == worker_id))
+        await self._database.run_write(lambda conn: conn.execute(delete(workers).where(workers.c.id == worker_id)))
 
     async def live_workers(self, seen_since: datetime) -> list[WorkerInfo]:
         query = select(workers).where(workers.c.last_seen >= seen_since).order_by(workers.c.id)
-        async with self._database.read() as conn:
-            rows = (await conn.execute(query)).mappings().all()
+        rows = await self._database.run_read(lambda conn: conn.execute(query).mappings().all())
         return [worker_from_row(row) for row in rows]
 
 
-async def _ended(conn: AsyncConnection, row: Row, now: datetime) -> None:
+def _ended(conn: Connection, row: Row, now: datetime) -> None:
     """What goes with a change of state that may have ended the task, in its transaction: its
     callback is recorded and its input images are deleted (nothing, if it is not terminal)."""
     if TaskStatus(row["status"]).is_terminal:
-        await enqueue_final_callback(conn, row, now)
-        await delete_inputs_of(conn, [row["id"]])
+        enqueue_final_callback(conn, row, now)
+        delete_inputs_of(conn, [row["id"]])
 
 
-async def _announce(conn: AsyncConnection, rows: Sequence[Row]) -> None:
+def _announce(conn: Connection, rows: Sequence[Row]) -> None:
     """In the transaction that changed `rows`: tell other processes (NOTIFY, sent at commit), and
     their idle workers of the rows that became claimable now (queued, no retry backoff)."""
     queued = [row["id"] for row in rows if row["status"] == QUEUED and row.get("not_before") is None]
-    await notify_changed(conn, [row["id"] for row in rows], queued=queued)
+    notify_changed(conn, [row["id"] for row in rows], queued=queued)
+
+
+def _transition(conn: Connection, task_id: str, worker_id: str, values: Mapping[str, Any], now: datetime) -> Row:
+    """The held task's one conditional UPDATE, with what goes with it in its transaction."""
+    row = _update_held(conn, task_id, worker_id, values)
+    _ended(conn, row, now)  # when it ended
+    _announce(conn, [row])
+    return row
 
 
 def _next_queued(*conditions: ColumnElement[bool]) -> Select[tuple[str]]:
@@ -481,11 +501,11 @@ def _due(now: datetime) -> ColumnElement[bool]:
     return or_(tasks.c.not_before.is_(None), tasks.c.not_before <= now)
 
 
-async def _held_row(conn: AsyncConnection, task_id: str, worker_id: str) -> Row:
+def _held_row(conn: Connection, task_id: str, worker_id: str) -> Row:
     """The row of a task `worker_id` holds; else raises why it does not."""
-    row = (await conn.execute(select(tasks).where(*_held(task_id, worker_id)))).mappings().first()
+    row = conn.execute(select(tasks).where(*_held(task_id, worker_id))).mappings().first()
     if row is None:
-        raise await _not_held(conn, task_id, worker_id)
+        raise _not_held(conn, task_id, worker_id)
     return row
 
 
@@ -503,8 +523,8 @@ def _after_transient_failure(task: Row, error: TaskError, now: datetime, delay_s
     }
 
 
-async def _task_row(conn: AsyncConnection, task_id: str) -> Row | None:
-    return (await conn.execute(select(tasks).where(tasks.c.id == task_id))).mappings().first()
+def _task_row(conn: Connection, task_id: str) -> Row | None:
+    return conn.execute(select(tasks).where(tasks.c.id == task_id)).mappings().first()
 
 
 def _queue_position_query() -> Select[tuple[str, int | None]]:
@@ -547,18 +567,18 @@ def _if_cancel_requested(then: Any, otherwise: Any, column: Column[Any]) -> Colu
     )
 
 
-async def _update_held(conn: AsyncConnection, task_id: str, worker_id: str, values: Mapping[str, Any]) -> Row:
+def _update_held(conn: Connection, task_id: str, worker_id: str, values: Mapping[str, Any]) -> Row:
     statement = update(tasks).where(*_held(task_id, worker_id)).values(dict(values)).returning(*tasks.c)
-    row = (await conn.execute(statement)).mappings().first()
+    row = conn.execute(statement).mappings().first()
     if row is None:
-        raise await _not_held(conn, task_id, worker_id)
+        raise _not_held(conn, task_id, worker_id)
     return row
 
 
-async def _not_held(conn: AsyncConnection, task_id: str, worker_id: str) -> Exception:
+def _not_held(conn: Connection, task_id: str, worker_id: str) -> Exception:
     """Why `worker_id` could not change `task_id` (see the module docstring)."""
     query = select(tasks.c.status, tasks.c.worker_id).where(tasks.c.id == task_id)
-    row = (await conn.execute(query)).mappings().first()
+    row = conn.execute(query).mappings().first()
     if row is None:
         return TaskNotFound(f"there is no task {task_id!r}")
     status = TaskStatus(row["status"])
@@ -590,8 +610,8 @@ def _as_task_store(store: SqlTaskStore) -> TaskStore:
     return store
 
 
-async def _required_row(conn: AsyncConnection, task_id: str) -> Row:
-    row = await _task_row(conn, task_id)
+def _required_row(conn: Connection, task_id: str) -> Row:
+    row = _task_row(conn, task_id)
     if row is None:  # deleted by retention while its key was still fresh
         raise TaskNotFound(f"the task {task_id!r} made for this Idempotency-Key no longer exists")
     return row

@@ -25,8 +25,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
-from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 BUSY_TIMEOUT_MS = 30_000
@@ -55,19 +55,31 @@ def sqlite_url(database_url: str | URL) -> URL:
 
 def create_sqlite_engine(database_url: str | URL, *, busy_timeout_ms: int | None = None) -> AsyncEngine:
     """An async engine on an SQLite file (created with its folder if missing), set up as above."""
+    engine = create_async_engine(_file_url(database_url))
+    install_hooks(engine.sync_engine, busy_timeout_ms=BUSY_TIMEOUT_MS if busy_timeout_ms is None else busy_timeout_ms)
+    return engine
+
+
+def create_sync_sqlite_engine(database_url: str | URL) -> Engine:
+    """A synchronous engine on the same file, set up the same way, for `Database`'s threads (each
+    connection is used by one thread at a time, though not always the same one)."""
+    url = _file_url(database_url).set(drivername="sqlite+pysqlite")
+    engine = create_engine(url, connect_args={"check_same_thread": False})
+    install_hooks(engine, busy_timeout_ms=BUSY_TIMEOUT_MS)
+    return engine
+
+
+def _file_url(database_url: str | URL) -> URL:
+    """The async driver's URL with `~` expanded, its folder created if missing."""
     url = sqlite_url(database_url)
     if url.database and not url.database.startswith("file:"):
         path = Path(url.database).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
         url = url.set(database=str(path))
-    engine = create_async_engine(url)
-    install_hooks(engine, busy_timeout_ms=BUSY_TIMEOUT_MS if busy_timeout_ms is None else busy_timeout_ms)
-    return engine
+    return url
 
 
-def install_hooks(engine: AsyncEngine, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
-    sync_engine = engine.sync_engine
-
+def install_hooks(sync_engine: Engine, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
     @event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Take BEGIN/COMMIT away from the driver; `_on_begin` emits BEGIN IMMEDIATE instead.
