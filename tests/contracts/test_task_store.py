@@ -580,6 +580,18 @@ async def test_queue_position_counts_tasks_claimed_before_it(store: SqlTaskStore
         await store.queue_position("task_missing")
 
 
+async def test_get_with_position_reads_both_at_once(store: SqlTaskStore) -> None:
+    first, second = await store.create(new_task(QWEN)), await store.create(new_task(QWEN))
+    assert await store.get_with_position(second.id) == (await store.get(second.id), 1)
+    claimed = await claim_one(store, models=(QWEN,))
+    assert claimed.id == first.id
+    task, position = await store.get_with_position(first.id)
+    assert (task.status, position) == (TaskStatus.RUNNING, None)
+    assert (await store.get_with_position(second.id))[1] == 0
+    with pytest.raises(TaskNotFound):
+        await store.get_with_position("task_missing")
+
+
 # -- retention --------------------------------------------------------------------------------------
 
 

@@ -98,9 +98,18 @@ async def newest_tasks(service: Service, owner: str | None, status: TaskStatus |
 
 async def owned_task(service: Service, task_id: str, caller: Caller) -> Task:
     """The task, if the caller may see it; another key's task is reported as not found."""
-    task = await service.store.get(task_id)
+    return _visible(await service.store.get(task_id), caller)
+
+
+async def owned_task_and_position(service: Service, task_id: str, caller: Caller) -> tuple[Task, int | None]:
+    """`owned_task` and its queue position (None unless queued), in one read."""
+    task, position = await service.store.get_with_position(task_id)
+    return _visible(task, caller), position
+
+
+def _visible(task: Task, caller: Caller) -> Task:
     if not caller.owns(task):
-        raise TaskNotFound(f"there is no task {task_id!r}")
+        raise TaskNotFound(f"there is no task {task.id!r}")
     return task
 
 

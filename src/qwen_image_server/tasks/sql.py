@@ -208,6 +208,19 @@ class SqlTaskStore:
             query = query.where(tasks.c.created_at >= created_since)
         return int(await self._database.run_read(lambda conn: conn.execute(query).scalar_one()))
 
+    async def get_with_position(self, task_id: str) -> tuple[Task, int | None]:
+        def read(conn: Connection) -> tuple[Row | None, int | None]:
+            row = _task_row(conn, task_id)
+            if row is None or row["status"] != QUEUED:
+                return row, None
+            found = conn.execute(_QUEUE_POSITION, {"task_id": task_id}).first()
+            return row, None if found is None or found.ahead is None else int(found.ahead)
+
+        row, ahead = await self._database.run_read(read)
+        if row is None:
+            raise TaskNotFound(f"there is no task {task_id!r}")
+        return task_from_row(row), ahead
+
     async def queue_position(self, task_id: str) -> int | None:
         row = await self._database.run_read(lambda conn: conn.execute(_QUEUE_POSITION, {"task_id": task_id}).first())
         if row is None:

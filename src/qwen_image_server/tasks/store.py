@@ -96,6 +96,9 @@ class TaskStore(Protocol):
     async def queue_position(self, task_id: str) -> int | None:
         """0 for the next task to run; None unless the task is queued."""
 
+    async def get_with_position(self, task_id: str) -> tuple[Task, int | None]:
+        """The task and its `queue_position`, read together (a poll of the native API is one read)."""
+
     async def request_cancel(self, task_id: str) -> Task:
         """A queued task becomes canceled at once; a running one gets `cancel_requested` (its worker
         stops it at the next step). A terminal task is returned unchanged."""

@@ -18,6 +18,7 @@ from qwen_image_server.api.tasks import (
     idempotency_of,
     next_state,
     owned_task,
+    owned_task_and_position,
     requested_wait,
     submit,
     task_callbacks,
@@ -80,7 +81,8 @@ def native_router(service: Service) -> APIRouter:
 
     @router.get("/{task_id}", response_model=TaskOut)
     async def get_task(task_id: str, request: Request) -> TaskOut:
-        return await render(await owned_task(service, task_id, await caller_of(request)), request)
+        task, position = await owned_task_and_position(service, task_id, await caller_of(request))
+        return to_task_out(task, ResultLinks(service, request), position)
 
     @router.post("/{task_id}/cancel", response_model=TaskOut)
     async def cancel_task(task_id: str, request: Request) -> TaskOut:
