@@ -33,10 +33,12 @@ class AsyncClient:
         self._auth = wire.auth_headers(api_key)
         self._timeout = timeout
         self._retry = RetryPolicy(max_retries=max_retries, max_wait=max_retry_wait)
+        self._owns_http = http_client is None  # a caller's own httpx client stays open
         self._http = http_client or httpx.AsyncClient(timeout=timeout)
 
     async def close(self) -> None:
-        await self._http.aclose()
+        if self._owns_http:
+            await self._http.aclose()
 
     async def __aenter__(self) -> AsyncClient:
         return self

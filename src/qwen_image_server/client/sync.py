@@ -35,10 +35,12 @@ class Client:
         self._auth = wire.auth_headers(api_key)
         self._timeout = timeout
         self._retry = RetryPolicy(max_retries=max_retries, max_wait=max_retry_wait)
+        self._owns_http = http_client is None  # a caller's own httpx client stays open
         self._http = http_client or httpx.Client(timeout=timeout)
 
     def close(self) -> None:
-        self._http.close()
+        if self._owns_http:
+            self._http.close()
 
     def __enter__(self) -> Client:
         return self
