@@ -1,10 +1,17 @@
 """The exception tree. Every error we raise on purpose is a `QwenImageError`.
 
-Each class knows its HTTP status and a stable machine code; the CLI prints the message as one line,
-and each API dialect renders the same exception in its own error shape. Raise, don't return.
+Each class knows its HTTP status, a stable machine code and whether it is the caller's fault
+(`CallerError` and its subclasses: bad input, an option not offered, an input URL that cannot be
+read...); the CLI prints the message as one line, and each API dialect renders the same exception
+in its own error shape, choosing its provider's code by class. Raise, don't return.
+
+A failed task keeps only the code of the error that failed it; `caller_fault_of(code)` asks the
+class that raises that code, so no dialect guesses from the spelling of a code or message.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 
 class QwenImageError(Exception):
@@ -12,21 +19,39 @@ class QwenImageError(Exception):
 
     status: int = 500
     code: str = "internal_error"
+    caller_fault: bool = False  # the caller can fix it (always a 4xx status); see `CallerError`
     headers: dict[str, str] | None = None  # extra response headers (e.g. Retry-After), any dialect
+
+    _by_code: ClassVar[dict[str, type[QwenImageError]]] = {}
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
 
-    @property
-    def is_user_error(self) -> bool:
-        """True when the caller can fix it (a 4xx), false when the server is at fault."""
-        return self.status < 500
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "code" in cls.__dict__:  # the class that names a code answers for it
+            QwenImageError._by_code[cls.code] = cls
 
 
-class InvalidRequest(QwenImageError):
+class CallerError(QwenImageError):
+    """The caller's fault, which the caller can fix: bad input, an unsupported option, a URL that
+    cannot be read, a missing key, an unknown task. Always a 4xx; dialects report it as their
+    provider reports bad requests, also when it fails a task after the request was accepted."""
+
     status = 400
+    caller_fault = True
+
+
+def caller_fault_of(code: str) -> bool:
+    """Whether an error known only by its code (a failed task's `error.code`) was the caller's fault:
+    as the class that raises `code` says. A code no class names (a crash) is the server's fault."""
+    error_class = QwenImageError._by_code.get(code)
+    return error_class is not None and error_class.caller_fault
+
+
+class InvalidRequest(CallerError):
     code = "invalid_request"
 
 
@@ -40,6 +65,13 @@ class InvalidImage(InvalidParameter):
 
 class PromptTooLong(InvalidParameter):
     code = "prompt_too_long"
+
+
+class ContentWithheld(CallerError):
+    """The safety checker kept back every image of a task: there is nothing to deliver. The worker
+    fails the task with this code; the providers report it as a refusal of the request."""
+
+    code = "content_withheld"
 
 
 class IdempotencyKeyReused(InvalidRequest):
@@ -88,7 +120,7 @@ class RetryLater(QwenImageError):
         self.headers = {"Retry-After": str(max(retry_after, 1))}
 
 
-class RateLimited(RetryLater):
+class RateLimited(RetryLater, CallerError):
     """Too many tasks for this key."""
 
     status = 429
@@ -125,7 +157,7 @@ class StoreUnavailable(RetryLater):
         self.detail = detail
 
 
-class UnknownModel(QwenImageError):
+class UnknownModel(CallerError):
     status = 404
     code = "model_not_found"
 
@@ -146,7 +178,7 @@ class EngineSetupError(QwenImageError):
     code = "engine_unavailable"
 
 
-class GenerationCanceled(QwenImageError):
+class GenerationCanceled(CallerError):
     status = 409
     code = "canceled"
 

@@ -19,8 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from qwen_image_server.errors import ContentWithheld
+
 # The error of a task whose every image the safety checker kept back (there is nothing to deliver).
-CONTENT_WITHHELD = "content_withheld"
+CONTENT_WITHHELD = ContentWithheld.code
 
 
 @dataclass(frozen=True)

@@ -116,3 +116,14 @@ async def test_kie_loras_in_fals_shape(client: httpx.AsyncClient, files: str) ->
 async def test_kie_refuses_an_adapter_it_does_not_offer_in_its_envelope(client: httpx.AsyncClient) -> None:
     body = assert_envelope(await client.post(CREATE, json=tiny_t2i(loras=[{"path": "nope"}])), 422)
     assert "not offered" in body["msg"]
+
+
+async def test_kie_reports_an_adapter_url_that_fails_the_task_as_the_callers_fault(
+    client: httpx.AsyncClient, files: str
+) -> None:
+    """The worker fails the task with `lora_unavailable`, a caller's error by its class: failCode 422
+    (a rule that looked for "invalid" in the code answered 500)."""
+    created = await client.post(CREATE, json=tiny_t2i(loras=[{"path": f"{files}/style.bin"}]))
+    data = await poll_until_done(client, assert_envelope(created, 200)["data"]["taskId"])
+    assert (data["state"], data["failCode"]) == ("fail", "422")
+    assert "not a safetensors file" in data["failMsg"]

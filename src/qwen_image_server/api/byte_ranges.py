@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import re
 
-from qwen_image_server.errors import QwenImageError
+from qwen_image_server.errors import CallerError
 
 _SINGLE_RANGE = re.compile(r"bytes=(\d*)-(\d*)", re.IGNORECASE)
 
 
-class RangeNotSatisfiable(QwenImageError):
+class RangeNotSatisfiable(CallerError):
     status = 416
     code = "range_not_satisfiable"
 

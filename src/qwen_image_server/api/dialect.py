@@ -2,7 +2,8 @@
 
 Each dialect package (api/<name>/) has `schemas.py` (wire shapes), `translate.py` (pure functions
 to and from `GenerationRequest` / `Task`) and `routes.py` (thin routes), and exposes `DIALECT`.
-Routes reach tasks only through api/tasks.py; they never touch the store or the engine.
+Routes create tasks only through api/accept.py and reach them after that only through api/tasks.py;
+they never touch the store or the engine. docs/development.md shows how to add one.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pydantic import BaseModel
 
 from qwen_image_server.api.errors import ErrorRenderer
 from qwen_image_server.api.rate_limit import check_request_rate
-from qwen_image_server.errors import QwenImageError
+from qwen_image_server.errors import CallerError
 from qwen_image_server.service import Service
 from qwen_image_server.tasks.keys import ApiKey, Scope
 from qwen_image_server.tasks.model import Task
@@ -33,12 +34,12 @@ class Dialect:
     key_scheme: str | None = "Bearer"  # the scheme before the key in that header; None for a bare key
 
 
-class Unauthorized(QwenImageError):
+class Unauthorized(CallerError):
     status = 401
     code = "invalid_api_key"
 
 
-class Forbidden(QwenImageError):
+class Forbidden(CallerError):
     status = 403
     code = "insufficient_scope"
 

@@ -40,6 +40,7 @@ class HttpError(QwenImageError):
         super().__init__(message)
         self.status = status
         self.code = code
+        self.caller_fault = status < 500  # unknown paths, wrong methods, too large: the caller's
         self.headers = dict(headers) if headers else None  # e.g. the Allow of a 405 (RFC 9110)
 
 
@@ -69,7 +70,7 @@ def install_error_handlers(app: FastAPI, renderers: dict[str, ErrorRenderer]) ->
 
     async def on_ours(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, QwenImageError)
-        if not exc.is_user_error:
+        if not exc.caller_fault:
             log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
         return render(request, exc)
 

@@ -18,14 +18,14 @@ from collections.abc import Callable
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from qwen_image_server.errors import InvalidRequest, QwenImageError
+from qwen_image_server.errors import CallerError, InvalidRequest, QwenImageError
 
 ErrorRender = Callable[[str, QwenImageError], Response]
 
 MAX_JSON_DEPTH = 64  # the deepest request of any dialect nests 4 levels
 
 
-class PayloadTooLarge(QwenImageError):
+class PayloadTooLarge(CallerError):
     status = 413
     code = "payload_too_large"
 

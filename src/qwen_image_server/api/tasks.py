@@ -1,86 +1,25 @@
-"""What every dialect does with tasks, in one place: fetch input images, submit, wait, link results.
+"""What every dialect does with tasks once they exist, in one place: read, list, wait, link results.
 
-Dialects translate their wire shapes to a `GenerationRequest` and back; these functions are the
-only way they reach the task store and the results.
+Dialects create tasks through api/accept.py and translate tasks back to their wire shapes; these
+functions and `accept` are the only way they reach the task store and the results.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import hashlib
 import time
-from collections.abc import AsyncIterator, Sequence
-from datetime import datetime, timedelta
+from collections.abc import AsyncIterator
+from datetime import datetime
 
 from fastapi import Request
 
 from qwen_image_server.api.dialect import Caller
-from qwen_image_server.domain import MAX_INPUT_IMAGES, GenerationRequest
-from qwen_image_server.engine.acceleration import plan_for
-from qwen_image_server.engine.loras import check_request_loras
-from qwen_image_server.errors import InvalidParameter, QueueFull, QwenImageError, RateLimited
+from qwen_image_server.errors import CallerError, InvalidParameter
 from qwen_image_server.results.links import result_linker
-from qwen_image_server.safe_fetch import IPNetwork, check_url
 from qwen_image_server.service import Service
-from qwen_image_server.sources import read_remote_image
-from qwen_image_server.tasks.model import Idempotency, NewTask, StoredImage, Task, TaskStatus, utcnow
+from qwen_image_server.tasks.model import StoredImage, Task, TaskStatus
 from qwen_image_server.tasks.outbox import Callback
 from qwen_image_server.tasks.store import TaskConflict, TaskNotFound
-
-
-async def fetch_input_images(refs: Sequence[str], *, allowed_networks: Sequence[IPNetwork]) -> tuple[bytes, ...]:
-    """Download or decode the caller's input images (URLs are fetched concurrently, off the loop).
-    URLs may reach only public addresses and `allowed_networks` (the setting `allowed_fetch_networks`)."""
-    if len(refs) > MAX_INPUT_IMAGES:
-        raise InvalidParameter(f"at most {MAX_INPUT_IMAGES} input images, got {len(refs)}", param="images")
-    return tuple(
-        await asyncio.gather(
-            *(
-                asyncio.to_thread(read_remote_image, ref, index=i, allowed_networks=allowed_networks)
-                for i, ref in enumerate(refs)
-            )
-        )
-    )
-
-
-async def submit(
-    service: Service,
-    request: GenerationRequest,
-    *,
-    dialect: str,
-    owner: str | None = None,
-    callback_url: str | None = None,
-    priority: int = 0,
-    idempotency: Idempotency | None = None,
-) -> Task:
-    """Queue `request` after the checks that need the model; the in-process worker is woken."""
-    served = service.settings.models
-    if request.model not in served:
-        names = ", ".join(model.value for model in served)
-        raise InvalidParameter(f"model {request.model} is not served here; this server serves {names}", param="model")
-    plan_for(request, service.settings)  # a level this server cannot run is refused now, in the dialect's shape
-    check_request_loras(request, service.settings)  # so are adapters it does not offer
-    if callback_url is not None:
-        check_url(callback_url)  # a mistyped URL is refused now, not found out by a failed delivery
-    if idempotency is not None and (earlier := await service.store.replay(owner, idempotency)) is not None:
-        return earlier  # a replay creates nothing, so the limits on new tasks do not apply
-    await check_limits(service, owner)
-    engine = service.engine
-    if engine is not None and engine.is_loaded(request.model):
-        engine.validate(request)  # else the worker checks it and fails the task with the same error
-    new = NewTask(
-        request=request,
-        dialect=dialect,
-        owner=owner,
-        priority=priority,
-        callback_url=callback_url,
-        max_attempts=service.settings.max_attempts,
-        idempotency=idempotency,
-    )
-    task = await service.store.create(new)
-    service.wake_worker()
-    return task
 
 
 async def newest_tasks(service: Service, owner: str | None, status: TaskStatus | None) -> AsyncIterator[Task]:
@@ -113,48 +52,7 @@ def _visible(task: Task, caller: Caller) -> Task:
     return task
 
 
-async def check_limits(service: Service, owner: str | None) -> None:
-    """The configured limits, counted in the task database so they hold across API processes."""
-    settings, store = service.settings, service.store
-    active = (TaskStatus.QUEUED, TaskStatus.RUNNING)
-    if settings.max_queue_depth is not None:
-        queued = await store.count_tasks(statuses=(TaskStatus.QUEUED,))
-        if queued >= settings.max_queue_depth:
-            raise QueueFull(f"the queue is full ({queued} tasks waiting); try again shortly", retry_after=10)
-    if settings.active_tasks_per_key is not None and owner is not None:
-        running = await store.count_tasks(owner=owner, statuses=active)
-        if running >= settings.active_tasks_per_key:
-            raise RateLimited(
-                f"this key has {running} unfinished tasks; the limit is {settings.active_tasks_per_key}",
-                retry_after=5,
-            )
-    if settings.tasks_per_minute is not None:
-        since = utcnow() - timedelta(minutes=1)
-        made = await store.count_tasks(owner=owner, created_since=since)
-        if made >= settings.tasks_per_minute:
-            raise RateLimited(
-                f"{made} tasks in the last minute; the limit is {settings.tasks_per_minute} per minute",
-                retry_after=15,
-            )
-
-
 LIST_PAGE = 100  # tasks read from the store at a time by `newest_tasks`
-IDEMPOTENCY_HEADER = "Idempotency-Key"
-MAX_IDEMPOTENCY_KEY = 255
-
-
-async def idempotency_of(request: Request, *parts: bytes) -> Idempotency | None:
-    """The request's `Idempotency-Key` with a fingerprint of what it asks: the raw body, or `parts`
-    when the body was streamed (multipart uploads). None without the header."""
-    key = request.headers.get(IDEMPOTENCY_HEADER, "").strip()
-    if not key:
-        return None
-    if len(key) > MAX_IDEMPOTENCY_KEY:
-        raise InvalidParameter(f"the {IDEMPOTENCY_HEADER} is longer than {MAX_IDEMPOTENCY_KEY} characters")
-    digest = hashlib.sha256(request.url.path.encode())
-    for part in parts or (await request.body(),):
-        digest.update(hashlib.sha256(part).digest())
-    return Idempotency(key, digest.hexdigest())
 
 
 def requested_wait(request: Request, service: Service) -> float:
@@ -192,12 +90,12 @@ async def wait_for_end(service: Service, task: Task, seconds: float) -> Task:
     return task
 
 
-class WaitTimedOut(QwenImageError):
+class WaitTimedOut(CallerError):
     status = 408
     code = "request_timeout"
 
 
-class ClientGone(QwenImageError):
+class ClientGone(CallerError):
     status = 499
     code = "client_closed_request"
 

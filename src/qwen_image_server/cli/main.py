@@ -61,7 +61,7 @@ def friendly_errors() -> Iterator[None]:
         if _state["debug"]:
             raise
         err.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
-        raise typer.Exit(USER_ERROR_EXIT if exc.is_user_error else SERVER_ERROR_EXIT) from None
+        raise typer.Exit(USER_ERROR_EXIT if exc.caller_fault else SERVER_ERROR_EXIT) from None
     except KeyboardInterrupt:
         err.print("interrupted")
         raise typer.Exit(130) from None
@@ -82,4 +82,4 @@ def main() -> None:
         app()
     except QwenImageError as exc:  # raised outside a command body, e.g. while parsing settings
         err.print(f"error: {exc.message}", highlight=False)
-        sys.exit(USER_ERROR_EXIT if exc.is_user_error else SERVER_ERROR_EXIT)
+        sys.exit(USER_ERROR_EXIT if exc.caller_fault else SERVER_ERROR_EXIT)

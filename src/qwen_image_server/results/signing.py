@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
-from qwen_image_server.errors import QwenImageError
+from qwen_image_server.errors import CallerError, QwenImageError
 
 SECRET_BYTES = 32
 MIN_SECRET_BYTES = 16
@@ -28,12 +28,12 @@ DEFAULT_TTL_SECONDS = 86_400
 _EXPIRES_PATTERN = re.compile(r"[1-9][0-9]{0,11}")
 
 
-class InvalidSignature(QwenImageError):
+class InvalidSignature(CallerError):
     status = 403
     code = "invalid_signature"
 
 
-class ResultExpired(QwenImageError):
+class ResultExpired(CallerError):
     status = 410
     code = "result_expired"
 

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Protocol
 
 from qwen_image_server.domain import ImageResult
-from qwen_image_server.errors import QwenImageError
+from qwen_image_server.errors import CallerError
 from qwen_image_server.tasks.model import StoredImage
 
 # Task ids are `task_` + lowercase hex (tasks.model.new_task_id). Explicit ASCII classes, not \d or
@@ -25,7 +25,7 @@ TASK_ID_PATTERN = re.compile(r"task_[0-9a-f]{1,64}")
 KEY_PATTERN = re.compile(r"(task_[0-9a-f]{1,64})/(0|[1-9][0-9]{0,5})(-partial[0-9])?\.(png|jpg|webp)")
 
 
-class ResultNotFound(QwenImageError):
+class ResultNotFound(CallerError):
     status = 404
     code = "result_not_found"
 

@@ -25,7 +25,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from qwen_image_server.callbacks.signing import new_webhook_secret
-from qwen_image_server.errors import QwenImageError
+from qwen_image_server.errors import CallerError
 from qwen_image_server.tasks.database import Database
 from qwen_image_server.tasks.model import utcnow
 from qwen_image_server.tasks.schema import api_keys
@@ -43,7 +43,7 @@ class Scope(StrEnum):
 DEFAULT_SCOPES = (Scope.GENERATE, Scope.READ)
 
 
-class KeyNotFound(QwenImageError):
+class KeyNotFound(CallerError):
     status = 404
     code = "key_not_found"
 

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Protocol
 
 from qwen_image_server.domain import ModelName
-from qwen_image_server.errors import QwenImageError
+from qwen_image_server.errors import CallerError
 from qwen_image_server.report import TaskReport
 from qwen_image_server.tasks.model import (
     Idempotency,
@@ -31,12 +31,12 @@ from qwen_image_server.tasks.model import (
 )
 
 
-class TaskNotFound(QwenImageError):
+class TaskNotFound(CallerError):
     status = 404
     code = "task_not_found"
 
 
-class TaskConflict(QwenImageError):
+class TaskConflict(CallerError):
     """The task is not in a state that allows this change (e.g. canceling a finished task)."""
 
     status = 409

@@ -3,7 +3,7 @@
 Routes raise; this module turns any `QwenImageError` raised under the DashScope and Pixazo paths
 into DashScope's body. `DashScopeError` carries a DashScope code chosen by the dialect itself
 (`AccessDenied` for a missing async header, `UnsupportedOperation` for canceling a running task,
-...); every other error is mapped from its HTTP status and our machine code.
+...); every other error is mapped by its class, then its HTTP status.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import uuid
 
 from fastapi.responses import JSONResponse, Response
 
-from qwen_image_server.errors import QwenImageError
-from qwen_image_server.report import CONTENT_WITHHELD
+from qwen_image_server.errors import ContentWithheld, QwenImageError, UnknownModel, caller_fault_of
+from qwen_image_server.tasks.store import TaskConflict
 
 # DashScope's codes (Alibaba Model Studio's error-code reference).
 INVALID_PARAMETER = "InvalidParameter"
@@ -41,16 +41,11 @@ _BY_STATUS = {
     429: THROTTLING,
     503: SERVICE_UNAVAILABLE,
 }
-# Our machine codes that DashScope reports differently from what their HTTP status alone says.
-_BY_OUR_CODE: dict[str, tuple[int, str]] = {
-    "task_conflict": (400, UNSUPPORTED_OPERATION),
-    "lease_lost": (400, UNSUPPORTED_OPERATION),
-    "model_not_found": (404, MODEL_NOT_FOUND),
+# Our errors that DashScope reports differently from what their HTTP status alone says.
+_BY_CLASS: dict[type[QwenImageError], tuple[int, str]] = {
+    TaskConflict: (400, UNSUPPORTED_OPERATION),
+    UnknownModel: (404, MODEL_NOT_FOUND),
 }
-# Codes a failed task may carry that are the caller's fault (else the task failed on our side).
-_CALLER_CODES = frozenset(
-    {"invalid_request", "invalid_parameter", "invalid_image", "prompt_too_long", "image_unavailable"}
-)
 
 
 class DashScopeError(QwenImageError):
@@ -60,6 +55,7 @@ class DashScopeError(QwenImageError):
         super().__init__(message, param=param)
         self.status = status
         self.code = code
+        self.caller_fault = status < 500
 
 
 def new_request_id() -> str:
@@ -71,25 +67,24 @@ def status_and_code(exc: QwenImageError) -> tuple[int, str]:
     """The HTTP status and DashScope code for `exc`."""
     if isinstance(exc, DashScopeError):
         return exc.status, exc.code
-    if exc.code in _BY_OUR_CODE:
-        return _BY_OUR_CODE[exc.code]
+    for error_class, answer in _BY_CLASS.items():
+        if isinstance(exc, error_class):
+            return answer
     if exc.status in _BY_STATUS:
         return exc.status, _BY_STATUS[exc.status]
-    if exc.status < 500:
-        return exc.status, INVALID_PARAMETER
-    return exc.status, INTERNAL_ERROR
+    return exc.status, INVALID_PARAMETER if exc.caller_fault else INTERNAL_ERROR
 
 
 def task_error_code(our_code: str) -> str:
     """The DashScope code for a failed task's error (`output.code` of a FAILED task)."""
-    if our_code == CONTENT_WITHHELD:
+    if our_code == ContentWithheld.code:
         return DATA_INSPECTION_FAILED
-    return INVALID_PARAMETER if our_code in _CALLER_CODES | {CONTENT_WITHHELD} else INTERNAL_ERROR
+    return INVALID_PARAMETER if caller_fault_of(our_code) else INTERNAL_ERROR
 
 
 def task_error_status(our_code: str) -> int:
     """The HTTP status the synchronous endpoint answers when its task failed with `our_code`."""
-    return 400 if our_code in _CALLER_CODES | {CONTENT_WITHHELD} else 500
+    return 400 if caller_fault_of(our_code) else 500
 
 
 def render_pixazo_error(exc: QwenImageError) -> Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 
+from qwen_image_server.api.accept import Order, accept
 from qwen_image_server.api.dashscope.errors import (
     ACCESS_DENIED,
     INTERNAL_ERROR,
@@ -42,11 +43,8 @@ from qwen_image_server.api.tasks import (
     ClientGone,
     ResultLinks,
     WaitTimedOut,
-    fetch_input_images,
-    idempotency_of,
     newest_tasks,
     owned_task,
-    submit,
     wait_attended,
 )
 from qwen_image_server.service import Service
@@ -89,10 +87,9 @@ def dashscope_router(service: Service) -> APIRouter:
                 f"Model not exist: {ask.model} is not served here (served: {served}).",
                 param="model",
             )
-        images = await fetch_input_images(ask.image_refs, allowed_networks=service.settings.allowed_fetch_networks)
-        generation = to_generation_request(ask, images, watermark_default=request.url.path == PIXAZO_PATH)
-        idempotency = await idempotency_of(request)
-        return await submit(service, generation, dialect=DIALECT, owner=caller.key_id, idempotency=idempotency)
+        pixazo = request.url.path == PIXAZO_PATH
+        order = Order(lambda images: to_generation_request(ask, images, watermark_default=pixazo), ask.image_refs)
+        return await accept(service, request, caller, order, dialect=DIALECT)
 
     async def generate(body: MultimodalBody, request: Request) -> MultimodalResponse:
         """Text-to-image (`qwen-image`, `qwen-image-plus`) or editing (`qwen-image-edit`,

@@ -3,9 +3,12 @@ translate back. Every answer is the envelope `{code, msg, data}`."""
 
 from __future__ import annotations
 
+from functools import partial
+
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from qwen_image_server.api.accept import Order, accept
 from qwen_image_server.api.dialect import authenticate
 from qwen_image_server.api.kie.schemas import CreateTaskBody, CreateTaskOut, ErrorOut, RecordInfoOut, TaskIdData
 from qwen_image_server.api.kie.translate import (
@@ -16,7 +19,7 @@ from qwen_image_server.api.kie.translate import (
     record_data,
     to_generation_request,
 )
-from qwen_image_server.api.tasks import ResultLinks, fetch_input_images, idempotency_of, owned_task, submit
+from qwen_image_server.api.tasks import ResultLinks, owned_task
 from qwen_image_server.errors import QwenImageError
 from qwen_image_server.service import Service
 from qwen_image_server.tasks.keys import Scope
@@ -42,17 +45,8 @@ def kie_router(service: Service) -> APIRouter:
         model = KIE_MODELS[body.model]
         if model not in service.settings.models:
             raise FeatureDisabled(f"{body.model} is not enabled on this server")
-        images = await fetch_input_images(
-            input_image_refs(body), allowed_networks=service.settings.allowed_fetch_networks
-        )
-        task = await submit(
-            service,
-            to_generation_request(body, images),
-            dialect=DIALECT_NAME,
-            owner=caller.key_id,
-            idempotency=await idempotency_of(request),
-            callback_url=body.callBackUrl,
-        )
+        order = Order(partial(to_generation_request, body), input_image_refs(body), callback_url=body.callBackUrl)
+        task = await accept(service, request, caller, order, dialect=DIALECT_NAME)
         return CreateTaskOut(data=TaskIdData(taskId=task.id))
 
     @router.get("/recordInfo", response_model=RecordInfoOut | ErrorOut)

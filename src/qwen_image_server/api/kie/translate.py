@@ -16,7 +16,7 @@ from typing import Any
 
 from qwen_image_server.api.kie.schemas import MAX_EDIT_PROMPT_CHARS, CreateTaskBody, KieLora, KieState, RecordData
 from qwen_image_server.domain import MAX_SEQUENCE_LENGTH_CAP, GenerationRequest, ModelName, PipelineMode, Size
-from qwen_image_server.errors import InvalidParameter, QwenImageError
+from qwen_image_server.errors import InvalidParameter, QwenImageError, caller_fault_of
 from qwen_image_server.results.links import ResultLinker
 from qwen_image_server.safe_fetch import HTTP_URL_PATTERN
 from qwen_image_server.tasks.model import Task, TaskStatus
@@ -205,7 +205,8 @@ def callback_headers(task_id: str, key: str | bytes, timestamp: int) -> dict[str
     return {"X-Webhook-Timestamp": str(timestamp), "X-Webhook-Signature": base64.b64encode(digest).decode()}
 
 
-# The provider's envelope codes. A request error maps by our HTTP status, a few by our code.
+# The provider's envelope codes. An error maps by our HTTP status, a few by our code; what is left,
+# and a failed task's error, by whether its class is the caller's fault (422) or not (500).
 _CODES_BY_NAME = {"generation_failed": 501, "canceled": 501, "feature_disabled": 505, "model_unavailable": 455}
 _CODES_BY_STATUS = {401: 401, 403: 401, 402: 402, 404: 404, 405: 404, 429: 429, 503: 455}
 
@@ -215,7 +216,7 @@ def kie_code(exc: QwenImageError) -> int:
         return _CODES_BY_NAME[exc.code]
     if exc.status in _CODES_BY_STATUS:
         return _CODES_BY_STATUS[exc.status]
-    return 422 if exc.status < 500 else 500
+    return 422 if exc.caller_fault else 500
 
 
 def error_envelope(exc: QwenImageError) -> tuple[int, dict[str, Any]]:
@@ -232,8 +233,7 @@ def fail_code(task: Task) -> str:
     code = task.error.code
     if code in _CODES_BY_NAME:
         return str(_CODES_BY_NAME[code])
-    user_fault = code.startswith("invalid") or code in ("prompt_too_long", "image_unavailable")
-    return "422" if user_fault else "500"
+    return "422" if caller_fault_of(code) else "500"
 
 
 def fail_message(task: Task) -> str:

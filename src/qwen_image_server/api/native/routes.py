@@ -4,23 +4,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from functools import partial
 
 from fastapi import APIRouter, Query, Request, Response
 from sse_starlette.sse import EventSourceResponse
 
+from qwen_image_server.api.accept import Order, accept
 from qwen_image_server.api.dialect import Caller, authenticate
 from qwen_image_server.api.native.schemas import CallbackListOut, CreateTaskBody, TaskListOut, TaskOut
 from qwen_image_server.api.native.translate import to_callback_out, to_generation_request, to_task_out
 from qwen_image_server.api.spec import EVENT_STREAM
 from qwen_image_server.api.tasks import (
     ResultLinks,
-    fetch_input_images,
-    idempotency_of,
     next_state,
     owned_task,
     owned_task_and_position,
     requested_wait,
-    submit,
     task_callbacks,
     wait_for_end,
 )
@@ -49,16 +48,8 @@ def native_router(service: Service) -> APIRouter:
         the finished task if it ends within N seconds, else 202 with its current state."""
         caller = await caller_of(request, Scope.GENERATE)
         wait = requested_wait(request, service)
-        images = await fetch_input_images(body.images, allowed_networks=service.settings.allowed_fetch_networks)
-        task = await submit(
-            service,
-            to_generation_request(body, images),
-            dialect=DIALECT,
-            owner=caller.key_id,
-            idempotency=await idempotency_of(request),
-            callback_url=body.callback_url,
-            priority=body.priority,
-        )
+        order = Order(partial(to_generation_request, body), body.images, body.callback_url, body.priority)
+        task = await accept(service, request, caller, order, dialect=DIALECT)
         if wait:
             task = await wait_for_end(service, task, wait)
         response.status_code = 200 if task.status.is_terminal else 202

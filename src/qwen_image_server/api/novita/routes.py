@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from qwen_image_server.api.accept import Order, accept
 from qwen_image_server.api.dialect import authenticate
 from qwen_image_server.api.novita.schemas import EditBody, TaskIdOut, TaskResultOut, Txt2ImgBody
 from qwen_image_server.api.novita.translate import (
@@ -16,7 +17,7 @@ from qwen_image_server.api.novita.translate import (
     txt2img_request,
     webhook_url,
 )
-from qwen_image_server.api.tasks import ResultLinks, fetch_input_images, idempotency_of, owned_task, submit
+from qwen_image_server.api.tasks import ResultLinks, owned_task
 from qwen_image_server.errors import QwenImageError
 from qwen_image_server.service import Service
 from qwen_image_server.tasks.keys import Scope
@@ -32,29 +33,16 @@ def novita_router(service: Service) -> APIRouter:
     async def txt2img(body: Txt2ImgBody, request: Request) -> TaskIdOut:
         """Queue a text-to-image task; poll `/v3/async/task-result` with the `task_id`."""
         caller = await authenticate(service, request, KEY_HEADER)
-        task = await submit(
-            service,
-            txt2img_request(body),
-            dialect=DIALECT_NAME,
-            owner=caller.key_id,
-            idempotency=await idempotency_of(request),
-            callback_url=webhook_url(body.extra),
-        )
+        order = Order(lambda _no_images: txt2img_request(body), callback_url=webhook_url(body.extra))
+        task = await accept(service, request, caller, order, dialect=DIALECT_NAME)
         return TaskIdOut(task_id=task.id)
 
     @router.post("/qwen-image-edit", response_model=TaskIdOut)
     async def edit(body: EditBody, request: Request) -> TaskIdOut:
         """Queue an edit of one image; poll `/v3/async/task-result` with the `task_id`."""
         caller = await authenticate(service, request, KEY_HEADER)
-        [image] = await fetch_input_images([body.image], allowed_networks=service.settings.allowed_fetch_networks)
-        task = await submit(
-            service,
-            edit_request(body, image),
-            dialect=DIALECT_NAME,
-            owner=caller.key_id,
-            idempotency=await idempotency_of(request),
-            callback_url=webhook_url(body.extra),
-        )
+        order = Order(lambda images: edit_request(body, images[0]), [body.image], callback_url=webhook_url(body.extra))
+        task = await accept(service, request, caller, order, dialect=DIALECT_NAME)
         return TaskIdOut(task_id=task.id)
 
     @router.get("/task-result", response_model=TaskResultOut)

@@ -17,17 +17,16 @@ from pydantic import ValidationError
 from sse_starlette.sse import EventSourceResponse
 from starlette.datastructures import UploadFile
 
-from qwen_image_server.api.dialect import Caller, authenticate
+from qwen_image_server.api.accept import Order, accept
+from qwen_image_server.api.dialect import authenticate
 from qwen_image_server.api.errors import invalid_request_from
 from qwen_image_server.api.openai import translate
 from qwen_image_server.api.openai.schemas import GenerationBody, ImageData, ImageOptions, ImagesResponse
 from qwen_image_server.api.spec import EVENT_STREAM
-from qwen_image_server.api.tasks import ResultLinks, abandon, idempotency_of, next_state, submit, wait_attended
-from qwen_image_server.domain import GenerationRequest
-from qwen_image_server.errors import InvalidRequest, QwenImageError
-from qwen_image_server.report import CONTENT_WITHHELD
+from qwen_image_server.api.tasks import ResultLinks, abandon, next_state, wait_attended
+from qwen_image_server.errors import ContentWithheld, InvalidRequest, QwenImageError, caller_fault_of
 from qwen_image_server.service import Service
-from qwen_image_server.tasks.model import Idempotency, Task, TaskStatus
+from qwen_image_server.tasks.model import Task, TaskStatus
 
 DIALECT = "openai"
 OptionsT = TypeVar("OptionsT", bound=ImageOptions)
@@ -35,14 +34,16 @@ MAX_INPUT_IMAGES = 16  # OpenAI's limit; our edit models take 1-3 and say so
 
 
 class TaskFailed(QwenImageError):
-    """The task behind a synchronous call ended without images."""
+    """The task behind a synchronous call ended without images: a 400 when it failed by the caller's
+    fault (as its error's class says), else a 500 (a failure of ours, or a cancel from elsewhere)."""
 
     def __init__(self, task: Task) -> None:
         error = task.error
         code = error.code if error else task.status.value
         super().__init__(error.message if error else f"the image task was {task.status.value}")
-        self.code = "moderation_blocked" if code == CONTENT_WITHHELD else code  # OpenAI's code for it
-        self.status = 400 if code.startswith(("invalid", "prompt")) or code == CONTENT_WITHHELD else 500
+        self.code = "moderation_blocked" if code == ContentWithheld.code else code  # OpenAI's code for it
+        self.caller_fault = task.status is TaskStatus.FAILED and caller_fault_of(code)
+        self.status = 400 if self.caller_fault else 500
 
 
 def _edit_form_schema() -> dict[str, Any]:
@@ -73,9 +74,10 @@ def openai_router(service: Service) -> APIRouter:
         """OpenAI `images.generate`: JSON body; `stream=true` answers SSE."""
         caller = await authenticate(service, request, "authorization")
         options = _validated(GenerationBody, await _json_body(request))
-        generation = translate.to_generation_request(options, translate.generation_model(options.model))
-        idempotency = await idempotency_of(request)
-        return await _answer(service, request, options, generation, "image_generation", caller, idempotency)
+        model = translate.generation_model(options.model)
+        order = Order(lambda _no_refs: translate.to_generation_request(options, model))
+        task = await accept(service, request, caller, order, dialect=DIALECT)
+        return await _answer(service, request, options, task, "image_generation")
 
     @router.post("/edits", response_model=ImagesResponse, responses=EVENT_STREAM, openapi_extra=_EDIT_SPEC)
     async def edits(request: Request) -> Response:
@@ -85,10 +87,13 @@ def openai_router(service: Service) -> APIRouter:
         options, images, mask = await _edit_form(request)
         model = translate.edit_model(options.model, len(images), mask is not None, service.settings.models)
         our_mask = translate.inpainting_mask(mask) if mask is not None else None
-        generation = translate.to_generation_request(options, model, images, our_mask)
-        parts = (options.model_dump_json().encode(), *images, mask or b"")
-        idempotency = await idempotency_of(request, *parts)
-        return await _answer(service, request, options, generation, "image_edit", caller, idempotency)
+        # The images came in the body: nothing to fetch, and the body cannot be read again.
+        order = Order(
+            lambda _no_refs: translate.to_generation_request(options, model, images, our_mask),
+            fingerprint=(options.model_dump_json().encode(), *images, mask or b""),
+        )
+        task = await accept(service, request, caller, order, dialect=DIALECT)
+        return await _answer(service, request, options, task, "image_edit")
 
     return router
 
@@ -135,16 +140,7 @@ def _is_given(key: str, value: object) -> bool:
     return isinstance(value, str) and (value != "" or key == "prompt")
 
 
-async def _answer(
-    service: Service,
-    request: Request,
-    options: ImageOptions,
-    generation: GenerationRequest,
-    kind: str,
-    caller: Caller,
-    idempotency: Idempotency | None,
-) -> Response:
-    task = await submit(service, generation, dialect=DIALECT, owner=caller.key_id, idempotency=idempotency)
+async def _answer(service: Service, request: Request, options: ImageOptions, task: Task, kind: str) -> Response:
     if options.stream:
         return EventSourceResponse(_stream(service, request, task, options, kind), ping=15)
     task = await _until_done(service, request, task)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from qwen_image_server.api.accept import Order, accept
 from qwen_image_server.api.dialect import authenticate
 from qwen_image_server.api.pixwith.schemas import CreateBody, CreateData, CreateOut, GetBody, GetOut
 from qwen_image_server.api.pixwith.translate import (
@@ -14,7 +17,7 @@ from qwen_image_server.api.pixwith.translate import (
     task_data,
     to_generation_request,
 )
-from qwen_image_server.api.tasks import ResultLinks, fetch_input_images, idempotency_of, owned_task, submit
+from qwen_image_server.api.tasks import ResultLinks, owned_task
 from qwen_image_server.errors import QwenImageError
 from qwen_image_server.service import Service
 from qwen_image_server.tasks.keys import Scope
@@ -30,17 +33,8 @@ def pixwith_router(service: Service) -> APIRouter:
     async def create(body: CreateBody, request: Request) -> CreateOut:
         """Queue a text-to-image task, or image-to-image with one `image_urls` entry."""
         caller = await authenticate(service, request, KEY_HEADER, scheme=None)
-        inputs = await fetch_input_images(
-            body.image_urls or [], allowed_networks=service.settings.allowed_fetch_networks
-        )
-        idempotency = await idempotency_of(request)
-        task = await submit(
-            service,
-            to_generation_request(body, inputs),
-            dialect=DIALECT_NAME,
-            owner=caller.key_id,
-            idempotency=idempotency,
-        )
+        order = Order(partial(to_generation_request, body), body.image_urls or [])
+        task = await accept(service, request, caller, order, dialect=DIALECT_NAME)
         return CreateOut(data=CreateData(task_id=task.id, estimated_time=estimated_time(task.request)))
 
     @router.post("/get", response_model=GetOut, response_model_exclude_none=True)
