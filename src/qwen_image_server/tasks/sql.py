@@ -543,19 +543,22 @@ def _task_row(conn: Connection, task_id: str) -> Row | None:
 def _queue_position_query() -> Select[tuple[str, int | None]]:
     """One statement, built once: the task's status and, if it is queued, how many queued tasks come
     before it (higher priority, or the same priority and created earlier). Called on every read of a
-    queued task by the native API, so it is one round trip with no SQL built per call."""
+    queued task by the native API, so it is one round trip with no SQL built per call.
+
+    "Before it" is counted as three ranges of the index on (status, priority, created_at), not as one
+    OR of them: a database cannot bound an index scan by an OR, and counted all queued tasks for
+    every poll (5 ms a poll with 5,000 queued on SQLite); the three ranges cost what is ahead."""
     task, ahead = tasks.alias("task"), tasks.alias("ahead")
-    comes_before = or_(
-        ahead.c.priority > task.c.priority,
-        and_(
-            ahead.c.priority == task.c.priority,
-            or_(
-                ahead.c.created_at < task.c.created_at,
-                and_(ahead.c.created_at == task.c.created_at, ahead.c.id < task.c.id),
-            ),
-        ),
+
+    def queued_where(*conditions: ColumnElement[bool]) -> Any:
+        return select(func.count()).select_from(ahead).where(ahead.c.status == QUEUED, *conditions).scalar_subquery()
+
+    same_priority = ahead.c.priority == task.c.priority
+    count = (
+        queued_where(ahead.c.priority > task.c.priority)
+        + queued_where(same_priority, ahead.c.created_at < task.c.created_at)
+        + queued_where(same_priority, ahead.c.created_at == task.c.created_at, ahead.c.id < task.c.id)
     )
-    count = select(func.count()).select_from(ahead).where(ahead.c.status == QUEUED, comes_before).scalar_subquery()
     position = case((task.c.status == QUEUED, count), else_=None).label("ahead")
     return select(task.c.status, position).where(task.c.id == bindparam("task_id"))
 
