@@ -114,6 +114,15 @@ def test_generate_shows_progress_previews_and_the_image(live_server: LiveServer,
     expect(page.locator("#seed")).to_be_focused()
 
 
+def test_a_refused_value_is_explained_at_its_field(live_server: LiveServer, page: Page) -> None:
+    open_playground(page, live_server.url)
+    fill_tiny_task(page, "too small", steps=2, side=100)
+    page.get_by_role("button", name="Generate").click()
+    expect(page.get_by_role("alert")).to_contain_text("256")
+    expect(page.get_by_label("Width", exact=True)).to_be_focused()
+    expect(page.locator("#history-list li")).to_have_count(0)
+
+
 def test_a_long_task_can_be_canceled(live_server: LiveServer, page: Page) -> None:
     open_playground(page, live_server.url)
     fill_tiny_task(page, "a very long walk", steps=250, side=512)
@@ -196,10 +205,11 @@ def test_an_edit_takes_chosen_and_dropped_images(live_server: LiveServer, page: 
 
 
 @pytest.fixture
-def keyed_server(engine: Engine, tmp_path: Path) -> Iterator[tuple[LiveServer, str]]:
-    """A server that requires API keys, with one key made before it starts."""
+def keyed_server(engine: Engine, tmp_path: Path) -> Iterator[tuple[LiveServer, str, str]]:
+    """A server that requires API keys, with two made before it starts: one that may generate, and
+    one that may only read."""
     from qwen_image_server.cli.keys import with_database
-    from qwen_image_server.tasks.keys import SqlKeyStore
+    from qwen_image_server.tasks.keys import Scope, SqlKeyStore
 
     settings = Settings(
         **TINY_EVERYWHERE,
@@ -213,14 +223,18 @@ def keyed_server(engine: Engine, tmp_path: Path) -> Iterator[tuple[LiveServer, s
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         made = pool.submit(with_database, settings, lambda database: SqlKeyStore(database).create("browser"))
         _, token = made.result()
+        made = pool.submit(
+            with_database, settings, lambda database: SqlKeyStore(database).create("viewer", (Scope.READ,))
+        )
+        _, reader = made.result()
     with LiveServer(settings, engine) as server:
-        yield server, token
+        yield server, token, reader
 
 
 def test_with_keys_required_the_key_is_asked_for_once_and_sent_as_a_header(
-    keyed_server: tuple[LiveServer, str], page: Page
+    keyed_server: tuple[LiveServer, str, str], page: Page
 ) -> None:
-    server, token = keyed_server
+    server, token, reader = keyed_server
     sent: list[tuple[str, str | None]] = []
     page.on("request", lambda request: sent.append((request.url, request.headers.get("authorization"))))
     open_playground(page, server.url)
@@ -248,3 +262,11 @@ def test_with_keys_required_the_key_is_asked_for_once_and_sent_as_a_header(
     page.get_by_role("button", name="Forget key").click()
     page.locator("#history-list .open").first.click()
     expect(page.get_by_role("alert")).to_contain_text("needs an API key (401)")
+
+    key_field.fill(reader)  # a key that may only read: refused to create, and sees no other key's task
+    page.get_by_role("button", name="Save key").click()
+    fill_tiny_task(page, "a locked door", steps=2)
+    page.get_by_role("button", name="Generate").click()
+    expect(page.get_by_role("alert")).to_contain_text("This API key may not do this (403 insufficient_scope)")
+    page.locator("#history-list .open").first.click()
+    expect(page.get_by_role("alert")).to_contain_text("belongs to another API key")

@@ -126,13 +126,15 @@ function showError(error) {
   }
 }
 
+// The form field of an API parameter (the `param` of the server's error), or null.
 function fieldOf(param) {
   const ids = {
     prompt: "prompt", negative_prompt: "negative-prompt", size: "size", width: "width", height: "height",
     num_inference_steps: "steps", true_cfg_scale: "cfg", seed: "seed", n: "count", images: "images",
     strength: "strength", model: "model",
   };
-  return ids[param.split(".")[0]] ? $(ids[param.split(".")[0]]) : null;
+  const name = param.split(".")[0]; // "images.1" names the second input image
+  return $(ids[name] || name); // the page's own checks name the field by its id
 }
 
 // ---- The key ---------------------------------------------------------------------------------
@@ -203,6 +205,7 @@ function labelOf(id) {
 
 // The body of POST /v1/tasks from the form; the server checks every bound and says what is wrong.
 function requestBody() {
+  if (!$("prompt").value.trim()) throw Object.assign(new Error("Write a prompt first."), { param: "prompt" });
   const body = {
     model: $("model").value,
     prompt: $("prompt").value,
