@@ -7,6 +7,7 @@ Screenshots are kept under test-artifacts/playground/ (ignored by git); the path
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,34 @@ def test_generate_shows_progress_previews_and_the_image(live_server: LiveServer,
     expect(page.locator("#seed")).to_be_focused()
 
 
+READ_SPLIT_EVENTS = """async (chunks) => {
+  // The page's own reader, given a stream cut in awkward places: inside a CR LF, a field, a value.
+  const encoder = new TextEncoder();
+  window.fetch = async () => new Response(new ReadableStream({
+    start(controller) {
+      for (const chunk of chunks) controller.enqueue(encoder.encode(chunk));
+      controller.close();
+    },
+  }));
+  const events = [];
+  await readEvents("events", undefined, (type, data) => events.push([type, data]));
+  return events;
+}"""
+
+
+def test_the_event_reader_reassembles_events_split_across_chunks(live_server: LiveServer, page: Page) -> None:
+    open_playground(page, live_server.url)
+    stream = (
+        'event: progress\r\ndata: {"step": 1}\r\n\r\n: ping\r\n\r\n'
+        'event: preview\r\ndata: {"url": "a:b"}\r\n\r\nevent: succeeded\ndata: {"id": "t"}\n\n'
+    )
+    cuts = [0, 7, 16, 33, 34, 35, 36, 60, 61, len(stream)]
+    chunks = [stream[a:b] for a, b in itertools.pairwise(cuts)]
+    assert "".join(chunks) == stream and any(chunk.endswith("\r") for chunk in chunks)
+    events = page.evaluate(READ_SPLIT_EVENTS, chunks)
+    assert events == [["progress", {"step": 1}], ["preview", {"url": "a:b"}], ["succeeded", {"id": "t"}]]
+
+
 def test_a_refused_value_is_explained_at_its_field(live_server: LiveServer, page: Page) -> None:
     open_playground(page, live_server.url)
     fill_tiny_task(page, "too small", steps=2, side=100)
@@ -150,6 +179,11 @@ def test_the_history_survives_a_reload_and_reopens_a_task(live_server: LiveServe
 
     entry.get_by_role("button", name="Open “a lighthouse at dusk”: succeeded").click()
     expect(page.get_by_role("img", name="Image 1, seed 11: a lighthouse at dusk")).to_be_visible()
+    page.get_by_role("button", name="Use these settings").click()
+    expect(page.get_by_label("Prompt", exact=True)).to_have_value("a lighthouse at dusk")
+    expect(page.locator("#seed")).to_have_value("11")
+    expect(page.locator("#steps")).to_have_value("2")
+    expect(page.get_by_label("Width", exact=True)).to_have_value("256")
     entry.get_by_role("button", name="Remove “a lighthouse at dusk” from history").click()
     expect(page.locator("#history-list li")).to_have_count(0)
 

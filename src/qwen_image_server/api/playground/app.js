@@ -407,6 +407,7 @@ function render() {
   $("status").dataset.status = task.status;
   $("progress").value = task.status === "succeeded" ? 100 : task.progress.percent;
   $("cancel").disabled = TERMINAL.has(task.status);
+  $("use-settings").hidden = false;
   showPreviews(task);
   showResults(task);
 }
@@ -441,6 +442,29 @@ function showResults(task) {
       ),
     ),
   );
+}
+
+// Put the settings of the task on show back in the form (its input images are not returned by the API).
+function useSettings() {
+  const { request, model } = current.task;
+  if (models.some((m) => m.id === model)) $("model").value = model;
+  onModelChange();
+  $("prompt").value = request.prompt;
+  $("negative-prompt").value = request.negative_prompt || "";
+  const preset = [...$("size").options].find(
+    (o) => Number(o.dataset.width) === request.width && Number(o.dataset.height) === request.height,
+  );
+  $("size").value = preset ? preset.value : "custom";
+  $("width").value = String(request.width);
+  $("height").value = String(request.height);
+  onSizeChange();
+  $("steps").value = String(request.num_inference_steps);
+  $("cfg").value = String(request.true_cfg_scale);
+  $("seed").value = String(request.seed);
+  $("count").value = String(request.n);
+  $("format").value = request.output_format;
+  $("prompt").focus();
+  announce(request.input_images ? "Settings copied; choose the input images again." : "Settings copied.");
 }
 
 function reuseSeed(seed) {
@@ -556,6 +580,7 @@ function start() {
   });
   $("create").addEventListener("submit", generate);
   $("cancel").addEventListener("click", cancelTask);
+  $("use-settings").addEventListener("click", useSettings);
   $("clear-history").addEventListener("click", () => {
     localStorage.removeItem(HISTORY_STORE);
     showHistory();
