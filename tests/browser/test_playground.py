@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 if CHROMIUM.exists():
-    from playwright.sync_api import Browser, Page, expect, sync_playwright
+    from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
     expect.set_options(timeout=WAIT_MS)  # the tiny model on a busy 2-core machine can take seconds
 
@@ -44,11 +44,19 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
-    """A fresh browser profile (empty local storage); an uncaught script error fails the test."""
+    """A fresh browser profile (empty local storage). An uncaught script error fails the test, and
+    so does any console error but a refused request's (the tests make the server say 400, 401, 403):
+    a Content-Security-Policy violation, say."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error" and not message.text.startswith("Failed to load resource"):
+            errors.append(message.text)
+
+    page.on("console", on_console)
     page.set_default_timeout(WAIT_MS)
     yield page
     context.close()
