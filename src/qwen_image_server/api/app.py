@@ -15,6 +15,7 @@ from qwen_image_server.api.errors import install_error_handlers, renderer_by_pat
 from qwen_image_server.api.key_first import KeyBeforeBody, KeyRule
 from qwen_image_server.api.limits import BodyLimits
 from qwen_image_server.api.native.routes import NATIVE_PREFIX, native_router
+from qwen_image_server.api.playground import playground_router
 from qwen_image_server.api.spec import document_errors
 from qwen_image_server.service import Service
 
@@ -54,6 +55,7 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
     app.include_router(native_router(service))
     for dialect in dialects:
         app.include_router(dialect.router(service))
+    app.include_router(playground_router())  # the page at `/` that drives the native API
     return app
 
 
