@@ -329,6 +329,13 @@ class Settings(BaseSettings):
         description="Largest request body accepted (413 beyond); room for three 20 MiB images in base64.",
     )
     worker: bool = Field(default=True, description="Whether `serve` runs a worker in the same process.")
+    api_workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="API processes `serve` runs on its port (one per core to use); with more than one, "
+        "the worker runs in a process of its own.",
+    )
     open: bool = Field(
         default=False,
         description="Serve without API keys on a non-loopback address (refused by default).",

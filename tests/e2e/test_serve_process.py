@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,3 +128,65 @@ def test_a_process_whose_worker_dies_exits_non_zero(data_dir: Path, tmp_path: Pa
     assert code == 1, process.output()
     assert "no model_index.json" in process.output()
     assert "exiting with status 1" in process.output()
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # it ended while we looked
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def worker_pids(data_dir: Path) -> list[int]:
+    with sqlite3.connect(data_dir / "tasks.db") as connection:
+        return [row[0] for row in connection.execute("select pid from workers")]
+
+
+def test_api_workers_run_several_api_processes_and_one_worker(data_dir: Path) -> None:
+    port = free_port()
+    server = start_server(data_dir, port, "--api-workers", "2", "--models", "qwen-image")
+    try:
+        assert "with 2 API processes" in server.output()
+        children = children_of(server.popen.pid)
+        [worker] = worker_pids(data_dir)
+        assert worker in children and len(children) >= 3  # two API processes and the worker
+        created = httpx.post(f"http://127.0.0.1:{port}/v1/tasks?wait=60", json=TASK, timeout=90).json()
+        assert created["status"] == "succeeded"
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:  # any process answers it
+            assert all(client.get(f"/v1/tasks/{created['id']}").json()["status"] == "succeeded" for _ in range(20))
+    finally:
+        assert server.stop(), server.output()
+    assert not still_running(children)  # none left behind
+
+
+def test_api_workers_stop_when_their_worker_dies(data_dir: Path) -> None:
+    port = free_port()
+    server = start_server(data_dir, port, "--api-workers", "2", "--models", "qwen-image")
+    [worker] = worker_pids(data_dir)
+    children = children_of(server.popen.pid)
+    os.kill(worker, signal.SIGKILL)
+    assert not server.stop(timeout=60), server.output()  # it stopped on its own, not cleanly
+    assert server.popen.returncode == 1  # so that a supervisor restarts the whole serve
+    assert "the worker process ended" in server.output()
+    assert not still_running(children)
+
+
+def still_running(pids: list[int], timeout: float = 10) -> list[str]:
+    """The command lines of those of `pids` still running after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        running = []
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                if (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) != "Z":
+                    running.append(Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " "))
+        if not running or time.monotonic() > deadline:
+            return running
+        time.sleep(0.2)

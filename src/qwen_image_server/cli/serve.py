@@ -133,6 +133,10 @@ def serve(
     open_: Annotated[
         bool, typer.Option("--open", help="Allow serving beyond loopback without API keys (anyone can use it).")
     ] = False,
+    api_workers: Annotated[
+        int | None,
+        typer.Option("--api-workers", min=1, help="API processes on the port (one per core) [default: 1]."),
+    ] = None,
 ) -> None:
     """Run the HTTP API, with a worker in the same process unless --no-worker."""
     import uvicorn
@@ -143,10 +147,21 @@ def serve(
     with friendly_errors():
         worker = False if no_worker else None
         settings, notes = _service_settings(
-            config, model, models, host=host, port=port, data_dir=data_dir, worker=worker, open=open_ or None
+            config,
+            model,
+            models,
+            host=host,
+            port=port,
+            data_dir=data_dir,
+            worker=worker,
+            open=open_ or None,
+            api_workers=api_workers,
         )
         _describe(settings, notes)
         asyncio.run(_refuse_open_exposure(settings))
+        if settings.api_workers > 1:
+            _serve_api_processes(settings)
+            return
         service = Service.build(settings, run_worker=settings.worker)
         out.print(
             f"listening on http://{settings.host}:{settings.port}  (API reference at /docs)",
@@ -191,6 +206,20 @@ async def run_worker(settings: Settings, engine: GenerationEngine | None = None)
         if not service.worker_failed:
             err.print("draining: the running task gets up to drain_seconds to finish")
     return service
+
+
+def _serve_api_processes(settings: Settings) -> None:
+    from qwen_image_server.cli.api_processes import serve_api_processes
+
+    worker = "the worker in a process of its own" if settings.worker else "no worker"
+    out.print(
+        f"listening on http://{settings.host}:{settings.port} with {settings.api_workers} API processes and "
+        f"{worker}  (API reference at /docs)",
+        highlight=False,
+    )
+    if serve_api_processes(settings):
+        err.print("the worker process ended; exiting with status 1")
+        raise typer.Exit(1)
 
 
 def _exit_if_the_worker_failed(service: Service) -> None:
