@@ -13,11 +13,11 @@ connections for `--seconds` per phase. Phases: creates (POST /v1/tasks), then po
 lands on both; each figure is the median over `--rounds`.
 
     .venv/bin/python bench/api_ceiling.py [--quick] [--rounds R] [--seconds S] [--connections C]
-        [--api-workers N] [--json PATH]
+        [--api-workers N[,N...]] [--json PATH]
 
-With `--api-workers N`, ours runs as `serve --no-worker --api-workers N` (the ceiling stays one
-process). The last line is the headline alone: `api_ceiling_ratio=0.71` (polls per second, ours over
-the ceiling's).
+With `--api-workers 1,2`, ours runs once per count as `serve --no-worker --api-workers N` (the
+ceiling stays one process), to show how requests per second grow with API processes. The last
+line is the headline alone: `api_ceiling_ratio=0.71` (polls per second, ours over the ceiling's).
 """
 
 from __future__ import annotations
@@ -228,16 +228,28 @@ def _json(value: dict[str, Any]) -> str:
 # -- the run -----------------------------------------------------------------------------------------
 
 
+def servers(args: argparse.Namespace) -> list[str]:
+    """The servers of a round: ours with each `--api-workers` count (`ours`, `ours x2`...), the ceiling."""
+    return [_ours(n) for n in args.api_workers] + ["ceiling"]
+
+
+def _ours(api_workers: int) -> str:
+    return "ours" if api_workers == 1 else f"ours x{api_workers}"
+
+
 def run(args: argparse.Namespace) -> dict[str, list[dict[str, Load]]]:
-    rounds: dict[str, list[dict[str, Load]]] = {"ours": [], "ceiling": []}
+    rounds: dict[str, list[dict[str, Load]]] = {name: [] for name in servers(args)}
+    processes = {_ours(n): n for n in args.api_workers}
     with tempfile.TemporaryDirectory(prefix="qis-ceiling-") as tmp:
         for number in range(args.rounds):
-            for name in ("ours", "ceiling"):
-                workdir = Path(tmp) / f"{name}-{number}"
+            for index, name in enumerate(rounds):
+                workdir = Path(tmp) / f"{index}-{number}"
                 workdir.mkdir()
                 port = free_port()
                 command = (
-                    ours_command(port, workdir, args.api_workers) if name == "ours" else minimal_command(port, workdir)
+                    ours_command(port, workdir, processes[name])
+                    if name in processes
+                    else minimal_command(port, workdir)
                 )
                 note(f"round {number + 1}/{args.rounds}: {name}")
                 with running(command, port, workdir / "serve.log") as url:
@@ -250,20 +262,22 @@ def median(rounds: list[dict[str, Load]], phase: str, field: str) -> float:
 
 
 def report(rounds: dict[str, list[dict[str, Load]]], args: argparse.Namespace) -> dict[str, Any]:
+    """The table, and the figures of the JSON record; the ratios are of the first `--api-workers`."""
     figures: dict[str, Any] = {"machine": machine(), "connections": args.connections, "seconds": args.seconds}
     figures["api_workers"] = args.api_workers
+    first = _ours(args.api_workers[0])
     rows = []
     for phase in ("creates", "polls"):
-        ours, ceiling = (median(rounds[n], phase, "per_second") for n in ("ours", "ceiling"))
+        ours, ceiling = (median(rounds[n], phase, "per_second") for n in (first, "ceiling"))
         figures[f"{phase}_ratio"] = round(ours / ceiling, 3)
-        for name in ("ours", "ceiling"):
+        for name in rounds:
             per_second = median(rounds[name], phase, "per_second")
             p50, p99 = (median(rounds[name], phase, f) for f in ("p50_ms", "p99_ms"))
             failures = sum(r[phase].failures for r in rounds[name])
             figures[f"{name}_{phase}"] = {"per_s": per_second, "p50_ms": p50, "p99_ms": p99, "failures": failures}
             rows.append([phase, name, f"{per_second:.0f}", f"{p50:.1f}", f"{p99:.1f}", failures])
     print(table(["phase", "server", "per s", "p50 ms", "p99 ms", "failures"], rows))
-    print(f"creates: {figures['creates_ratio']:.2f} of the ceiling; polls: {figures['polls_ratio']:.2f}")
+    print(f"{first}: creates {figures['creates_ratio']:.2f} of the ceiling, polls {figures['polls_ratio']:.2f}")
     return figures
 
 
@@ -273,7 +287,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--api-workers", type=int, default=1)
+    parser.add_argument(
+        "--api-workers",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[1],
+        help="API processes of ours, or several counts to compare (1,2); the ratios are of the first",
+    )
     parser.add_argument("--quick", action="store_true", help="one round of 3 s phases (a smoke run)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
