@@ -88,7 +88,7 @@ class SqlKeyStore:
             "revoked_at": None,
             "webhook_secret": new_webhook_secret(),
         }
-        await self._database.run_write(lambda conn: conn.execute(insert(api_keys).values(row)))
+        await self._database.run_write(lambda conn: conn.execute(insert(api_keys), row))
         self._keys_required = True
         return _key(row), f"qik_{key_id}_{secret}"
 

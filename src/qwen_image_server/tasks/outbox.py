@@ -158,7 +158,7 @@ def enqueue_final_callback(conn: Connection, task_row: Row, now: datetime) -> No
         "created_at": now,
         "updated_at": now,
     }
-    conn.execute(insert(callbacks).values(row))
+    conn.execute(insert(callbacks), row)
 
 
 def delete_callbacks_of(conn: Connection, task_ids: Collection[str]) -> None:
@@ -234,7 +234,7 @@ class SqlCallbackStore:
 
         def disable(conn: Connection) -> None:
             if conn.execute(found).first() is None:
-                conn.execute(insert(disabled_callback_urls).values(row))
+                conn.execute(insert(disabled_callback_urls), row)
 
         with contextlib.suppress(IntegrityError):  # disabled already (by another sender, at the same time)
             await self._database.run_write(disable)
@@ -262,7 +262,7 @@ class SqlCallbackStore:
         """Add `attempt` and move the callback to `status` (PENDING with the time of the next try)."""
 
         def record(conn: Connection) -> Callback:
-            conn.execute(insert(callback_attempts).values(callback_id=callback.id, **_attempt_row(attempt)))
+            conn.execute(insert(callback_attempts), {"callback_id": callback.id, **_attempt_row(attempt)})
             conn.execute(
                 update(callbacks)
                 .where(callbacks.c.id == callback.id)

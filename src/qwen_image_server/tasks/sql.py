@@ -133,7 +133,7 @@ class SqlTaskStore:
         def create(conn: Connection) -> Task:
             if new.idempotency is not None and not claim_key(conn, new, now):
                 return task_from_row(_required_row(conn, task_holding_key(conn, new)))
-            conn.execute(insert(tasks).values(values))
+            conn.execute(insert(tasks), values)  # parameters, not .values(): a cached statement
             store_inputs(conn, new.id, new.request)
             _announce(conn, [values])
             return task_from_row(values, request=new.request.without_inputs())
@@ -436,7 +436,7 @@ class SqlTaskStore:
 
         def upsert(conn: Connection) -> None:
             if conn.execute(update(workers).where(workers.c.id == worker.id).values(changes)).rowcount == 0:
-                conn.execute(insert(workers).values(values))
+                conn.execute(insert(workers), values)
 
         for attempt in range(2):
             try:
