@@ -115,6 +115,17 @@ def test_edit_plus_fetches_its_images_from_urls(fal: Any) -> None:
     assert png_of(out["images"][0]["url"]).size == (256, 256)
 
 
+def test_the_status_stream_ends_with_completed(fal: Any, live_server: LiveServer) -> None:
+    handle = fal.submit("fal-ai/qwen-image", {"prompt": "a streamed fox", **FAST})
+    statuses = []
+    with httpx.stream("GET", f"{handle.status_url}/stream", timeout=60) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data:"):
+                statuses.append(json.loads(line.removeprefix("data:")))
+    assert statuses[-1]["status"] == "COMPLETED" and statuses[-1]["metrics"]["inference_time"] > 0
+    assert {status["request_id"] for status in statuses} == {handle.request_id}
+
+
 def test_status_logs_while_running_and_cancel(fal: Any) -> None:
     slow = fal.submit("fal-ai/qwen-image", {"prompt": "a slow fox", **SLOW})
     queued = fal.submit("fal-ai/qwen-image", {"prompt": "a queued fox", **FAST})
@@ -181,7 +192,7 @@ def test_an_unreadable_image_url_is_a_file_download_error(fal: Any) -> None:
     with serving_files({}) as base, pytest.raises(FalClientHTTPError) as refused:
         fal.submit("fal-ai/qwen-image-edit", {"prompt": "blue", "image_url": f"{base}/missing.png"})
     assert refused.value.status_code == 422 and refused.value.error_type == "file_download_error"
-    assert "404" in refused.value.message[0]["msg"]
+    assert refused.value.message[0]["loc"] == ["body", "image_url"] and "404" in refused.value.message[0]["msg"]
 
 
 def test_sync_mode_gives_data_uris(fal: Any) -> None:

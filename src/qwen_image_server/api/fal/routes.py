@@ -41,6 +41,7 @@ from qwen_image_server.api.fal.translate import (
     failure_of,
     fal_error_type,
     input_image_refs,
+    named_as_sent,
     output_of,
     status_out,
     to_generation_request,
@@ -109,7 +110,11 @@ def fal_router(service: Service) -> APIRouter:
             priority=-1 if low else 0,
         )
         dialect = SYNC_MODE_DIALECT if body.sync_mode else DIALECT_NAME
-        return await accept(service, request, caller, order, dialect=dialect)
+        try:
+            return await accept(service, request, caller, order, dialect=dialect)
+        except QwenImageError as exc:
+            named_as_sent(exc, body)
+            raise
 
     def submit_route(model: ModelName, body_type: type[CommonInput]) -> Callable[..., object]:
         async def submit(

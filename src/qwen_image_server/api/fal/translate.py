@@ -88,6 +88,13 @@ def input_image_refs(body: CommonInput) -> list[str]:
     return []
 
 
+def named_as_sent(exc: QwenImageError, body: CommonInput) -> None:
+    """Name an input image's field in `exc` as fal names it (the image reader says `images[i]`)."""
+    match = re.fullmatch(r"images\[(\d+)\]", exc.param or "")
+    if match is not None:
+        exc.param = "image_url" if isinstance(body, EditInput) else f"image_urls.{match.group(1)}"
+
+
 def to_generation_request(model: ModelName, body: CommonInput, images: tuple[bytes, ...]) -> GenerationRequest:
     defaults = MODEL_DEFAULTS[model]
     size = _size(body.image_size or defaults.image_size)
