@@ -67,6 +67,7 @@ def key_rules(dialects: list[Dialect]) -> list[KeyRule]:
 
 def all_dialects() -> list[Dialect]:
     """The provider dialects, each in its own package."""
-    from qwen_image_server.api import dashscope, kie, novita, openai, pixwith
+    from qwen_image_server.api import dashscope, fal, kie, novita, openai, pixwith
 
-    return [openai.DIALECT, dashscope.DIALECT, dashscope.PIXAZO, novita.DIALECT, kie.DIALECT, pixwith.DIALECT]
+    return [openai.DIALECT, dashscope.DIALECT, dashscope.PIXAZO, novita.DIALECT, kie.DIALECT, pixwith.DIALECT,
+            fal.DIALECT]  # fmt: skip

@@ -6,6 +6,7 @@ and kie.ai `callBackUrl`. Every callback also carries the Standard Webhooks sign
 
 from __future__ import annotations
 
+from qwen_image_server.api.fal import translate as fal
 from qwen_image_server.api.kie import translate as kie
 from qwen_image_server.api.native import translate as native
 from qwen_image_server.api.novita import translate as novita
@@ -23,4 +24,6 @@ CALLBACK_SHAPES: dict[str, CallbackShape] = {
     NATIVE_DIALECT: CallbackShape(native.callback_payload),
     novita.DIALECT_NAME: CallbackShape(novita.callback_payload),
     kie.DIALECT_NAME: CallbackShape(kie.callback_payload, extra_headers=_kie_signature),
+    fal.DIALECT_NAME: CallbackShape(fal.callback_payload),
+    fal.SYNC_MODE_DIALECT: CallbackShape(fal.callback_payload),  # webhooks carry URLs either way
 }
