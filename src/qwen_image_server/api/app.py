@@ -65,6 +65,14 @@ def key_rules(dialects: list[Dialect]) -> list[KeyRule]:
 
 def all_dialects() -> list[Dialect]:
     """The provider dialects, each in its own package."""
-    from qwen_image_server.api import dashscope, kie, novita, openai, pixwith
+    from qwen_image_server.api import dashscope, kie, novita, openai, pixwith, replicate
 
-    return [openai.DIALECT, dashscope.DIALECT, dashscope.PIXAZO, novita.DIALECT, kie.DIALECT, pixwith.DIALECT]
+    return [
+        openai.DIALECT,
+        dashscope.DIALECT,
+        dashscope.PIXAZO,
+        novita.DIALECT,
+        kie.DIALECT,
+        pixwith.DIALECT,
+        replicate.DIALECT,
+    ]
