@@ -9,7 +9,9 @@ import json
 import queue
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,16 +20,24 @@ import replicate
 from replicate.exceptions import ReplicateError
 from typer.testing import CliRunner
 
-from qwen_image_server.api.replicate.translate import version_id
+from qwen_image_server.api.replicate.translate import callback_payload, to_prediction, version_id
 from qwen_image_server.cli import app
 from qwen_image_server.engine import Engine
+from qwen_image_server.report import TaskReport
+from qwen_image_server.service import Service
+from qwen_image_server.settings import Settings
+from qwen_image_server.tasks.model import Progress, TaskStatus
 from tests.client.conftest import serving
-from tests.conftest import LiveServer, picture_bytes
+from tests.conftest import TINY_EVERYWHERE, LiveServer, asgi_client, picture_bytes
+from tests.dialects.test_kie import link, make_task
 from tests.unit.local_http import read_body, send_body
 from tests.unit.local_http import serving as receiving
 
+pytestmark = pytest.mark.anyio
+
 # The tiny model at its smallest size and two steps (`custom` is our extension for width and height).
 FAST: dict[str, Any] = {"aspect_ratio": "custom", "width": 256, "height": 256, "num_inference_steps": 2}
+MODEL_PATH = "/v1/models/qwen/qwen-image/predictions"
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +110,7 @@ def test_an_edit_of_a_data_uri(client: replicate.Client) -> None:
     image = "data:image/png;base64," + base64.b64encode(picture_bytes((256, 256))).decode()
     output = client.run(
         "qwen/qwen-image-edit",
-        input={"prompt": "make it blue", "image": image, "num_inference_steps": 2, "output_format": "jpg"},
+        input={"prompt": "make it blue", "image": image, "output_format": "jpg", **FAST},
     )
     assert isinstance(output, list) and output[0].rsplit("?")[0].endswith(".jpg")
 
@@ -220,3 +230,64 @@ def test_the_list_pages_with_full_next_urls(client: replicate.Client, keyed: tup
     assert len(client.predictions.list().results) >= 3
     for prediction in made:
         prediction.wait()
+
+
+def test_edit_plus_takes_a_list_of_loopback_urls_and_data_uris(client: replicate.Client) -> None:
+    png = picture_bytes((256, 256), color=(20, 200, 40))
+
+    def image(handler: BaseHTTPRequestHandler) -> None:
+        send_body(handler, png, content_type="image/png")
+
+    with receiving({"/a.png": image}) as url:
+        data_uri = "data:image/png;base64," + base64.b64encode(png).decode()
+        prediction = client.models.predictions.create(
+            model="qwen/qwen-image-edit-plus",
+            input={"prompt": "put them together", "image": [f"{url}/a.png", data_uri], **FAST},
+            wait=30,
+        )
+    assert prediction.status == "succeeded" and prediction.output and len(prediction.output) == 1
+    assert "image" not in (prediction.input or {})  # the images are kept, not their URLs
+
+
+# -- in-process, without the official client -------------------------------------------------------
+
+
+async def test_go_fast_on_a_server_that_cannot_skip_steps(tmp_path: Path, engine: Engine) -> None:
+    """A server with compiled blocks cannot run go_fast: asked for, it is refused; unset, it is off."""
+    settings = Settings(**TINY_EVERYWHERE, data_dir=tmp_path / "data", compile=True, max_wait_seconds=0)
+    service = Service.build(settings, engine=engine, run_worker=False)
+    async with service.running(), asgi_client(service) as http:
+        refused = await http.post(MODEL_PATH, json={"input": {"prompt": "a fox", "go_fast": True}})
+        assert refused.status_code == 422 and refused.json()["invalid_fields"][0]["field"] == "input.go_fast"
+        created = await http.post(MODEL_PATH, json={"input": {"prompt": "a fox"}})
+        assert created.status_code == 201 and created.json()["input"]["go_fast"] is False
+        assert (await service.store.get(created.json()["id"])).request.acceleration == "none"
+
+
+def test_logs_report_options_not_applied_and_progress() -> None:
+    task = replace(
+        make_task(TaskStatus.RUNNING),
+        progress=Progress(1, 2),
+        report=TaskReport(actual_prompt="a red fox in snow", not_applied={"safety_check": "no checker here"}),
+    )
+    prediction = to_prediction(task, link, "http://server/", just_created=True)
+    assert prediction.status == "starting"  # a create's answer before the end, as Replicate's
+    assert to_prediction(task, link, "http://server/").status == "processing"
+    assert prediction.logs.splitlines() == [
+        "Using seed: 5",
+        "Enhanced prompt: a red fox in snow",
+        "Not applied: safety_check: no checker here",
+        "50%|█████     | 1/2",
+    ]
+    assert prediction.not_applied == {"safety_check": "no checker here"}
+    assert prediction.urls == {
+        "get": "http://server/v1/predictions/task_x",
+        "cancel": "http://server/v1/predictions/task_x/cancel",
+    }
+
+
+def test_the_webhook_body_is_the_finished_prediction() -> None:
+    body = callback_payload(make_task(TaskStatus.SUCCEEDED), link)
+    assert body["status"] == "succeeded" and body["output"] == ["https://cdn/task_x/0.png"]
+    assert body["metrics"] == {"predict_time": 7.5, "total_time": 9.5} and body["urls"] is None
+    assert body["completed_at"] == "2026-01-02T03:04:14.500000Z"

@@ -116,12 +116,13 @@ def replicate_router(service: Service) -> APIRouter:
     async def cancel_prediction(prediction_id: str, request: Request) -> PredictionOut:
         """A starting prediction is canceled at once, a processing one at its next step; a finished
         one is answered as it is."""
-        task = await owned_task(service, prediction_id, await caller_of(request, Scope.GENERATE))
+        caller = await caller_of(request)  # the scope the native cancel needs
+        task = await owned_task(service, prediction_id, caller)
         if not task.status.is_terminal:
             try:
                 task = await service.store.request_cancel(task.id)
             except TaskConflict:  # it ended meanwhile
-                task = await owned_task(service, prediction_id, await caller_of(request))
+                task = await owned_task(service, prediction_id, caller)
         return render(task, request)
 
     @router.get("/v1/webhooks/default/secret", response_model=WebhookSecretOut)
