@@ -67,7 +67,15 @@ def key_rules(dialects: list[Dialect]) -> list[KeyRule]:
 
 def all_dialects() -> list[Dialect]:
     """The provider dialects, each in its own package."""
-    from qwen_image_server.api import dashscope, fal, kie, novita, openai, pixwith
+    from qwen_image_server.api import dashscope, fal, kie, novita, openai, pixwith, replicate
 
-    return [openai.DIALECT, dashscope.DIALECT, dashscope.PIXAZO, novita.DIALECT, kie.DIALECT, pixwith.DIALECT,
-            fal.DIALECT]  # fmt: skip
+    return [
+        openai.DIALECT,
+        dashscope.DIALECT,
+        dashscope.PIXAZO,
+        novita.DIALECT,
+        kie.DIALECT,
+        pixwith.DIALECT,
+        fal.DIALECT,
+        replicate.DIALECT,
+    ]

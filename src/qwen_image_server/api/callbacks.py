@@ -1,7 +1,8 @@
 """The shape of each dialect's callbacks, for the sender (callbacks/sender.py).
 
-Only the APIs whose providers call back have one: native `callback_url`, Novita `extra.webhook.url`
-and kie.ai `callBackUrl`. Every callback also carries the Standard Webhooks signature headers.
+Only the APIs whose providers call back have one: native `callback_url`, Novita `extra.webhook.url`,
+kie.ai `callBackUrl` and Replicate `webhook`. Every callback also carries the Standard Webhooks
+signature headers (Replicate's own scheme).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from qwen_image_server.api.fal import translate as fal
 from qwen_image_server.api.kie import translate as kie
 from qwen_image_server.api.native import translate as native
 from qwen_image_server.api.novita import translate as novita
+from qwen_image_server.api.replicate import translate as replicate
 from qwen_image_server.callbacks.sender import CallbackShape
 from qwen_image_server.tasks.model import Task
 
@@ -26,4 +28,5 @@ CALLBACK_SHAPES: dict[str, CallbackShape] = {
     kie.DIALECT_NAME: CallbackShape(kie.callback_payload, extra_headers=_kie_signature),
     fal.DIALECT_NAME: CallbackShape(fal.callback_payload),
     fal.SYNC_MODE_DIALECT: CallbackShape(fal.callback_payload),  # webhooks carry URLs either way
+    replicate.DIALECT_NAME: CallbackShape(replicate.callback_payload),
 }
