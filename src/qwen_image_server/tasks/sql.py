@@ -209,17 +209,11 @@ class SqlTaskStore:
         return int(await self._database.run_read(lambda conn: conn.execute(query).scalar_one()))
 
     async def get_with_position(self, task_id: str) -> tuple[Task, int | None]:
-        def read(conn: Connection) -> tuple[Row | None, int | None]:
-            row = _task_row(conn, task_id)
-            if row is None or row["status"] != QUEUED:
-                return row, None
-            found = conn.execute(_QUEUE_POSITION, {"task_id": task_id}).first()
-            return row, None if found is None or found.ahead is None else int(found.ahead)
-
-        row, ahead = await self._database.run_read(read)
+        query = _TASK_AND_QUEUE_POSITION
+        row = await self._database.run_read(lambda conn: conn.execute(query, {"task_id": task_id}).mappings().first())
         if row is None:
             raise TaskNotFound(f"there is no task {task_id!r}")
-        return task_from_row(row), ahead
+        return task_from_row(row), None if row["ahead"] is None else int(row["ahead"])
 
     async def queue_position(self, task_id: str) -> int | None:
         row = await self._database.run_read(lambda conn: conn.execute(_QUEUE_POSITION, {"task_id": task_id}).first())
@@ -540,10 +534,11 @@ def _task_row(conn: Connection, task_id: str) -> Row | None:
     return conn.execute(select(tasks).where(tasks.c.id == task_id)).mappings().first()
 
 
-def _queue_position_query() -> Select[tuple[str, int | None]]:
-    """One statement, built once: the task's status and, if it is queued, how many queued tasks come
-    before it (higher priority, or the same priority and created earlier). Called on every read of a
-    queued task by the native API, so it is one round trip with no SQL built per call.
+def _queue_position_query(*, whole_task: bool = False) -> Select[Any]:
+    """One statement, built once: the task's status (`whole_task`: its whole row) and, if it is
+    queued, as `ahead` how many queued tasks come before it (higher priority, or the same priority
+    and created earlier). Called on every read of a queued task by the native API, so it is one
+    round trip with no SQL built per call.
 
     "Before it" is counted as three ranges of the index on (status, priority, created_at), not as one
     OR of them: a database cannot bound an index scan by an OR, and counted all queued tasks for
@@ -560,10 +555,12 @@ def _queue_position_query() -> Select[tuple[str, int | None]]:
         + queued_where(same_priority, ahead.c.created_at == task.c.created_at, ahead.c.id < task.c.id)
     )
     position = case((task.c.status == QUEUED, count), else_=None).label("ahead")
-    return select(task.c.status, position).where(task.c.id == bindparam("task_id"))
+    columns = task.c if whole_task else (task.c.status,)
+    return select(*columns, position).where(task.c.id == bindparam("task_id"))
 
 
 _QUEUE_POSITION = _queue_position_query()
+_TASK_AND_QUEUE_POSITION = _queue_position_query(whole_task=True)
 
 
 def _before(created_at: datetime, task_id: str) -> ColumnElement[bool]:
