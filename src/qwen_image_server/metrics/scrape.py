@@ -1,0 +1,134 @@
+"""A scrape's answer: what was recorded (in this process's memory, or in the shared directory of
+the multi-process mode), plus the gauges read at the scrape's own time: the queue and the workers
+(from the task database, so they are right whatever process or host answers), and GPU memory (in
+a process that runs the engine)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from qwen_image_server.metrics.shared_dir import shared_dir
+
+
+@dataclass(frozen=True)
+class ModelQueue:
+    """One served model's unfinished tasks and ready workers, as the scrape read them."""
+
+    model: str
+    queued: int = 0
+    oldest_queued_at: datetime | None = None
+    running: int = 0
+    ready_workers: int = 0
+
+
+@dataclass(frozen=True)
+class Readings:
+    """What a scrape read from the task database."""
+
+    now: datetime
+    models: Sequence[ModelQueue]
+    live_workers: int
+
+
+def exposition(readings: Readings, *, gpu: bool) -> bytes:
+    """The Prometheus text format of everything; `gpu`: this process runs the engine."""
+    sources: list[Collector] = [_recorded(), _QueueGauges(readings)]
+    if gpu:
+        sources.append(_GpuMemory())
+    return generate_latest(_All(sources))
+
+
+def serve_worker_metrics(host: str, port: int) -> Callable[[], None]:
+    """For a process without the HTTP API (`qwen-image worker`): what it records (the tasks it
+    ends, their run and step times, images, callbacks) and GPU memory, at http://host:port/metrics,
+    without a key, from a thread of prometheus_client's. The queue gauges come from the API.
+    Returns the call that stops it (the process's end stops it too)."""
+    registry = CollectorRegistry()
+    registry.register(_All([_recorded(), _GpuMemory()]))
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+
+    return stop
+
+
+def _recorded() -> Collector:
+    directory = shared_dir()
+    if directory is None:
+        return REGISTRY  # this process's own values (and the process and Python collectors)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
+    return registry
+
+
+class _All:
+    def __init__(self, sources: Iterable[Collector]) -> None:
+        self._sources = sources
+
+    def collect(self) -> Iterator[Metric]:
+        for source in self._sources:
+            yield from source.collect()
+
+
+class _QueueGauges:
+    def __init__(self, readings: Readings) -> None:
+        self._readings = readings
+
+    def collect(self) -> Iterator[Metric]:
+        readings = self._readings
+        depth = GaugeMetricFamily("qwen_image_queue_depth", "Tasks waiting to run.", labels=["model"])
+        age = GaugeMetricFamily(
+            "qwen_image_queue_oldest_age_seconds", "Age of the oldest queued task (0: none).", labels=["model"]
+        )
+        running = GaugeMetricFamily("qwen_image_tasks_running", "Tasks being run by a worker.", labels=["model"])
+        ready = GaugeMetricFamily(
+            "qwen_image_workers_ready", "Live workers ready with the model loaded and no problem.", labels=["model"]
+        )
+        for queue in readings.models:
+            oldest = queue.oldest_queued_at
+            depth.add_metric([queue.model], queue.queued)
+            age.add_metric([queue.model], max((readings.now - oldest).total_seconds(), 0.0) if oldest else 0.0)
+            running.add_metric([queue.model], queue.running)
+            ready.add_metric([queue.model], queue.ready_workers)
+        yield from (depth, age, running, ready)
+        yield GaugeMetricFamily(
+            "qwen_image_workers_live", "Workers seen within a lease, in any state.", value=readings.live_workers
+        )
+
+
+class _GpuMemory:
+    """torch's allocator statistics for each GPU this process has used; nothing if torch is not
+    imported here (an API-only process) or CUDA was never initialised (no GPU work yet)."""
+
+    def collect(self) -> Iterator[Metric]:
+        # Not imported by this: an engine process has imported it already (maybe still is, on its
+        # loading thread: then CUDA is not initialised yet either).
+        cuda: Any = getattr(sys.modules.get("torch"), "cuda", None)
+        if cuda is None or not getattr(cuda, "is_initialized", lambda: False)():
+            return
+        families = {
+            "allocated": GaugeMetricFamily(
+                "qwen_image_gpu_memory_allocated_bytes", "GPU memory held by tensors now.", labels=["device"]
+            ),
+            "peak": GaugeMetricFamily(
+                "qwen_image_gpu_memory_peak_bytes", "The most GPU memory tensors held since start.", labels=["device"]
+            ),
+            "total": GaugeMetricFamily("qwen_image_gpu_memory_total_bytes", "The GPU's memory.", labels=["device"]),
+        }
+        for index in range(cuda.device_count()):
+            device = f"cuda:{index}"
+            families["allocated"].add_metric([device], cuda.memory_allocated(index))
+            families["peak"].add_metric([device], cuda.max_memory_allocated(index))
+            families["total"].add_metric([device], cuda.get_device_properties(index).total_memory)
+        yield from families.values()
