@@ -136,11 +136,18 @@ async def keyed(tmp_path: Path, engine: Engine) -> AsyncIterator[tuple[Service, 
         yield service, client
 
 
-async def test_with_api_keys_metrics_need_an_admin_key(keyed: tuple[Service, httpx.AsyncClient]) -> None:
+async def test_metrics_need_an_admin_key_and_refusals_count_under_their_route(
+    keyed: tuple[Service, httpx.AsyncClient],
+) -> None:
     service, client = keyed
     user = (await service.keys.create("user"))[1]
     admin = (await service.keys.create("ops", (Scope.ADMIN,)))[1]
     assert (await client.get("/metrics")).status_code == 401
+    refused = {"dialect": "native", "method": "POST", "route": "/v1/tasks", "status": "401"}
+    before = value(await scrape(client, Authorization=f"Bearer {admin}"), "qwen_image_http_requests_total", **refused)
+    assert (await client.post("/v1/tasks", json=TINY_TASK)).status_code == 401  # refused before the router
+    after = await scrape(client, Authorization=f"Bearer {admin}")
+    assert value(after, "qwen_image_http_requests_total", **refused) == before + 1
     assert (await client.get("/metrics", headers={"Authorization": f"Bearer {user}"})).status_code == 403
     await scrape(client, Authorization=f"Bearer {admin}")
 

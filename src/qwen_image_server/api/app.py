@@ -53,7 +53,7 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
     app.add_middleware(KeyBeforeBody, keys=service.keys, rules=key_rules(dialects), render=by_path)
     allow_cross_origin(app, service.settings.cors_allowed_origins)
     if service.settings.metrics:  # outermost: it times and counts every answer, refusals too
-        app.add_middleware(RequestMetrics, dialect_prefixes=dialect_prefixes(dialects))
+        app.add_middleware(RequestMetrics, dialect_prefixes=dialect_prefixes(dialects), routes=app.router.routes)
         app.include_router(metrics_router(service))
     app.include_router(common_router(service))
     app.include_router(native_router(service))

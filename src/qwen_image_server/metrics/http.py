@@ -4,16 +4,19 @@ middleware (BaseHTTPMiddleware would cost a task and a queue per request).
 Per request it does what it must and no more: one closure to see the status, a clock read at each
 end, and a dict lookup that finds the request's counter and histogram children (made once per label
 set, so `labels()` with its lock is not called per request). The route is the template the router
-matched (`/v1/tasks/{task_id}`, not the id), so the label sets are bounded; a path no route matches
-is counted as `unmatched`, and methods outside HTTP's own as `OTHER`.
+matched (`/v1/tasks/{task_id}`, not the id), so the label sets are bounded. A request answered
+before the router ran (a refused key, a body too large) is matched against the routes here, so it
+counts under its route too; a path no route matches counts as `unmatched`, and methods outside
+HTTP's own as `OTHER`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from qwen_image_server.metrics.recorded import HTTP_LATENCY, HTTP_REQUESTS
@@ -26,9 +29,12 @@ _Children = tuple[Any, Any]  # the counter's and the histogram's children for on
 
 
 class RequestMetrics:
-    def __init__(self, app: ASGIApp, dialect_prefixes: Sequence[tuple[str, str]]) -> None:
-        """`dialect_prefixes`: (path prefix, dialect name) pairs; the longest matching prefix wins."""
+    def __init__(self, app: ASGIApp, dialect_prefixes: Sequence[tuple[str, str]], routes: Sequence[BaseRoute]) -> None:
+        """`dialect_prefixes`: (path prefix, dialect name) pairs, the longest matching prefix wins;
+        `routes`: the app's (the router's own list: routes included later are in it too)."""
         self.app = app
+        self._app_routes = routes
+        self._routes: list[BaseRoute] | None = None  # flattened at the first request the router did not see
         self._prefixes = sorted(dialect_prefixes, key=lambda pair: len(pair[0]), reverse=True)
         self._children: dict[tuple[str, str, str, int], _Children] = {}
 
@@ -53,8 +59,8 @@ class RequestMetrics:
             histogram.observe(time.perf_counter() - started)
 
     def _for(self, scope: Scope, status: int) -> _Children:
-        route = scope.get("route")  # the router leaves the route it matched in the scope
-        template: str | None = getattr(route, "path", None)
+        # The router leaves the route it matched in the scope; a request it never saw is matched here.
+        template: str | None = getattr(scope.get("route"), "path", None) or self._template(scope)
         method: str = scope["method"] if scope["method"] in _METHODS else "OTHER"
         # A matched route's template tells its dialect; an unmatched path's prefix does (rare: 404s).
         dialect = "" if template is not None else self._dialect(scope["path"])
@@ -67,5 +73,28 @@ class RequestMetrics:
             self._children[key] = children
         return children
 
+    def _template(self, scope: Scope) -> str | None:
+        if self._routes is None:
+            self._routes = list(_flattened(self._app_routes))
+        partial = None
+        for route in self._routes:
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                return getattr(route, "path", None)
+            if match is Match.PARTIAL and partial is None:
+                partial = getattr(route, "path", None)
+        return partial
+
     def _dialect(self, path: str) -> str:
         return next((name for prefix, name in self._prefixes if path.startswith(prefix)), NO_DIALECT)
+
+
+def _flattened(routes: Sequence[BaseRoute]) -> Iterator[BaseRoute]:
+    """The routes, with those of included routers in their place (FastAPI 0.16x keeps an included
+    router as one entry holding its `original_router`; earlier releases copied its routes in)."""
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            yield from _flattened(included.routes)
+        else:
+            yield route
