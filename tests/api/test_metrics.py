@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from qwen_image_server.engine import Engine
-from qwen_image_server.metrics.shared_dir import ENVIRONMENT_VARIABLE, use_shared_dir
+from qwen_image_server.metrics.shared_dir import ENVIRONMENT_VARIABLE
 from qwen_image_server.service import Service
 from qwen_image_server.settings import Settings
 from qwen_image_server.tasks.keys import Scope
@@ -173,8 +173,11 @@ async def test_two_processes_write_one_scrape_sees_both(
 ) -> None:
     """The multi-process mode: each API process writes its values into the shared directory; a
     scrape of any process reads them all (here: two processes recorded, this one is scraped)."""
-    monkeypatch.setenv(ENVIRONMENT_VARIABLE, "")  # restored after the test
-    directory = use_shared_dir(tmp_path / "metrics")
+    # As `use_shared_dir` leaves it for the processes it starts (not called here: it would switch
+    # this test process to the directory for the tests after this one; tests/unit covers it).
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    monkeypatch.setenv(ENVIRONMENT_VARIABLE, str(directory))
     source = str(Path(__file__).parents[2] / "src")
     environment: dict[str, Any] = {"PYTHONPATH": source, ENVIRONMENT_VARIABLE: str(directory)}
     for _ in range(2):

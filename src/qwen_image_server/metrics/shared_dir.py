@@ -2,20 +2,17 @@
 and a scrape of any of them reads them all (prometheus_client's multiprocess mode).
 
 `prometheus_client` decides at its import whether values live in memory or in that directory (the
-environment variable `PROMETHEUS_MULTIPROC_DIR`), so `use_shared_dir` must run before the processes
-that record are started, or before this process first imports `prometheus_client`. A single process
-needs none of it: without the variable, values live in memory and a scrape reads them there.
+environment variable `PROMETHEUS_MULTIPROC_DIR`), so `use_shared_dir` runs before the processes that
+record are started (they inherit the variable), and before this process records anything. A single
+process needs none of it: without the variable, values live in memory and a scrape reads them there.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import sys
 from pathlib import Path
-
-log = logging.getLogger(__name__)
 
 ENVIRONMENT_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -34,8 +31,13 @@ def use_shared_dir(directory: Path) -> Path:
     directory.mkdir(parents=True)
     os.environ[ENVIRONMENT_VARIABLE] = str(directory)
     if "prometheus_client.values" in sys.modules:
-        # Values of this process stay in its memory; processes started from now on use the directory.
-        log.warning("metrics: prometheus_client was imported before the shared directory was set up")
+        from prometheus_client import values
+
+        # Imported already (the commands import the recorders): prometheus_client made its choice
+        # then. Every metric here has labels, and a label set's value is made when the set is first
+        # recorded, by `values.ValueClass`: switched now, every set recorded from now on lives in
+        # the directory (a set this process recorded before stays in its memory, unseen).
+        values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
     return directory
 
 
