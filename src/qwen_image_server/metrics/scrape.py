@@ -5,17 +5,16 @@ a process that runs the engine)."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from qwen_image_server.metrics.gpu import GpuMemoryCollector
 from qwen_image_server.metrics.shared_dir import shared_dir
 
 
@@ -42,8 +41,8 @@ class Readings:
 def exposition(readings: Readings, *, gpu: bool) -> bytes:
     """The Prometheus text format of everything; `gpu`: this process runs the engine."""
     sources: list[Collector] = [_recorded(), _QueueGauges(readings)]
-    if gpu:
-        sources.append(_GpuMemory())
+    if gpu and shared_dir() is None:  # in the multi-process mode, the engine's process published them
+        sources.append(GpuMemoryCollector())
     return generate_latest(_All(sources))
 
 
@@ -53,7 +52,8 @@ def serve_worker_metrics(host: str, port: int) -> Callable[[], None]:
     without a key, from a thread of prometheus_client's. The queue gauges come from the API.
     Returns the call that stops it (the process's end stops it too)."""
     registry = CollectorRegistry()
-    registry.register(_All([_recorded(), _GpuMemory()]))
+    gpu: list[Collector] = [GpuMemoryCollector()] if shared_dir() is None else []  # else: published
+    registry.register(_All([_recorded(), *gpu]))
     server, _thread = start_http_server(port, addr=host, registry=registry)
 
     def stop() -> None:
@@ -105,30 +105,3 @@ class _QueueGauges:
         yield GaugeMetricFamily(
             "qwen_image_workers_live", "Workers seen within a lease, in any state.", value=readings.live_workers
         )
-
-
-class _GpuMemory:
-    """torch's allocator statistics for each GPU this process has used; nothing if torch is not
-    imported here (an API-only process) or CUDA was never initialised (no GPU work yet)."""
-
-    def collect(self) -> Iterator[Metric]:
-        # Not imported by this: an engine process has imported it already (maybe still is, on its
-        # loading thread: then CUDA is not initialised yet either).
-        cuda: Any = getattr(sys.modules.get("torch"), "cuda", None)
-        if cuda is None or not getattr(cuda, "is_initialized", lambda: False)():
-            return
-        families = {
-            "allocated": GaugeMetricFamily(
-                "qwen_image_gpu_memory_allocated_bytes", "GPU memory held by tensors now.", labels=["device"]
-            ),
-            "peak": GaugeMetricFamily(
-                "qwen_image_gpu_memory_peak_bytes", "The most GPU memory tensors held since start.", labels=["device"]
-            ),
-            "total": GaugeMetricFamily("qwen_image_gpu_memory_total_bytes", "The GPU's memory.", labels=["device"]),
-        }
-        for index in range(cuda.device_count()):
-            device = f"cuda:{index}"
-            families["allocated"].add_metric([device], cuda.memory_allocated(index))
-            families["peak"].add_metric([device], cuda.max_memory_allocated(index))
-            families["total"].add_metric([device], cuda.get_device_properties(index).total_memory)
-        yield from families.values()

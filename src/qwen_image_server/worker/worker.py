@@ -61,6 +61,7 @@ from qwen_image_server.errors import (
     StorageUnavailable,
     StoreUnavailable,
 )
+from qwen_image_server.metrics import gpu
 from qwen_image_server.metrics.recorded import StepClock
 from qwen_image_server.report import CONTENT_WITHHELD, TaskReport
 from qwen_image_server.results.store import ResultStore
@@ -292,6 +293,7 @@ class Worker:
         while True:
             await asyncio.sleep(self.settings.lease_seconds / 3)
             await self._announce(self._state)
+            gpu.publish()  # metrics/gpu.py: GPU memory for the scrapes of other processes
 
     async def _announce(self, state: str) -> None:
         self._state = state
