@@ -87,6 +87,14 @@ async def test_queue_gauges_come_from_the_database(api: httpx.AsyncClient) -> No
     assert value(samples, "qwen_image_tasks_running", model="qwen-image") == 0
 
 
+async def test_a_repeated_idempotency_key_counts_one_task(api: httpx.AsyncClient) -> None:
+    labels = {"model": "qwen-image", "dialect": "native"}
+    before = value(await scrape(api), "qwen_image_tasks_created_total", **labels)
+    ids = {(await api.post("/v1/tasks", json=TINY_TASK, headers={"Idempotency-Key": "k1"})).json()["id"] for _ in "ab"}
+    assert len(ids) == 1
+    assert value(await scrape(api), "qwen_image_tasks_created_total", **labels) == before + 1
+
+
 async def test_a_queued_task_canceled_counts_as_canceled_once(api: httpx.AsyncClient) -> None:
     labels = {"model": "qwen-image", "dialect": "native", "outcome": "canceled", "error": ""}
     before = value(await scrape(api), "qwen_image_tasks_finished_total", **labels)

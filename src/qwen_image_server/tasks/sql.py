@@ -138,12 +138,13 @@ class SqlTaskStore:
             conn.execute(insert(tasks).values(values))
             store_inputs(conn, new.id, new.request)
             _announce(conn, [values])
-            return counted.created(task_from_row(values, request=new.request.without_inputs()))
+            return task_from_row(values, request=new.request.without_inputs())
 
         try:
-            return await self._database.run_write(create)
+            task = await self._database.run_write(create)
         except IntegrityError as exc:
             raise TaskConflict(f"a task with id {new.id!r} already exists") from exc
+        return counted.created(task) if task.id == new.id else task  # else: the key's earlier task
 
     async def replay(self, owner: str | None, idempotency: Idempotency) -> Task | None:
         """The task an unexpired use of this key (with the same request) made, or None; raises
