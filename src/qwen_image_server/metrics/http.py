@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from qwen_image_server.metrics.recorded import HTTP_LATENCY, HTTP_REQUESTS
 
 UNMATCHED = "unmatched"
+CLIENT_GONE = 499
 NO_DIALECT = "none"  # routes of no dialect: /healthz, /readyz, /metrics, result images
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -43,7 +44,7 @@ class RequestMetrics:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500  # if the app raises before it answers, the server answers 500
+        status = 0
 
         async def send_seeing_status(message: Message) -> None:
             nonlocal status
@@ -53,8 +54,12 @@ class RequestMetrics:
 
         try:
             await self.app(scope, receive, send_seeing_status)
+        except BaseException:
+            status = status or 500  # raised before answering: the server answers 500
+            raise
         finally:
-            counter, histogram = self._for(scope, status)
+            # No answer and no error: the client went away first (nginx's 499).
+            counter, histogram = self._for(scope, status or CLIENT_GONE)
             counter.inc()
             histogram.observe(time.perf_counter() - started)
 
