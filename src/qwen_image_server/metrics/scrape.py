@@ -40,10 +40,7 @@ class Readings:
 
 def exposition(readings: Readings, *, gpu: bool) -> bytes:
     """The Prometheus text format of everything; `gpu`: this process runs the engine."""
-    sources: list[Collector] = [_recorded(), _QueueGauges(readings)]
-    if gpu and shared_dir() is None:  # in the multi-process mode, the engine's process published them
-        sources.append(GpuMemoryCollector())
-    return generate_latest(_All(sources))
+    return generate_latest(_All([_recorded(), _QueueGauges(readings), *(_gpu_memory() if gpu else [])]))
 
 
 def serve_worker_metrics(host: str, port: int) -> Callable[[], None]:
@@ -52,8 +49,7 @@ def serve_worker_metrics(host: str, port: int) -> Callable[[], None]:
     without a key, from a thread of prometheus_client's. The queue gauges come from the API.
     Returns the call that stops it (the process's end stops it too)."""
     registry = CollectorRegistry()
-    gpu: list[Collector] = [GpuMemoryCollector()] if shared_dir() is None else []  # else: published
-    registry.register(_All([_recorded(), *gpu]))
+    registry.register(_All([_recorded(), *_gpu_memory()]))
     server, _thread = start_http_server(port, addr=host, registry=registry)
 
     def stop() -> None:
@@ -70,6 +66,11 @@ def _recorded() -> Collector:
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
     return registry
+
+
+def _gpu_memory() -> list[Collector]:
+    """GPU memory read now; in the multi-process mode, none: the engine's process published it."""
+    return [GpuMemoryCollector()] if shared_dir() is None else []
 
 
 class _All:
