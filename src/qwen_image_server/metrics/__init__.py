@@ -4,8 +4,9 @@
   of any of them reads); importable before `prometheus_client`, as it must be.
 - `recorded`: the counters and histograms, and the one-line calls that record them.
 - `http`: the pure ASGI middleware that counts and times requests.
-- `scrape`: what a scrape reads at its own time (the queue from the task database, GPU memory) and
-  the text it answers.
+- `gpu`: GPU memory, read at the scrape, or published by the engine's process (multi-process mode).
+- `scrape`: what a scrape reads at its own time (the queue and workers from the task database) and
+  the text it answers; `serve_worker_metrics` for `qwen-image worker` processes.
 
 This package imports nothing of the server's, so any layer may record into it.
 """
