@@ -354,6 +354,17 @@ class Settings(BaseSettings):
             "the API (CORS). Default: none, and no CORS headers are sent."
         ),
     )
+    metrics: bool = Field(default=True, description="Serve Prometheus metrics at /metrics (docs/metrics.md).")
+    metrics_public: bool = Field(
+        default=False,
+        description="Serve /metrics without an API key even when keys exist (for a scraper on a private network).",
+    )
+    worker_metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="`qwen-image worker` serves its metrics on this port at `host` (no key; default: not served).",
+    )
     callback_retry_seconds: Annotated[tuple[float, ...], NoDecode] = Field(
         default=(5, 300, 1800, 7200, 18000, 36000, 36000),
         description=(

@@ -161,6 +161,12 @@ def test_api_workers_run_several_api_processes_and_one_worker(data_dir: Path) ->
         assert created["status"] == "succeeded"
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:  # any process answers it
             assert all(client.get(f"/v1/tasks/{created['id']}").json()["status"] == "succeeded" for _ in range(20))
+            # Whichever process a scrape reaches, it counts what all of them and the worker did.
+            for _ in range(6):
+                scraped = metric_values(client.get("/metrics").text)
+                assert scraped["qwen_image_tasks_created_total"] == 1
+                assert scraped["qwen_image_tasks_finished_total"] == 1
+                assert scraped["qwen_image_http_requests_total"] >= 21
     finally:
         assert server.stop(), server.output()
     assert not still_running(children)  # none left behind
@@ -190,3 +196,15 @@ def still_running(pids: list[int], timeout: float = 10) -> list[str]:
         if not running or time.monotonic() > deadline:
             return running
         time.sleep(0.2)
+
+
+def metric_values(text: str) -> dict[str, float]:
+    """Each counter's samples of the Prometheus text `text`, summed over their labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        sample.name: sum(s.value for s in family.samples if s.name == sample.name)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    }

@@ -14,9 +14,11 @@ from qwen_image_server.api.dialect import Dialect
 from qwen_image_server.api.errors import install_error_handlers, renderer_by_path
 from qwen_image_server.api.key_first import KeyBeforeBody, KeyRule
 from qwen_image_server.api.limits import BodyLimits
+from qwen_image_server.api.metrics import metrics_router
 from qwen_image_server.api.native.routes import NATIVE_PREFIX, native_router
 from qwen_image_server.api.playground import playground_router
 from qwen_image_server.api.spec import document_errors
+from qwen_image_server.metrics.http import RequestMetrics
 from qwen_image_server.service import Service
 
 
@@ -51,6 +53,9 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
     app.add_middleware(BodyLimits, limit=service.settings.max_request_bytes, render=by_path)
     app.add_middleware(KeyBeforeBody, keys=service.keys, rules=key_rules(dialects), render=by_path)
     allow_cross_origin(app, service.settings.cors_allowed_origins)
+    if service.settings.metrics:  # outermost: it times and counts every answer, refusals too
+        app.add_middleware(RequestMetrics, dialect_prefixes=dialect_prefixes(dialects), routes=app.router.routes)
+        app.include_router(metrics_router(service))
     app.include_router(common_router(service))
     app.include_router(native_router(service))
     for dialect in dialects:
@@ -63,6 +68,11 @@ def key_rules(dialects: list[Dialect]) -> list[KeyRule]:
     """Where the callers of each path send their key: each dialect's header, and the native API's."""
     native = KeyRule(NATIVE_PREFIX, "Authorization")
     return [native, *(KeyRule(p, d.key_header, d.key_scheme) for d in dialects for p in d.prefixes)]
+
+
+def dialect_prefixes(dialects: list[Dialect]) -> list[tuple[str, str]]:
+    """The path prefixes of each dialect's requests, with its name (the native API's too)."""
+    return [(NATIVE_PREFIX, "native"), *((prefix, d.name) for d in dialects for prefix in d.prefixes)]
 
 
 def all_dialects() -> list[Dialect]:

@@ -42,6 +42,7 @@ from qwen_image_server import safe_fetch
 from qwen_image_server.callbacks.retry_after import retry_after_seconds
 from qwen_image_server.callbacks.signing import secret_key, signature_headers
 from qwen_image_server.errors import FetchFailed, StoreUnavailable, UrlNotAllowed
+from qwen_image_server.metrics import recorded
 from qwen_image_server.results.links import ResultLinker
 from qwen_image_server.settings import Settings
 from qwen_image_server.tasks.keys import SqlKeyStore
@@ -202,6 +203,7 @@ class CallbackSender:
             await self._callbacks.disable_url(callback.url, reason, ended)
         status, next_at = self._after(result, number, ended)
         await self._callbacks.record_attempt(callback, attempt, status=status, next_attempt_at=next_at)
+        recorded.callback_attempted(result.outcome.value, None if status is CallbackStatus.PENDING else status.value)
         log.info("callback %s of task %s, attempt %d: %s", callback.id, callback.task_id, number, result.error or "ok")
 
     def _after(self, result: _Result, number: int, ended: datetime) -> tuple[CallbackStatus, datetime | None]:

@@ -14,6 +14,7 @@ What the processes share is the task database: on PostgreSQL they hear each othe
 (LISTEN/NOTIFY); on SQLite a change made in another process is seen by the next poll (`?wait=` and
 event streams poll every quarter second), and writers of different processes queue on SQLite's
 lock, so PostgreSQL is the database for several API processes under load (docs/deploy.md).
+Their metrics meet in `DATA_DIR/metrics` (prometheus_client's multi-process mode, docs/metrics.md).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import threading
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING
 
+from qwen_image_server.metrics.shared_dir import use_shared_dir
 from qwen_image_server.settings import Settings
 
 if TYPE_CHECKING:
@@ -50,6 +52,8 @@ def serve_api_processes(settings: Settings) -> int:
     import uvicorn
 
     os.environ[SETTINGS_ENV] = settings.model_dump_json()
+    if settings.metrics:  # each process writes its figures there; any one's /metrics reads them all
+        use_shared_dir(settings.data_dir / "metrics")
     worker = _start_worker(settings) if settings.worker else None
     stopping, worker_ended = threading.Event(), threading.Event()
     if worker is not None:

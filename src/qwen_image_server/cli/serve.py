@@ -195,6 +195,10 @@ async def run_worker(settings: Settings, engine: GenerationEngine | None = None)
     from qwen_image_server.service import Service
 
     service = Service.build(settings, engine=engine, run_worker=True)
+    if settings.worker_metrics_port is not None:  # nothing else serves this process's metrics
+        from qwen_image_server.metrics.scrape import serve_worker_metrics
+
+        serve_worker_metrics(settings.host, settings.worker_metrics_port)
     stop = asyncio.Event()
     service.on_worker_failure = stop.set
     loop = asyncio.get_running_loop()

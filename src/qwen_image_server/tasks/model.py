@@ -137,6 +137,16 @@ class TaskPage:
 
 
 @dataclass(frozen=True)
+class ActiveTasks:
+    """How many tasks of one model are in one unfinished status, and when the oldest was created."""
+
+    model: ModelName
+    status: TaskStatus
+    count: int
+    oldest_created_at: datetime
+
+
+@dataclass(frozen=True)
 class WorkerInfo:
     """A worker process as it announces itself (for /readyz and /v1/models)."""
 

@@ -52,12 +52,14 @@ from sqlalchemy.exc import IntegrityError
 from qwen_image_server.domain import ModelName
 from qwen_image_server.errors import InvalidParameter
 from qwen_image_server.report import TaskReport
+from qwen_image_server.tasks import counted
 from qwen_image_server.tasks.database import Database
 from qwen_image_server.tasks.idempotency import check_fingerprint, claim_key, key_row, task_holding_key
 from qwen_image_server.tasks.inputs import attach_inputs, delete_inputs_of, store_inputs
 from qwen_image_server.tasks.model import (
     IDEMPOTENCY_TTL_SECONDS,
     TERMINAL_STATUSES,
+    ActiveTasks,
     Idempotency,
     NewTask,
     Progress,
@@ -139,9 +141,10 @@ class SqlTaskStore:
             return task_from_row(values, request=new.request.without_inputs())
 
         try:
-            return await self._database.run_write(create)
+            task = await self._database.run_write(create)
         except IntegrityError as exc:
             raise TaskConflict(f"a task with id {new.id!r} already exists") from exc
+        return counted.created(task) if task.id == new.id else task  # else: the key's earlier task
 
     async def replay(self, owner: str | None, idempotency: Idempotency) -> Task | None:
         """The task an unexpired use of this key (with the same request) made, or None; raises
@@ -221,10 +224,14 @@ class SqlTaskStore:
             raise TaskNotFound(f"there is no task {task_id!r}")
         return None if row.ahead is None else int(row.ahead)
 
+    async def active_tasks(self) -> list[ActiveTasks]:
+        rows = await self._database.run_read(lambda conn: conn.execute(_ACTIVE_TASKS).all())
+        return [ActiveTasks(ModelName(row.model), TaskStatus(row.status), row.tasks, row.oldest) for row in rows]
+
     async def request_cancel(self, task_id: str) -> Task:
         now = self._clock()
 
-        def cancel(conn: Connection) -> Row | None:
+        def cancel(conn: Connection) -> tuple[Row | None, bool]:
             canceled = conn.execute(
                 update(tasks)
                 .where(tasks.c.id == task_id, tasks.c.status == QUEUED)
@@ -232,6 +239,7 @@ class SqlTaskStore:
                 .returning(*tasks.c)
             )
             row: Row | None = canceled.mappings().first()
+            ended = row is not None
             if row is not None:
                 _ended(conn, row, now)
             else:
@@ -243,13 +251,13 @@ class SqlTaskStore:
                 row = _task_row(conn, task_id)
             if row is not None:
                 _announce(conn, [row])
-            return row
+            return row, ended
 
-        row = await self._database.run_write(cancel)
+        row, ended = await self._database.run_write(cancel)
         if row is None:
             raise TaskNotFound(f"there is no task {task_id!r}")
         self._changes.changed(task_id)
-        return task_from_row(row)
+        return counted.ended(task_from_row(row)) if ended else task_from_row(row)
 
     # -- worker side -----------------------------------------------------------------------------
 
@@ -284,7 +292,9 @@ class SqlTaskStore:
         for row in rows:
             self._changes.changed(row["id"])
         order = {task_id: position for position, task_id in enumerate(task_ids)}
-        return [task_from_row(row) for row in sorted(rows, key=lambda row: order[row["id"]])]
+        claimed = [task_from_row(row) for row in sorted(rows, key=lambda row: order[row["id"]])]
+        counted.claimed(claimed)
+        return claimed
 
     async def with_inputs(self, task: Task) -> Task:
         """The claimed task with the bytes of its input images, which task reads leave out."""
@@ -355,7 +365,7 @@ class SqlTaskStore:
 
         row = await self._database.run_write(retry)
         self._changes.changed(task_id)
-        return task_from_row(row)
+        return counted.ended(task_from_row(row))
 
     async def release(self, task_id: str, worker_id: str) -> Task:
         """Back to the queue, the attempt not counted; a task whose cancel was requested is canceled
@@ -371,7 +381,7 @@ class SqlTaskStore:
         }
         row = await self._database.run_write(lambda conn: _transition(conn, task_id, worker_id, values, now))
         self._changes.changed(task_id)
-        return task_from_row(row)
+        return counted.ended(task_from_row(row))
 
     async def requeue_expired(self, now: datetime) -> list[Task]:
         expired = (
@@ -400,7 +410,7 @@ class SqlTaskStore:
         changed = await self._database.run_write(requeue)
         for changed_row in changed:
             self._changes.changed(changed_row["id"])
-        return [task_from_row(changed_row) for changed_row in changed]
+        return [counted.ended(task_from_row(changed_row)) for changed_row in changed]
 
     async def delete_finished_before(self, cutoff: datetime) -> list[Task]:
         statement = delete(tasks).where(tasks.c.status.in_(TERMINAL), tasks.c.finished_at < cutoff).returning(*tasks.c)
@@ -420,7 +430,7 @@ class SqlTaskStore:
         values = {**values, "finished_at": now, "updated_at": now, "lease_expires_at": None}
         row = await self._database.run_write(lambda conn: _transition(conn, task_id, worker_id, values, now))
         self._changes.changed(task_id)
-        return task_from_row(row)
+        return counted.ended(task_from_row(row))
 
     # -- workers ---------------------------------------------------------------------------------
 
@@ -561,6 +571,11 @@ def _queue_position_query(*, whole_task: bool = False) -> Select[Any]:
 
 _QUEUE_POSITION = _queue_position_query()
 _TASK_AND_QUEUE_POSITION = _queue_position_query(whole_task=True)
+_ACTIVE_TASKS = (
+    select(tasks.c.model, tasks.c.status, func.count().label("tasks"), func.min(tasks.c.created_at).label("oldest"))
+    .where(tasks.c.status.in_((QUEUED, RUNNING)))  # the status index: finished tasks are not read
+    .group_by(tasks.c.model, tasks.c.status)
+)
 
 
 def _before(created_at: datetime, task_id: str) -> ColumnElement[bool]:

@@ -19,6 +19,7 @@ from qwen_image_server.domain import ModelName
 from qwen_image_server.errors import CallerError
 from qwen_image_server.report import TaskReport
 from qwen_image_server.tasks.model import (
+    ActiveTasks,
     Idempotency,
     NewTask,
     Progress,
@@ -98,6 +99,10 @@ class TaskStore(Protocol):
 
     async def get_with_position(self, task_id: str) -> tuple[Task, int | None]:
         """The task and its `queue_position`, read together (a poll of the native API is one read)."""
+
+    async def active_tasks(self) -> list[ActiveTasks]:
+        """Queued and running tasks counted per model and status, with the oldest's creation time
+        (one query, for the metrics of each scrape); models with none are left out."""
 
     async def request_cancel(self, task_id: str) -> Task:
         """A queued task becomes canceled at once; a running one gets `cancel_requested` (its worker

@@ -61,6 +61,8 @@ from qwen_image_server.errors import (
     StorageUnavailable,
     StoreUnavailable,
 )
+from qwen_image_server.metrics import gpu
+from qwen_image_server.metrics.recorded import StepClock
 from qwen_image_server.report import CONTENT_WITHHELD, TaskReport
 from qwen_image_server.results.store import ResultStore
 from qwen_image_server.settings import Settings
@@ -291,6 +293,7 @@ class Worker:
         while True:
             await asyncio.sleep(self.settings.lease_seconds / 3)
             await self._announce(self._state)
+            gpu.publish()  # metrics/gpu.py: GPU memory for the scrapes of other processes
 
     async def _announce(self, state: str) -> None:
         self._state = state
@@ -344,7 +347,7 @@ class Worker:
         await self._complete(task, images, run)
 
     def _generate(self, batch: Sequence[Task], runs: Sequence[_Run], near_end: Callable[[], None]) -> Sequence[Outcome]:
-        steps = _BatchSteps(runs, near_end)
+        steps = _BatchSteps(runs, near_end, StepClock(batch[0].model.value))
         entries = [
             BatchEntry(task.request, on_step=steps.relay(index), on_partial=run.partials.append, cancel=run.cancel)
             for index, (task, run) in enumerate(zip(batch, runs, strict=True))
@@ -491,14 +494,16 @@ class _BatchSteps:
     claim the next batch. (Also right for an engine that runs the requests one after another: the
     first request's last step is not the batch's.)"""
 
-    def __init__(self, runs: Sequence[_Run], near_end: Callable[[], None]) -> None:
+    def __init__(self, runs: Sequence[_Run], near_end: Callable[[], None], clock: StepClock) -> None:
         self._runs = runs
+        self._clock = clock  # the step time histogram
         self._near_end = near_end
         self._in_last_step = [False] * len(runs)
         self._told = False
 
     def relay(self, index: int) -> Callable[[StepProgress], None]:
         def on_step(progress: StepProgress) -> None:
+            self._clock.tick(progress.step)
             self._runs[index].latest = progress
             if progress.step == progress.total - 1:
                 self._in_last_step[index] = True
