@@ -62,7 +62,7 @@ async def measure(database_url: str, changes: int) -> dict[str, list[float]]:
 async def writes_without_notify(writer: SqlTaskStore, task_id: str, changes: int) -> dict[str, list[float]]:
     """The same heartbeats with the store's NOTIFY replaced by nothing (a bench-only patch)."""
 
-    async def silent(*_args: object, **_kwargs: object) -> None:
+    def silent(*_args: object, **_kwargs: object) -> None:
         return None
 
     write_ms = []
