@@ -14,7 +14,7 @@ their rows there: `SqlTaskStore` (tasks/sql.py), `SqlKeyStore` (tasks/keys.py) a
   SQLite is a library, not a server, and the async driver (aiosqlite) hops threads for every
   cursor, execute, fetch, BEGIN and ROLLBACK (about a dozen hops for a poll, each a wake-up of
   another thread under the GIL: 7 ms of a 10 ms poll on 2 cores, bench/api_ceiling.py); one hop
-  per transaction keeps the event loop free and costs what one statement did. Reads run in a few
+  per transaction keeps the event loop free and costs what one statement did. Reads run in two
   threads alongside each other (WAL); writes in one thread, this process's writers' turn;
 - `read()` and `write()`: an `AsyncConnection` for the few that need one (migrations, tests);
 - on SQLite, this process's turn to write (see `write`);
@@ -50,7 +50,9 @@ from qwen_image_server.tasks.notify import TaskChangeListener
 from qwen_image_server.tasks.sqlite import READ_ONLY_OPTION, create_sqlite_engine, create_sync_sqlite_engine, is_sqlite
 
 RETRY_AFTER_SECONDS = 5  # about what a database restart or fail-over takes
-SQLITE_READ_THREADS = 2  # reads at once on SQLite: 2 beat 4 (polls +20%, p99 halved, bench/api_ceiling.py) and 1 (no head-of-line wait)
+# Reads at once on SQLite. 2 beat 4 (fewer threads contend less for the GIL: polls +20% and p99
+# halved in bench/api_ceiling.py); 1 did as well but made every read wait behind a slow one.
+SQLITE_READ_THREADS = 2
 T = TypeVar("T")
 
 
