@@ -211,6 +211,18 @@ def test_run_answers_with_the_output(fal: Any) -> None:
     assert refused.value.status_code == 422 and refused.value.message[0]["loc"] == ["body", "prompt"]
 
 
+def test_fal_headers_with_no_meaning_here_are_reported_not_applied(fal: Any, live_server: LiveServer) -> None:
+    headers = {"Authorization": f"Key {KEY}", "X-Fal-Request-Timeout": "30", "X-Fal-Runner-Hint": "a"}
+    body = {"prompt": "a fox", **FAST}
+    queued = httpx.post(f"{live_server.url}/fal-ai/qwen-image", json=body, headers=headers, timeout=60).json()
+    assert set(queued["not_applied"]) == {"X-Fal-Request-Timeout", "X-Fal-Runner-Hint"}
+    ran = httpx.post(f"{live_server.url}/run/fal-ai/qwen-image", json=body, headers=headers, timeout=120).json()
+    assert {"X-Fal-Request-Timeout", "X-Fal-Runner-Hint"} <= set(ran["not_applied"])  # with the task's own
+    key_only = {"Authorization": f"Key {KEY}"}
+    bare = httpx.post(f"{live_server.url}/fal-ai/qwen-image", json=body, headers=key_only, timeout=60)
+    assert "not_applied" not in bare.json()  # nothing to report
+
+
 def test_the_webhook_gets_fals_body(fal: Any) -> None:
     with receiving() as receiver:
         handle = fal.submit("fal-ai/qwen-image", {"prompt": "a fox", "seed": 5, **FAST}, webhook_url=receiver.url)

@@ -100,6 +100,9 @@ class QueuedOut(BaseModel):
     status_url: str
     cancel_url: str
     queue_position: int = 0
+    not_applied: dict[str, str] | None = Field(
+        default=None, description="Our addition: request headers sent and not used here, with the reason."
+    )
 
 
 class LogLine(BaseModel):
