@@ -129,13 +129,17 @@ async def task_callbacks(service: Service, task_id: str, caller: Caller) -> list
     return await service.callbacks.for_task(task.id)
 
 
+def public_base(service: Service, request: Request) -> str:
+    """Where clients reach this server: `public_url` (behind a proxy), else the URL the client used."""
+    return service.settings.public_url or str(request.base_url)
+
+
 class ResultLinks:
-    """Result links for an API answer: signed ones under `public_url`, else under the URL the client
-    used; or presigned URLs of the store (setting `results_links`)."""
+    """Result links for an API answer: signed ones under `public_base`; or presigned URLs of the
+    store (setting `results_links`)."""
 
     def __init__(self, service: Service, request: Request) -> None:
-        base = service.settings.public_url or str(request.base_url)
-        self._link = result_linker(service.signer, service.presigner, base)
+        self._link = result_linker(service.signer, service.presigner, public_base(service, request))
 
     def __call__(self, image: StoredImage, task: Task) -> tuple[str, datetime]:
         return self._link(image, task)

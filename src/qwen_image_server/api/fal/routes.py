@@ -47,7 +47,14 @@ from qwen_image_server.api.fal.translate import (
     to_generation_request,
 )
 from qwen_image_server.api.spec import EVENT_STREAM
-from qwen_image_server.api.tasks import ResultLinks, WaitTimedOut, next_state, owned_task_and_position, wait_attended
+from qwen_image_server.api.tasks import (
+    ResultLinks,
+    WaitTimedOut,
+    next_state,
+    owned_task_and_position,
+    public_base,
+    wait_attended,
+)
 from qwen_image_server.domain import ModelName
 from qwen_image_server.errors import CallerError, QwenImageError
 from qwen_image_server.service import Service
@@ -60,6 +67,11 @@ RUN_PREFIX = f"/run/{OWNER}"
 KEY_HEADER = "Authorization"
 KEY_SCHEME = "Key"  # `Authorization: Key <key>`
 PRIORITY_HEADER = "X-Fal-Queue-Priority"  # normal | low
+# Headers fal-client may send that mean nothing here: the answer says so (`not_applied`).
+UNUSED_HEADERS = {
+    "X-Fal-Request-Timeout": "not applied: a queued request waits for a worker however long it takes",
+    "X-Fal-Runner-Hint": "not applied: this server has no runners to choose from",
+}
 _BODIES: dict[str, type[CommonInput]] = {
     "qwen-image": TextToImageInput,
     "qwen-image-edit": EditInput,
@@ -94,9 +106,6 @@ def fal_router(service: Service) -> APIRouter:
     async def caller_of(request: Request, scope: Scope = Scope.GENERATE) -> Caller:
         return await authenticate(service, request, KEY_HEADER, scheme=KEY_SCHEME, scope=scope)
 
-    def base_url(request: Request) -> str:
-        return service.settings.public_url or str(request.base_url)
-
     async def create(
         model: ModelName, body: CommonInput, request: Request, caller: Caller, callback_url: str | None = None
     ) -> Task:
@@ -124,14 +133,15 @@ def fal_router(service: Service) -> APIRouter:
         ) -> QueuedOut:
             caller = await caller_of(request)
             task = await create(model, body, request, caller, callback_url=fal_webhook)
-            urls = RequestUrls.of(base_url(request), task)
-            _, position = await owned_task_and_position(service, task.id, caller)
+            urls = RequestUrls.of(public_base(service, request), task)
+            position = await service.store.queue_position(task.id)
             return QueuedOut(
                 request_id=task.id,
                 response_url=urls.response_url,
                 status_url=urls.status_url,
                 cancel_url=urls.cancel_url,
                 queue_position=position or 0,
+                not_applied=unused_headers(request),
             )
 
         submit.__annotations__["body"] = body_type  # the class itself: FastAPI cannot resolve a closure's name
@@ -146,7 +156,10 @@ def fal_router(service: Service) -> APIRouter:
             except WaitTimedOut:
                 late = f"the output was not ready within {limit:g} seconds; the request was canceled"
                 raise RunTimedOut(late) from None
-            return await output(task, request)
+            out = await output(task, request)
+            if (unused := unused_headers(request)) is None:
+                return out
+            return out.model_copy(update={"not_applied": {**(out.not_applied or {}), **unused}})
 
         run.__annotations__["body"] = body_type
         return run
@@ -158,6 +171,7 @@ def fal_router(service: Service) -> APIRouter:
             submit_route(model, body_type),
             methods=["POST"],
             response_model=QueuedOut,
+            response_model_exclude_none=True,
             summary=f"Queue a {OWNER}/{app} request",
             operation_id=f"fal_submit_{app.replace('-', '_')}",
         )
@@ -186,7 +200,7 @@ def fal_router(service: Service) -> APIRouter:
         return JSONResponse(status_body(task, position, request, with_logs=_truthy(logs)))
 
     def status_body(task: Task, position: int | None, request: Request, *, with_logs: bool) -> dict[str, Any]:
-        out = status_out(task, position, RequestUrls.of(base_url(request), task), with_logs=with_logs)
+        out = status_out(task, position, RequestUrls.of(public_base(service, request), task), with_logs=with_logs)
         body = out.model_dump(exclude_none=True)
         if out.status != "IN_QUEUE":
             body["logs"] = body.get("logs")  # fal-client needs the key, null or not
@@ -264,3 +278,9 @@ def render_error(exc: QwenImageError) -> Response:
     if error_type is not None:
         headers["X-Fal-Error-Type"] = error_type
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def unused_headers(request: Request) -> dict[str, str] | None:
+    """fal's headers that the request sent and this server does not use, with why (None: none)."""
+    sent = {name: why for name, why in UNUSED_HEADERS.items() if name in request.headers}
+    return sent or None

@@ -34,7 +34,7 @@ from qwen_image_server.api.replicate.translate import (
     to_prediction,
     version_id,
 )
-from qwen_image_server.api.tasks import ResultLinks, owned_task, requested_wait, wait_for_end
+from qwen_image_server.api.tasks import ResultLinks, owned_task, public_base, requested_wait, wait_for_end
 from qwen_image_server.domain import MODEL_SPECS
 from qwen_image_server.errors import InvalidParameter, QwenImageError
 from qwen_image_server.service import Service, server_webhook_secret
@@ -57,11 +57,9 @@ def replicate_router(service: Service) -> APIRouter:
     async def caller_of(request: Request, scope: Scope = Scope.READ) -> Caller:
         return await authenticate(service, request, "Authorization", scope=scope)
 
-    def base_of(request: Request) -> str:
-        return service.settings.public_url or str(request.base_url)
-
     def render(task: Task, request: Request, *, just_created: bool = False) -> PredictionOut:
-        return to_prediction(task, ResultLinks(service, request), base_of(request), just_created=just_created)
+        links, base = ResultLinks(service, request), public_base(service, request)
+        return to_prediction(task, links, base, just_created=just_created)
 
     async def create(ref: str, body: ModelPredictionBody, request: Request, response: Response) -> PredictionOut:
         caller = await caller_of(request, Scope.GENERATE)
@@ -77,7 +75,7 @@ def replicate_router(service: Service) -> APIRouter:
         if wait:
             task = await wait_for_end(service, task, wait)
         response.status_code = 201
-        response.headers["Location"] = f"{base_of(request).rstrip('/')}{PREDICTIONS}/{task.id}"
+        response.headers["Location"] = f"{public_base(service, request).rstrip('/')}{PREDICTIONS}/{task.id}"
         return render(task, request, just_created=True)
 
     @router.post(PREDICTIONS, status_code=201, response_model=PredictionOut)
@@ -105,7 +103,7 @@ def replicate_router(service: Service) -> APIRouter:
         following = None
         if page.next_cursor is not None:
             query = {"cursor": page.next_cursor, **({"limit": str(limit)} if limit != PAGE_SIZE else {})}
-            following = f"{base_of(request).rstrip('/')}{PREDICTIONS}?{urlencode(query)}"
+            following = f"{public_base(service, request).rstrip('/')}{PREDICTIONS}?{urlencode(query)}"
         return PredictionPage(next=following, results=[render(task, request) for task in page.tasks])
 
     @router.get(PREDICTIONS + "/{prediction_id}", response_model=PredictionOut)
@@ -138,7 +136,7 @@ def replicate_router(service: Service) -> APIRouter:
         await caller_of(request)
         ref = model_of_ref(f"{OWNER}/{name}")
         return ModelInfoOut(
-            url=f"{base_of(request).rstrip('/')}{MODELS}/{name}",
+            url=f"{public_base(service, request).rstrip('/')}{MODELS}/{name}",
             owner=OWNER,
             name=name,
             description=MODEL_SPECS[REPLICATE_MODELS[ref]].description,
