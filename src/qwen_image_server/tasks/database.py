@@ -13,8 +13,8 @@ their rows there: `SqlTaskStore` (tasks/sql.py), `SqlKeyStore` (tasks/keys.py) a
   greenlet bridge). On SQLite it is one call into a thread that holds a synchronous connection:
   SQLite is a library, not a server, and the async driver (aiosqlite) hops threads for every
   cursor, execute, fetch, BEGIN and ROLLBACK (about a dozen hops for a poll, each a wake-up of
-  another thread under the GIL: a poll's two reads took 7.1 ms that way and 1.1 ms as one call
-  into a thread, on a loaded 2-core machine); one hop per transaction keeps the event loop free. Reads run in two
+  another thread under the GIL); one hop per transaction keeps the event loop free (polls went from
+  0.20 to 0.61 of bench/api_ceiling.py's ceiling with this and the queue-position change). Reads run in two
   threads alongside each other (WAL); writes in one thread, this process's writers' turn;
 - `read()` and `write()`: an `AsyncConnection` for the few that need one (migrations, tests);
 - on SQLite, this process's turn to write (see `write`);
@@ -50,8 +50,8 @@ from qwen_image_server.tasks.notify import TaskChangeListener
 from qwen_image_server.tasks.sqlite import READ_ONLY_OPTION, create_sqlite_engine, create_sync_sqlite_engine, is_sqlite
 
 RETRY_AFTER_SECONDS = 5  # about what a database restart or fail-over takes
-# Reads at once on SQLite. 2 beat 4 (fewer threads contend less for the GIL: polls +20% and p99
-# halved in bench/api_ceiling.py); 1 did as well but made every read wait behind a slow one.
+# Reads at once on SQLite. 2 beat 4 (fewer threads contend less for the GIL: polls 642 -> 742 per s,
+# p99 92 -> 59 ms in bench/api_ceiling.py); 1 did as well but makes every read wait behind a slow one.
 SQLITE_READ_THREADS = 2
 T = TypeVar("T")
 

@@ -552,7 +552,7 @@ def _queue_position_query(*, whole_task: bool = False) -> Select[Any]:
 
     "Before it" is counted as three ranges of the index on (status, priority, created_at), not as one
     OR of them: a database cannot bound an index scan by an OR, and counted all queued tasks for
-    every poll (5 ms a poll with 5,000 queued on SQLite); the three ranges cost what is ahead."""
+    every poll; the three ranges cost what is ahead."""
     task, ahead = tasks.alias("task"), tasks.alias("ahead")
 
     def queued_where(*conditions: ColumnElement[bool]) -> Any:
