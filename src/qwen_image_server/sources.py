@@ -25,6 +25,10 @@ from qwen_image_server.images import MAX_INPUT_BYTES
 from qwen_image_server.safe_fetch import EVERYWHERE, FetchPolicy, IPNetwork, fetch
 
 FETCH_DEADLINE_S = 20.0  # for the whole download: connect, redirects and body
+# "Some bytes": what clients write when they cannot name a file's type (replicate-python's
+# base64_encode_file for a BytesIO or extensionless file, fal_client.encode_file for an extensionless
+# path). It claims nothing, so it is read like a missing type and the content decides.
+UNTYPED_MEDIA_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
 
 
 def read_image_source(ref: str, *, index: int = 0) -> bytes:
@@ -74,8 +78,9 @@ def fetch_url(url: str, *, index: int = 0, allowed_networks: Sequence[IPNetwork]
 
 
 def decode_data_uri(uri: str, *, index: int = 0) -> bytes:
-    """`data:image/png;base64,....` -> bytes. The declared type must be an image type or absent
-    (`data:;base64,...`); which image it is comes from the content (`images`), not the label."""
+    """`data:image/png;base64,....` -> bytes. The declared type must be an image type, absent
+    (`data:;base64,...`) or octet-stream (`UNTYPED_MEDIA_TYPES`); which image it is comes from the
+    content (`images`), not the label."""
     header, _, payload = uri.partition(",")
     param = f"images[{index}]"
     if not header.endswith(";base64") or not payload:
@@ -83,7 +88,7 @@ def decode_data_uri(uri: str, *, index: int = 0) -> bytes:
             f"input image {index + 1}: a data URI must look like data:image/png;base64,<data>", param=param
         )
     media_type = header.removeprefix("data:").split(";", 1)[0].strip().lower()
-    if media_type and not media_type.startswith("image/"):
+    if media_type not in UNTYPED_MEDIA_TYPES and not media_type.startswith("image/"):
         raise InvalidImage(
             f"input image {index + 1}: the data URI declares {media_type}, not an image type "
             "(send data:image/png;base64,<data>, or another image/* type)",

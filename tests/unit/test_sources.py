@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import ipaddress
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,7 +41,7 @@ def test_bad_data_uris_are_refused(uri: str) -> None:
         read_image_source(uri)
 
 
-@pytest.mark.parametrize("media_type", ["text/plain", "application/octet-stream", "TEXT/HTML;charset=utf-8"])
+@pytest.mark.parametrize("media_type", ["text/plain", "application/json", "TEXT/HTML;charset=utf-8"])
 def test_a_data_uri_declaring_a_non_image_type_is_refused(media_type: str) -> None:
     uri = f"data:{media_type};base64," + base64.b64encode(picture_bytes()).decode()
     with pytest.raises(InvalidImage, match=f"declares {media_type.split(';')[0].lower()}, not an image") as caught:
@@ -48,10 +49,39 @@ def test_a_data_uri_declaring_a_non_image_type_is_refused(media_type: str) -> No
     assert caught.value.param == "images[1]"
 
 
-@pytest.mark.parametrize("header", ["data:image/jpeg;base64", "data:IMAGE/WEBP;base64", "data:;base64"])
+@pytest.mark.parametrize(
+    "header",
+    [
+        "data:image/jpeg;base64",
+        "data:IMAGE/WEBP;base64",
+        "data:;base64",
+        # "any bytes": what clients label a file they cannot name, so the content decides as with no type
+        "data:application/octet-stream;base64",
+        "data:Binary/Octet-Stream;base64",
+    ],
+)
 def test_a_data_uri_with_an_image_type_or_none_is_read(header: str) -> None:
     data = picture_bytes()  # the label need not match the content: the content decides
     assert read_remote_image(f"{header}," + base64.b64encode(data).decode()) == data
+
+
+def test_replicates_encoder_of_an_unnamed_file_is_read() -> None:
+    # replicate-python's base64_encode_file labels a BytesIO (no name) application/octet-stream
+    from replicate.helpers import base64_encode_file
+
+    uri = base64_encode_file(io.BytesIO(picture_bytes()))
+    assert uri.startswith("data:application/octet-stream;base64,")
+    assert read_remote_image(uri) == picture_bytes()
+
+
+def test_fal_clients_encoder_of_an_extensionless_file_is_read(tmp_path: Path) -> None:
+    from fal_client import encode_file
+
+    path = tmp_path / "upload"  # no extension: fal_client cannot guess a type
+    path.write_bytes(picture_bytes())
+    uri = encode_file(path)
+    assert uri.startswith("data:application/octet-stream;base64,")
+    assert read_remote_image(uri) == picture_bytes()
 
 
 def test_base64_tolerates_line_breaks() -> None:
