@@ -179,8 +179,9 @@ def synthesis_ask(body: SynthesisBody) -> Ask:
 
 
 def dashscope_size(text: str) -> tuple[int, int]:
-    """`"W*H"` -> (width, height), each side rounded to the nearest multiple of 16 (the model's
-    grid): DashScope lists sizes such as 1472*1140, which become 1472*1136."""
+    """`"W*H"` -> (width, height) as asked, each side MIN_SIDE to MAX_SIDE. Sides off the model's
+    16-pixel grid (DashScope lists sizes such as 1472*1140) are kept: the engine generates on the grid
+    and crops the centre back to this size (`domain.generation_size`)."""
     match = _SIZE.match(text)
     if match is None:
         raise InvalidParameter(f'size {text!r} is not "WIDTH*HEIGHT", e.g. "1328*1328"', param="size")
