@@ -13,14 +13,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from qwen_image_server.api.dashscope.schemas import TaskListItem, TaskListResponse
-from qwen_image_server.api.dashscope.translate import (
+from qwen_image_server.api.dashscope.schemas import (
     EDIT_NAMES,
     EDIT_PLUS_NAMES,
-    TASK_STATUS,
     TEXT_TO_IMAGE_NAMES,
-    undated,
+    TaskListItem,
+    TaskListResponse,
 )
+from qwen_image_server.api.dashscope.translate import TASK_STATUS, undated
 from qwen_image_server.domain import ModelName
 from qwen_image_server.errors import InvalidParameter
 from qwen_image_server.tasks.model import Task, TaskStatus

@@ -9,6 +9,25 @@ Response models are rendered without their None fields.
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
+
+from qwen_image_server.api.wire import spec_requires
+
+# DashScope's model names -> ours (translate.resolve_model). qwen-image-edit with 2-3 images runs as
+# qwen-image-edit-plus. Each name also has dated snapshots, `<name>-YYYY-MM-DD`
+# (qwen-image-plus-2026-01-09, ...): the rule takes them all, so that a new snapshot needs no change.
+TEXT_TO_IMAGE_NAMES = frozenset({"qwen-image", "qwen-image-plus", "qwen-image-max"})
+EDIT_NAMES = frozenset({"qwen-image-edit"})
+EDIT_PLUS_NAMES = frozenset({"qwen-image-edit-plus"})
+MODEL_NAMES = sorted(TEXT_TO_IMAGE_NAMES | EDIT_NAMES | EDIT_PLUS_NAMES)
+# For the spec: a name, or a dated one on a real date (`undated` checks it; 29 February is left out
+# of the pattern, not refused).
+_MONTH_DAY = r"(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])|(?:0[13-9]|1[0-2])-(?:29|30)|(?:0[13578]|1[02])-31)"
+MODEL_NAME_PATTERN = rf"^(?:{'|'.join(MODEL_NAMES)})(?:-[1-9][0-9]{{3}}-{_MONTH_DAY})?$"
+# `model` and `input` are optional to pydantic so that their absence gets DashScope's own codes, but
+# required in the spec: a request without them is refused.
+_REQUIRED_IN_SPEC = ConfigDict(extra="ignore", json_schema_extra=spec_requires("model", "input"))
+_MODEL_FIELD_SPEC: JsonDict = {"pattern": MODEL_NAME_PATTERN}
 
 
 class _Lenient(BaseModel):
@@ -53,7 +72,13 @@ class MultimodalInput(_Lenient):
 class MultimodalBody(_Lenient):
     """POST /api/v1/services/aigc/multimodal-generation/generation (and Pixazo's endpoint)."""
 
-    model: str | None = Field(default=None, description="qwen-image, qwen-image-plus, qwen-image-edit, ...")
+    model_config = _REQUIRED_IN_SPEC
+
+    model: str | None = Field(
+        default=None,
+        description="qwen-image, qwen-image-plus, qwen-image-edit, ...",
+        json_schema_extra=_MODEL_FIELD_SPEC,
+    )
     input: MultimodalInput | None = None
     parameters: Parameters = Field(default_factory=Parameters)
 
@@ -67,7 +92,9 @@ class SynthesisInput(_Lenient):
 class SynthesisBody(_Lenient):
     """POST /api/v1/services/aigc/text2image/image-synthesis (with `X-DashScope-Async: enable`)."""
 
-    model: str | None = None
+    model_config = _REQUIRED_IN_SPEC
+
+    model: str | None = Field(default=None, json_schema_extra=_MODEL_FIELD_SPEC)
     input: SynthesisInput | None = None
     parameters: Parameters = Field(default_factory=Parameters)
 

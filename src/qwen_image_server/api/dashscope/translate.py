@@ -22,6 +22,10 @@ from qwen_image_server.api.dashscope.errors import (
     task_error_code,
 )
 from qwen_image_server.api.dashscope.schemas import (
+    EDIT_NAMES,
+    EDIT_PLUS_NAMES,
+    MODEL_NAMES,
+    TEXT_TO_IMAGE_NAMES,
     AssistantMessage,
     Choice,
     ImageContent,
@@ -54,13 +58,6 @@ MAX_NEGATIVE_PROMPT_CHARS = 500
 MAX_IMAGES = 6  # `n`: DashScope's largest (qwen-image-edit-plus)
 MAX_INPUT_IMAGES = 3
 
-# DashScope's model names -> ours. qwen-image-edit with 2-3 images runs as qwen-image-edit-plus.
-# Each name also has dated snapshots, `<name>-YYYY-MM-DD` (qwen-image-plus-2026-01-09, ...): the
-# rule takes them all, so that a new snapshot needs no change here.
-TEXT_TO_IMAGE_NAMES = frozenset({"qwen-image", "qwen-image-plus", "qwen-image-max"})
-EDIT_NAMES = frozenset({"qwen-image-edit"})
-EDIT_PLUS_NAMES = frozenset({"qwen-image-edit-plus"})
-MODEL_NAMES = sorted(TEXT_TO_IMAGE_NAMES | EDIT_NAMES | EDIT_PLUS_NAMES)
 _DATED = re.compile(r"^(?P<name>.+)-(?P<date>\d{4}-\d{2}-\d{2})$")
 
 TASK_STATUS = {

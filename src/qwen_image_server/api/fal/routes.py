@@ -55,6 +55,7 @@ from qwen_image_server.api.tasks import (
     public_base,
     wait_attended,
 )
+from qwen_image_server.api.wire import HTTP_URL_SPEC_PATTERN
 from qwen_image_server.domain import ModelName
 from qwen_image_server.errors import CallerError, QwenImageError
 from qwen_image_server.service import Service
@@ -129,7 +130,11 @@ def fal_router(service: Service) -> APIRouter:
         async def submit(
             body: body_type,  # type: ignore[valid-type]
             request: Request,
-            fal_webhook: str | None = Query(default=None, description="POSTed fal's webhook body when it ends."),
+            fal_webhook: str | None = Query(
+                default=None,
+                description="POSTed fal's webhook body when it ends.",
+                json_schema_extra={"pattern": HTTP_URL_SPEC_PATTERN},  # within what check_url takes
+            ),
         ) -> QueuedOut:
             caller = await caller_of(request)
             task = await create(model, body, request, caller, callback_url=fal_webhook)

@@ -11,8 +11,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from qwen_image_server.api.wire import HTTP_URL_SPEC_PATTERN, PROMPT_SPEC_PATTERN
 from qwen_image_server.domain import MAX_LORA_SCALE, MAX_REQUEST_LORAS
-from qwen_image_server.safe_fetch import HTTP_URL_PATTERN
 
 KieModelName = Literal["qwen/text-to-image", "qwen/image-to-image", "qwen/image-edit"]
 ImageSizePreset = Literal["square", "square_hd", "portrait_4_3", "portrait_16_9", "landscape_4_3", "landscape_16_9"]
@@ -37,7 +37,7 @@ class KieInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(max_length=MAX_PROMPT_CHARS)
+    prompt: str = Field(max_length=MAX_PROMPT_CHARS, json_schema_extra={"pattern": PROMPT_SPEC_PATTERN})
     image_url: str | None = Field(
         default=None,
         description="qwen/image-edit: the image to edit; qwen/image-to-image: the image to start from (http(s) URL or "
@@ -93,7 +93,7 @@ class CreateTaskBody(BaseModel):
     callBackUrl: str | None = Field(
         default=None,
         max_length=2048,
-        json_schema_extra={"pattern": HTTP_URL_PATTERN},  # what `_http_url` checks
+        json_schema_extra={"pattern": HTTP_URL_SPEC_PATTERN},  # within what `_http_url` checks
     )
     input: KieInput
 

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from qwen_image_server.api.wire import (
+    HTTP_URL_SPEC_PATTERN,
+    IMAGE_REF_SPEC_PATTERN,
+    PROMPT_SPEC_PATTERN,
+    size_text_pattern,
+)
 from qwen_image_server.domain import (
     DEFAULT_IMAGE_TO_IMAGE_STRENGTH,
     MAX_CFG,
@@ -19,13 +25,11 @@ from qwen_image_server.domain import (
     MIN_STEPS,
     SEED_MAX,
     SIZE_PRESETS,
-    SIZE_TEXT_PATTERN,
     Acceleration,
     LoraChoice,
     ModelName,
     OutputFormat,
 )
-from qwen_image_server.safe_fetch import HTTP_URL_PATTERN
 
 
 class CreateTaskBody(BaseModel):
@@ -38,11 +42,12 @@ class CreateTaskBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: ModelName = Field(description="qwen-image, qwen-image-edit or qwen-image-edit-plus.")
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, json_schema_extra={"pattern": PROMPT_SPEC_PATTERN})
     negative_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
     size: str | None = Field(
         default=None,
-        json_schema_extra={"pattern": SIZE_TEXT_PATTERN},  # checked by parse_size, with a better message
+        # checked by parse_size and check_side, with better messages
+        json_schema_extra={"pattern": size_text_pattern(MIN_SIDE, MAX_SIDE, names=tuple(SIZE_PRESETS))},
         description=f"`1024x1024`, `1024*1024` or a preset ({', '.join(SIZE_PRESETS)}); sides {MIN_SIDE}-{MAX_SIDE}.",
     )
     width: int | None = Field(default=None, ge=MIN_SIDE, le=MAX_SIDE)
@@ -81,6 +86,7 @@ class CreateTaskBody(BaseModel):
     images: list[str] = Field(
         default_factory=list,
         max_length=MAX_INPUT_IMAGES,
+        json_schema_extra={"items": {"type": "string", "pattern": IMAGE_REF_SPEC_PATTERN}},  # read by sources.py
         description=(
             "Input images: http(s) URLs, data URIs or bare base64. One for qwen-image-edit, 1-3 for "
             "qwen-image-edit-plus; one for qwen-image makes it image-to-image (see `strength`)."
@@ -115,7 +121,7 @@ class CreateTaskBody(BaseModel):
     callback_url: str | None = Field(
         default=None,
         max_length=2048,
-        json_schema_extra={"pattern": HTTP_URL_PATTERN},  # checked by check_url: url_not_allowed
+        json_schema_extra={"pattern": HTTP_URL_SPEC_PATTERN},  # checked by check_url: url_not_allowed
         description="Receives the final task when it ends, signed with Standard Webhooks headers (docs/callbacks.md).",
     )
     priority: int = Field(default=0, ge=-100, le=100, description="Higher runs first; equal priorities run in order.")

@@ -11,20 +11,21 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, field_validator
 
-from qwen_image_server.api.wire import LenientRequest
+from qwen_image_server.api.wire import HTTP_URL_SPEC_PATTERN, PROMPT_SPEC_PATTERN, LenientRequest, size_text_pattern
 from qwen_image_server.domain import SEED_MAX
-from qwen_image_server.safe_fetch import HTTP_URL_PATTERN
 
 NovitaStatus = Literal["TASK_STATUS_QUEUED", "TASK_STATUS_PROCESSING", "TASK_STATUS_SUCCEED", "TASK_STATUS_FAILED"]
 
 DEFAULT_SIZE = "1024*1024"
+NOVITA_MIN_SIDE = 256
+NOVITA_MAX_SIDE = 1536
 
 
 class Webhook(LenientRequest):
     url: str = Field(
         max_length=2048,
         description="Receives the task result when the task ends.",
-        json_schema_extra={"pattern": HTTP_URL_PATTERN},  # what `_http_url` checks, with its own message
+        json_schema_extra={"pattern": HTTP_URL_SPEC_PATTERN},  # within what `_http_url` checks
     )
 
     @field_validator("url")
@@ -50,15 +51,24 @@ class ExtraIn(LenientRequest):
 class Txt2ImgBody(LenientRequest):
     """`POST /v3/async/qwen-image-txt2img`."""
 
-    prompt: str = Field(description="Text prompt for image generation.")
-    size: str = Field(default=DEFAULT_SIZE, description="`width*height`, 256 to 1536 per side.")
+    prompt: str = Field(
+        description="Text prompt for image generation.",
+        json_schema_extra={"minLength": 1, "pattern": PROMPT_SPEC_PATTERN},
+    )
+    size: str = Field(
+        default=DEFAULT_SIZE,
+        description=f"`width*height`, {NOVITA_MIN_SIDE} to {NOVITA_MAX_SIDE} per side.",
+        json_schema_extra={"pattern": size_text_pattern(NOVITA_MIN_SIDE, NOVITA_MAX_SIDE)},  # what novita_size reads
+    )
     extra: ExtraIn | None = None
 
 
 class EditBody(LenientRequest):
     """`POST /v3/async/qwen-image-edit`."""
 
-    prompt: str = Field(description="The edit instruction.")
+    prompt: str = Field(
+        description="The edit instruction.", json_schema_extra={"minLength": 1, "pattern": PROMPT_SPEC_PATTERN}
+    )
     image: str = Field(description="The image to edit: an http(s) URL, a data URI or bare base64.")
     seed: int = Field(default=-1, ge=-1, le=SEED_MAX, description="-1 picks a random seed.")
     output_format: Literal["jpeg", "png", "webp"] = "jpeg"

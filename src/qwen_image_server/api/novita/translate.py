@@ -7,6 +7,8 @@ from datetime import datetime
 from typing import Any
 
 from qwen_image_server.api.novita.schemas import (
+    NOVITA_MAX_SIDE,
+    NOVITA_MIN_SIDE,
     DebugInfoOut,
     EditBody,
     ErrorOut,
@@ -33,8 +35,6 @@ from qwen_image_server.results.links import ResultLinker
 from qwen_image_server.tasks.model import Task, TaskStatus, utcnow
 
 DIALECT_NAME = "novita"
-NOVITA_MIN_SIDE = 256
-NOVITA_MAX_SIDE = 1536
 RANDOM_SEED = -1
 TASK_TYPES = {
     ModelName.QWEN_IMAGE: "QWEN_IMAGE_TEXT_TO_IMAGE",

@@ -50,11 +50,18 @@ def _edit_form_schema() -> dict[str, Any]:
     options = ImageOptions.model_json_schema()
     binary = {"type": "string", "format": "binary"}
     files = {"image": {"type": "array", "items": binary, "minItems": 1}, "mask": binary}
-    return {
-        "type": "object",
-        "required": ["image", *options["required"]],
-        "properties": {**files, **options["properties"]},
-    }
+    fields = {name: _not_null(field) for name, field in options["properties"].items()}
+    return {"type": "object", "required": ["image", *options["required"]], "properties": {**files, **fields}}
+
+
+def _not_null(field: dict[str, Any]) -> dict[str, Any]:
+    """A form field is text: it cannot be JSON null (sent, it is the text "null"), so the spec leaves
+    null out of each field's choices."""
+    choices = [choice for choice in field.get("anyOf", []) if choice != {"type": "null"}]
+    if not choices:
+        return field
+    rest = {key: value for key, value in field.items() if key != "anyOf"}
+    return {**rest, **choices[0]} if len(choices) == 1 else {**rest, "anyOf": choices}
 
 
 # The routes read their bodies themselves (to answer in OpenAI's error shape), so the spec says here

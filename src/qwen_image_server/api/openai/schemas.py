@@ -6,10 +6,26 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from qwen_image_server.api.wire import PROMPT_SPEC_PATTERN, size_text_pattern
+from qwen_image_server.domain import MAX_SIDE, MIN_SIDE, SIZE_PRESETS, ModelName
+
 # Every quality the openai package sends (`standard` and `hd` are the retired DALL-E ones), and the
 # ones OpenAI answers with: what `auto`, `standard` and `hd` come to here (translate.QUALITY_STEPS).
 Quality = Literal["auto", "low", "medium", "high", "xhigh", "max", "standard", "hd"]
 AnsweredQuality = Literal["low", "medium", "high", "xhigh", "max"]
+
+# Clients written for OpenAI often hard-code its model names; they get ours. OpenAI adds names (and
+# dated snapshots of them) often, so every name of its image model families is taken, not a list.
+OPENAI_MODEL_FAMILIES = ("gpt-image-", "chatgpt-image-", "dall-e-")
+
+
+def _model_pattern(*ours: str) -> str:
+    """Any name of OpenAI's image families, or one of `ours` (translate.generation_model, edit_model)."""
+    return rf"^(?:(?:{'|'.join(OPENAI_MODEL_FAMILIES)})|(?:{'|'.join(ours)})$)"
+
+
+# `auto`, or what parse_size reads with sides the model can make (GenerationRequest checks them).
+SIZE_SPEC_PATTERN = rf"^auto$|{size_text_pattern(MIN_SIDE, MAX_SIDE, names=tuple(SIZE_PRESETS))}"
 
 
 class OpenAIError(BaseModel):
@@ -30,15 +46,21 @@ class ImageOptions(BaseModel):
 
     model_config = ConfigDict(extra="ignore")  # OpenAI adds fields often; unknown ones are ignored
 
-    prompt: str = Field(min_length=1, max_length=32_000)
-    model: str | None = None
+    prompt: str = Field(min_length=1, max_length=32_000, json_schema_extra={"pattern": PROMPT_SPEC_PATTERN})
+    model: str | None = Field(
+        default=None, json_schema_extra={"pattern": _model_pattern(*(m.value for m in ModelName))}
+    )
     n: int = Field(default=1, ge=1, le=10)
-    size: str = "auto"
+    size: str = Field(default="auto", json_schema_extra={"pattern": SIZE_SPEC_PATTERN})
     quality: Quality = "auto"
     response_format: Literal["url", "b64_json"] = "url"
     output_format: Literal["png", "jpeg", "webp"] = "png"
     output_compression: int | None = Field(default=None, ge=0, le=100)
-    background: Literal["auto", "opaque", "transparent"] = "auto"
+    background: Literal["auto", "opaque", "transparent"] = Field(
+        default="auto",
+        description="`transparent` is refused (400 invalid_parameter): Qwen-Image makes no alpha channel.",
+        json_schema_extra={"enum": ["auto", "opaque"]},  # what is accepted; `transparent` gets its own message
+    )
     stream: bool = False
     partial_images: int = Field(default=0, ge=0, le=3)
     user: str | None = None
@@ -61,7 +83,7 @@ class ImageOptions(BaseModel):
 
 
 class GenerationBody(ImageOptions):
-    pass
+    model: str | None = Field(default=None, json_schema_extra={"pattern": _model_pattern(ModelName.QWEN_IMAGE.value)})
 
 
 class ImageData(BaseModel):

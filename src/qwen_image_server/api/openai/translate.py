@@ -10,14 +10,17 @@ from typing import cast
 from fastapi.responses import JSONResponse, Response
 from PIL import Image, UnidentifiedImageError
 
-from qwen_image_server.api.openai.schemas import AnsweredQuality, ImageOptions, InputTokensDetails, Usage
+from qwen_image_server.api.openai.schemas import (
+    OPENAI_MODEL_FAMILIES,
+    AnsweredQuality,
+    ImageOptions,
+    InputTokensDetails,
+    Usage,
+)
 from qwen_image_server.domain import GenerationRequest, ModelName, parse_size
 from qwen_image_server.errors import InvalidImage, InvalidParameter, QwenImageError
 from qwen_image_server.tasks.model import Task
 
-# Clients written for OpenAI often hard-code its model names; they get ours. OpenAI adds names (and
-# dated snapshots of them) often, so every name of its image model families is taken, not a list.
-OPENAI_MODEL_FAMILIES = ("gpt-image-", "chatgpt-image-", "dall-e-")
 OUR_MODELS = {model.value for model in ModelName}
 # `quality` chooses the number of denoising steps; None keeps the model's default (50; 40 for
 # edit-plus), which is what `high` is. The values are what the SDK sends; `auto` and the retired

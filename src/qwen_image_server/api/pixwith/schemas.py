@@ -11,7 +11,7 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from qwen_image_server.api.wire import LenientRequest
+from qwen_image_server.api.wire import PROMPT_SPEC_PATTERN, LenientRequest
 
 AspectRatio = Literal["3:4", "9:16", "4:3", "16:9"]
 PixwithStatus = Literal[1, 2, 3]  # 1 processing, 2 completed, 3 failed
@@ -32,7 +32,7 @@ class Options(LenientRequest):
 class CreateBody(LenientRequest):
     """`POST /api/task/create`."""
 
-    prompt: str
+    prompt: str = Field(json_schema_extra={"minLength": 1, "pattern": PROMPT_SPEC_PATTERN})
     image_urls: list[str] | None = Field(default=None, description="One image: image-to-image mode.")
     model_id: str = Field(
         description=f"{QWEN_IMAGE_MODEL_ID} (Qwen Image).",

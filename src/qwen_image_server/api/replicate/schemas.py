@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from qwen_image_server.api.wire import HTTP_URL_SPEC_PATTERN, PROMPT_SPEC_PATTERN
 from qwen_image_server.domain import MAX_LORA_SCALE, MAX_SIDE, MAX_STEPS, MIN_SIDE, MIN_STEPS, SEED_MAX
 
 PredictionStatus = Literal["starting", "processing", "succeeded", "failed", "canceled"]
@@ -26,7 +27,7 @@ class PredictionInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(min_length=1)
+    prompt: str = Field(min_length=1, json_schema_extra={"pattern": PROMPT_SPEC_PATTERN})
     seed: int | None = Field(default=None, ge=0, le=SEED_MAX, description="Random when not set.")
     image: str | list[str] | None = Field(
         default=None,
@@ -75,8 +76,17 @@ class PredictionInput(BaseModel):
 
 
 class _Webhooks(BaseModel):
-    webhook: str | None = Field(default=None, max_length=2048)
-    webhook_completed: str | None = Field(default=None, max_length=2048, description="The older name of `webhook`.")
+    webhook: str | None = Field(
+        default=None,
+        max_length=2048,
+        json_schema_extra={"pattern": HTTP_URL_SPEC_PATTERN},  # within `_http_url`
+    )
+    webhook_completed: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="The older name of `webhook`.",
+        json_schema_extra={"pattern": HTTP_URL_SPEC_PATTERN},
+    )
     webhook_events_filter: list[WebhookEvent] | None = Field(
         default=None,
         description='Only ["completed"] is delivered (one POST when the prediction ends); other events are refused.',
