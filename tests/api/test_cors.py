@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from qwen_image_server.api.fal import routes as fal_routes
 from qwen_image_server.engine import Engine
 from qwen_image_server.service import Service
 from qwen_image_server.settings import Settings
@@ -18,6 +19,8 @@ from tests.conftest import TINY_EVERYWHERE, asgi_client
 pytestmark = pytest.mark.anyio
 ORIGIN = "https://app.example.com"
 PIXAZO = "/qwen-image/v1/generateMultimodeTextToImageRequest"
+# The X-Fal-* headers the fal dialect reads (applied, or reported as not applied)
+FAL_HEADERS = tuple(name.lower() for name in (fal_routes.PRIORITY_HEADER, *fal_routes.UNUSED_HEADERS))
 
 
 async def _client(tmp_path: Path, engine: Engine, origins: tuple[str, ...]) -> AsyncIterator[httpx.AsyncClient]:
@@ -57,6 +60,11 @@ def preflight(method: str, *headers: str, origin: str = ORIGIN) -> dict[str, str
         ("/api/v1/tasks/task_0123", "GET", ("authorization",)),
         ("/api/task/create", "POST", ("api-key", "content-type")),
         ("/v1/results/task_0123/0.png", "GET", ("range", "if-range")),
+        # fal-client: submit with its priority and timeout headers, cancel with PUT
+        ("/fal-ai/qwen-image", "POST", ("authorization", "content-type", *FAL_HEADERS)),
+        ("/fal-ai/qwen-image/requests/task_0123/cancel", "PUT", ("authorization",)),
+        ("/run/fal-ai/qwen-image", "POST", ("authorization", "content-type", "x-fal-request-timeout")),
+        ("/v1/models/qwen/qwen-image/predictions", "POST", ("authorization", "content-type", "prefer")),
     ],
 )
 async def test_a_preflight_from_an_allowed_origin_is_answered(
@@ -87,6 +95,14 @@ async def test_answers_to_an_allowed_origin_expose_the_useful_headers(cors: http
     assert response.headers["access-control-allow-origin"] == ORIGIN
     exposed = {name.strip().lower() for name in response.headers["access-control-expose-headers"].split(",")}
     assert {"location", "retry-after", "etag", "content-range"} <= exposed
+
+
+async def test_fals_error_type_is_exposed(cors: httpx.AsyncClient) -> None:
+    # fal-client reads X-Fal-Error-Type when the body has no error_type; a page must be able to too
+    response = await cors.get("/fal-ai/qwen-image/requests/task_0123/status", headers={"Origin": ORIGIN})
+    assert response.headers["access-control-allow-origin"] == ORIGIN
+    exposed = {name.strip().lower() for name in response.headers["access-control-expose-headers"].split(",")}
+    assert "x-fal-error-type" in exposed
 
 
 async def test_errors_carry_the_cors_headers_too(cors: httpx.AsyncClient) -> None:

@@ -12,8 +12,10 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 # What the routes read: keys (Authorization for most dialects, Api-Key for Pixwith,
-# Ocp-Apim-Subscription-Key for Pixazo), Idempotency-Key, Prefer (the native wait),
-# X-DashScope-Async, Range and If-Range for result downloads; and what the providers' own browser
+# Ocp-Apim-Subscription-Key for Pixazo), Idempotency-Key, Prefer (the native and Replicate waits),
+# X-DashScope-Async, fal's X-Fal-* request headers (the queue priority is applied, the request
+# timeout and runner hint reported as not applied: api/fal/routes.py), Range and If-Range for result
+# downloads; and what the providers' own browser
 # examples and SDKs send besides (Pixazo's Cache-Control, DashScope's other switches, X-Api-Key),
 # which a preflight would otherwise refuse.
 REQUEST_HEADERS = (
@@ -28,15 +30,29 @@ REQUEST_HEADERS = (
     "X-DashScope-Async",
     "X-DashScope-SSE",
     "X-DashScope-WorkSpace",
+    "X-Fal-Queue-Priority",
+    "X-Fal-Request-Timeout",
+    "X-Fal-Runner-Hint",
     "Range",
     "If-Range",
     "If-None-Match",
     "Last-Event-ID",
 )
-# Beyond the CORS-safelisted response headers: where a task is, when to retry, which methods a
-# path serves, and the download headers of result images.
-EXPOSED_HEADERS = ("Location", "Retry-After", "Allow", "ETag", "Content-Range", "Accept-Ranges", "Content-Length")
-METHODS = ("GET", "HEAD", "POST")
+# Beyond the CORS-safelisted response headers: where a task is (Replicate's Location too), when to
+# retry, which methods a path serves, the download headers of result images, and fal's error type
+# (fal-client reads X-Fal-Error-Type when the body has none).
+EXPOSED_HEADERS = (
+    "Location",
+    "Retry-After",
+    "Allow",
+    "ETag",
+    "Content-Range",
+    "Accept-Ranges",
+    "Content-Length",
+    "X-Fal-Error-Type",
+)
+# PUT: fal's `PUT .../requests/{id}/cancel`.
+METHODS = ("GET", "HEAD", "POST", "PUT")
 PREFLIGHT_CACHE_SECONDS = 600
 
 
