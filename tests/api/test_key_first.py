@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from qwen_image_server.api import dashscope, kie, novita, openai, pixwith
+from qwen_image_server.api import dashscope, fal, kie, novita, openai, pixwith, replicate
 from qwen_image_server.api.dialect import Dialect, Unauthorized
 from qwen_image_server.service import Service
 from tests.api.conftest import TINY_TASK
@@ -27,6 +27,10 @@ CREATE_ENDPOINTS: list[tuple[str, str, str, Dialect | None]] = [
     ("/v3/async/qwen-image-txt2img", "Authorization", "Bearer wrong", novita.DIALECT),
     ("/api/v1/jobs/createTask", "Authorization", "Bearer wrong", kie.DIALECT),
     ("/api/task/create", "Api-Key", "wrong", pixwith.DIALECT),
+    ("/fal-ai/qwen-image", "Authorization", "Key wrong", fal.DIALECT),
+    ("/run/fal-ai/qwen-image-edit", "Authorization", "Key wrong", fal.DIALECT),
+    ("/v1/predictions", "Authorization", "Bearer wrong", replicate.DIALECT),
+    ("/v1/models/qwen/qwen-image/predictions", "Authorization", "Bearer wrong", replicate.DIALECT),
 ]
 
 

@@ -1,6 +1,7 @@
 """Bodies no parser should see: JSON nested so deep that Python's parser would recurse past its
-limit. Every dialect's create endpoint refuses them with 400 (kie: its 200 envelope with code 422)
-in its own error shape, instead of a crash."""
+limit. Every dialect's create endpoint refuses them with 400 (kie: its 200 envelope with code 422;
+fal and Replicate: 422, their providers' status for input they cannot take) in its own error shape,
+instead of a crash."""
 
 from __future__ import annotations
 
@@ -49,6 +50,16 @@ def _pixwith(body: dict[str, Any]) -> str:
     return str(body["message"])
 
 
+def _fal(body: dict[str, Any]) -> str:
+    [error] = body["detail"]  # fal's validation error, a pydantic-style list
+    return str(error["msg"])
+
+
+def _replicate(body: dict[str, Any]) -> str:
+    assert body["status"] == 422 and body["title"]  # Replicate's problem+json
+    return str(body["detail"])
+
+
 DIALECTS: list[tuple[str, int, Callable[[dict[str, Any]], str]]] = [
     ("/v1/tasks", 400, _native),
     ("/v1/images/generations", 400, _openai),
@@ -59,6 +70,11 @@ DIALECTS: list[tuple[str, int, Callable[[dict[str, Any]], str]]] = [
     ("/v3/async/qwen-image-edit", 400, _novita),
     ("/api/v1/jobs/createTask", 200, _kie),  # kie.ai answers every error with 200
     ("/api/task/create", 400, _pixwith),
+    # fal and Replicate answer a body they cannot take with 422, as their providers validate input
+    ("/fal-ai/qwen-image", 422, _fal),
+    ("/run/fal-ai/qwen-image", 422, _fal),
+    ("/v1/predictions", 422, _replicate),
+    ("/v1/models/qwen/qwen-image/predictions", 422, _replicate),
 ]
 DEEP = {
     "arrays": "[" * 1000 + "]" * 1000,
