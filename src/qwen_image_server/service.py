@@ -69,7 +69,7 @@ class Service:
             if settings.url_secret
             else load_or_create_secret(settings.data_dir / "url-secret")
         )
-        database = Database(settings.resolved_database_url)
+        database = Database(settings.resolved_database_url, busy_timeout_ms=settings.sqlite_busy_timeout_ms)
         store = SqlTaskStore(database)
         results, presigner = build_results(settings)
         signer = UrlSigner(secret, ttl_seconds=settings.result_ttl_seconds)

@@ -228,6 +228,13 @@ class Settings(BaseSettings):
         default=None,
         description="SQLAlchemy URL of the task database; default: the SQLite file `tasks.db` in the data dir.",
     )
+    sqlite_busy_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="SQLite only: how long a statement waits for another process's write lock before it fails "
+        "(then retried as a transient error: the API answers 503 with Retry-After, a worker backs off).",
+    )
     host: str = Field(default="127.0.0.1", description="Address `serve` listens on.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port `serve` listens on.")
     models: Annotated[tuple[ModelName, ...], NoDecode] = Field(
@@ -514,6 +521,10 @@ class Settings(BaseSettings):
                 "seconds (7 days); lower result_ttl_seconds"
             )
         return self
+
+    @property
+    def sqlite_busy_timeout_ms(self) -> int:
+        return max(1, round(self.sqlite_busy_timeout_seconds * 1000))
 
     @property
     def resolved_database_url(self) -> str:

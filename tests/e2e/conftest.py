@@ -1,8 +1,9 @@
-"""Fixtures of the e2e tests: a local receiver for task callbacks."""
+"""Fixtures of the e2e tests: the processes a test starts, and a local receiver for task callbacks."""
 
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -11,6 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+
+from tests.e2e.processes import Process
 
 
 @dataclass(frozen=True)
@@ -72,3 +75,13 @@ def callback_receiver() -> Iterator[CallbackReceiver]:
         yield receiver
     finally:
         receiver.close()
+
+
+@pytest.fixture
+def processes() -> Iterator[list[Process]]:
+    """Every process a test starts; whatever is still running at the end is killed."""
+    started: list[Process] = []
+    yield started
+    for process in started:
+        if process.alive:
+            process.stop(signal.SIGKILL)

@@ -58,16 +58,6 @@ def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
-@pytest.fixture
-def processes() -> Iterator[list[Process]]:
-    """Every process a test starts; whatever is still running at the end is killed."""
-    started: list[Process] = []
-    yield started
-    for process in started:
-        if process.alive:
-            process.stop(signal.SIGKILL)
-
-
 def test_a_worker_killed_mid_task_leaves_one_rerun_and_one_set_of_results(
     data_dir: Path, processes: list[Process], callback_receiver: CallbackReceiver
 ) -> None:

@@ -9,6 +9,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +26,25 @@ RETRY_QUICKLY = {
 TASK = {"model": "qwen-image", "prompt": "a fox", "size": "256x256", "num_inference_steps": 2, "seed": 3}
 
 
-@pytest.fixture
-def results_on_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    results = tmp_path / "data" / "results"
-    results.mkdir(parents=True)
+@contextmanager
+def mounted_tmpfs(folder: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` on `folder` (created), unmounted after; skips the test where it cannot be."""
+    folder.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(results)], capture_output=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
     try:
-        yield results
+        yield folder
     finally:
-        subprocess.run(["umount", "-l", str(results)], check=False)
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.fixture
+def results_on_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    with mounted_tmpfs(tmp_path / "data" / "results", "512k") as results:
+        yield results
 
 
 def fill(folder: Path) -> Path:

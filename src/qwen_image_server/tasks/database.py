@@ -61,8 +61,9 @@ class Database:
     other processes' changes; a short-lived command that waits on nothing passes False and saves
     the extra connection."""
 
-    def __init__(self, url: str | URL, *, listen: bool = True) -> None:
+    def __init__(self, url: str | URL, *, listen: bool = True, busy_timeout_ms: int | None = None) -> None:
         self._url: URL = make_url(url)
+        self._busy_timeout_ms = busy_timeout_ms  # SQLite's; None: sqlite.BUSY_TIMEOUT_MS
         self._listen = listen and not is_sqlite(self._url)
         self._engine: AsyncEngine | None = None
         self._reader: AsyncEngine | None = None
@@ -87,7 +88,7 @@ class Database:
         if self._engine is not None:
             return
         engine = (
-            create_sqlite_engine(self._url)
+            create_sqlite_engine(self._url, busy_timeout_ms=self._busy_timeout_ms)
             if is_sqlite(self._url)
             else create_async_engine(self._url, pool_pre_ping=True)
         )
@@ -99,7 +100,7 @@ class Database:
         self._engine = engine
         self._reader = engine.execution_options(**{READ_ONLY_OPTION: True})
         if is_sqlite(self._url):
-            self._sqlite = _SqliteThreads(create_sync_sqlite_engine(self._url))
+            self._sqlite = _SqliteThreads(create_sync_sqlite_engine(self._url, busy_timeout_ms=self._busy_timeout_ms))
         if self._listen:
             self._listener = TaskChangeListener(engine, self.changes)
             await self._listener.start()

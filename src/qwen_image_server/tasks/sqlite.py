@@ -30,7 +30,7 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-BUSY_TIMEOUT_MS = 30_000
+BUSY_TIMEOUT_MS = 30_000  # the default of setting sqlite_busy_timeout_seconds
 # An execution option (harmless on other databases): "this engine's transactions only read".
 READ_ONLY_OPTION = "qwen_image_read_only"
 ASYNC_DRIVER = "aiosqlite"
@@ -61,7 +61,7 @@ def create_sqlite_engine(database_url: str | URL, *, busy_timeout_ms: int | None
     return engine
 
 
-def create_sync_sqlite_engine(database_url: str | URL) -> Engine:
+def create_sync_sqlite_engine(database_url: str | URL, *, busy_timeout_ms: int | None = None) -> Engine:
     """A synchronous engine on the same file, set up the same way, for `Database`'s threads (each
     connection is used by one thread at a time, though not always the same one).
 
@@ -71,7 +71,9 @@ def create_sync_sqlite_engine(database_url: str | URL) -> Engine:
     position re-reads the task's status), so no read needs two statements to agree."""
     url = _file_url(database_url).set(drivername="sqlite+pysqlite")
     engine = create_engine(url, connect_args={"check_same_thread": False})
-    install_hooks(engine, busy_timeout_ms=BUSY_TIMEOUT_MS, begin_reads=False)
+    install_hooks(
+        engine, busy_timeout_ms=BUSY_TIMEOUT_MS if busy_timeout_ms is None else busy_timeout_ms, begin_reads=False
+    )
     return engine
 
 
