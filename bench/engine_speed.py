@@ -37,7 +37,7 @@ if __package__ in (None, ""):  # run as `python bench/engine_speed.py`: make `be
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import emit, machine, note, quiet_libraries, table
-from bench.full_size import add_engine_options, settle_engine_options, use_full_size_components
+from bench.full_size import add_engine_options, engine_settings, settle_engine_options, use_full_size_components
 
 TURNS = ("stock", "two_pass", "default")
 CUMULATIVE = ("attention", "compile", "fp8")
@@ -83,12 +83,11 @@ class Bench:
 
         from qwen_image_server.domain import GenerationRequest
         from qwen_image_server.engine import Engine
-        from qwen_image_server.settings import Settings
 
         self.torch = torch
         self.args = args
         self.cuda = torch.device(args.device).type == "cuda"
-        settings = Settings(checkpoint_qwen_image="tiny", device=args.device, dtype=args.dtype)
+        settings = engine_settings(args)
         if not args.tiny:
             use_full_size_components(torch.device(args.device), getattr(torch, args.dtype), args.layers)
         self.engine = Engine(settings)

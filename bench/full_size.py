@@ -88,6 +88,17 @@ def use_full_size_components(device: Any, dtype: Any, layers: int | None) -> Non
     loading.ComponentPool._load = load  # type: ignore[method-assign]
 
 
+def engine_settings(args: argparse.Namespace, **extra: Any) -> Any:
+    """The `Settings` of a benchmark's engine: the `tiny` checkpoint (full size after
+    `use_full_size_components`) on `args`' device and dtype, `extra` on top. The provenance marks are
+    off: they are made after the engine (`RenderedPicture.encode`, which no engine benchmark times) and
+    need c2pa, cryptography and PyWavelets, which the GPU machine lacks."""
+    from qwen_image_server.settings import Settings
+
+    chosen: dict[str, Any] = {"checkpoint_qwen_image": "tiny", "device": args.device, "dtype": args.dtype}
+    return Settings(**{**chosen, "c2pa": False, "invisible_watermark": False, **extra})
+
+
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
     """The options of every benchmark that runs the engine, tiny on a CPU or full size on a GPU."""
     parser.add_argument("--size", type=int, help="square side in pixels [1024; --tiny 256]")
