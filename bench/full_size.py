@@ -79,11 +79,26 @@ def _text_encoder(tokenizer: Any, layers: int | None) -> Any:
 
 
 def use_full_size_components(device: Any, dtype: Any, layers: int | None) -> None:
-    """Make the engine's `tiny` checkpoint this full-size random model, for a benchmark's engine."""
+    """Make the engine's `tiny` checkpoint this full-size random model, for a benchmark's engine. The
+    text encoder and VAE are made once and shared by every engine of the process (a benchmark that
+    builds one engine per configuration rebuilds only the transformer, which the options change)."""
+    import dataclasses
+
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
     from qwen_image_server.engine import loading
+    from qwen_image_server.engine.tiny import QWEN_IMAGE_SCHEDULER_CONFIG
+
+    shared: dict[str, Any] = {}
 
     def load(self: Any, model: Any, checkpoint: Any) -> dict[str, Any]:
-        return full_size_components(device, dtype, layers=layers)
+        if not shared:
+            components = full_size_components(device, dtype, layers=layers)
+            shared.update({name: part for name, part in components.items() if name != "transformer"})
+            return components
+        shape = FULL if layers is None else dataclasses.replace(FULL, num_layers=layers)
+        scheduler = FlowMatchEulerDiscreteScheduler(**QWEN_IMAGE_SCHEDULER_CONFIG)
+        return {**shared, "transformer": build_transformer(shape, device, dtype), "scheduler": scheduler}
 
     loading.ComponentPool._load = load  # type: ignore[method-assign]
 
