@@ -45,9 +45,22 @@ demo: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-# Wheels a GPU machine without network needs to run bench/gpu_run.sh (it has torch, transformers
-# and accelerate; see docs/performance.md). torchao 0.18 loads its C++ kernels on torch >= 2.11 (its own check).
+# Wheels a GPU machine without network needs to run bench/gpu_run.sh: what its image lacks (it has
+# python3 3.12 with torch 2.11, transformers, accelerate, peft, huggingface-hub, httpx, requests and
+# Pillow), built for ITS Python (CPython 3.12, x86_64 Linux), not this venv's, at this venv's versions.
+# torchao 0.17.0: the first release built against torch 2.11, ABI-stable on it (pytorch/ao#2919).
+GPU_PYTHON ?= 3.12
+GPU_ABI ?= cp312
+GPU_PLATFORMS := manylinux2014_x86_64 manylinux_2_17_x86_64 manylinux_2_24_x86_64 manylinux_2_28_x86_64
+GPU_LOCAL_PINS := diffusers pydantic pydantic-core annotated-types pydantic-settings python-dotenv \
+	typing-inspection typing-extensions importlib-metadata lazy-importer zipp
+GPU_TARGET := --only-binary=:all: --python-version $(GPU_PYTHON) --implementation cp --abi $(GPU_ABI) \
+	$(addprefix --platform ,$(GPU_PLATFORMS))
 gpu-wheels: $(STAMP)
-	$(BIN)/python -m pip download --quiet --no-deps -d gpu-wheels diffusers==0.42.1 torchao==0.18.0 \
-		pydantic pydantic-core annotated-types pydantic-settings python-dotenv typing-inspection httpx httpcore h11 \
-		anyio sniffio certifi importlib-metadata zipp pillow requests urllib3 idna charset-normalizer
+	rm -rf gpu-wheels
+	$(BIN)/python -m pip download --quiet --no-deps $(GPU_TARGET) -d gpu-wheels torchao==0.17.0 \
+		$$($(BIN)/python -c 'import sys, importlib.metadata as m; print(*(f"{n}=={m.version(n)}" for n in sys.argv[1:]))' $(GPU_LOCAL_PINS))
+	# Each wheel installable there: pip picks none that its Python or platform cannot take.
+	$(BIN)/python -m pip install --quiet --dry-run --no-deps --ignore-installed --target "$$(mktemp -d)" \
+		$(GPU_TARGET) gpu-wheels/*.whl
+	$(BIN)/python bench/gpu_wheels.py gpu-wheels  # and what each needs is a wheel or on the machine

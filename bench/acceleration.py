@@ -40,7 +40,13 @@ if __package__ in (None, ""):  # run as `python bench/acceleration.py`: make `be
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import emit, machine, note, quiet_libraries, table
-from bench.full_size import add_engine_options, random_lora_file, settle_engine_options, use_full_size_components
+from bench.full_size import (
+    add_engine_options,
+    engine_settings,
+    random_lora_file,
+    settle_engine_options,
+    use_full_size_components,
+)
 
 LEVELS = ("none", "regular", "high")
 PROMPT = "a red fox in fresh snow, morning light"
@@ -90,7 +96,6 @@ def run(args: argparse.Namespace) -> list[Level]:
 
     from qwen_image_server.domain import Acceleration, GenerationRequest
     from qwen_image_server.engine import Engine, acceleration
-    from qwen_image_server.settings import Settings
 
     if not args.tiny:
         import torch
@@ -99,11 +104,11 @@ def run(args: argparse.Namespace) -> list[Level]:
     for name, threshold in args.thresholds.items():
         level = Acceleration(name)
         acceleration.PLANS[level] = acceleration.AccelerationPlan(level, threshold)
-    settings = Settings(checkpoint_qwen_image="tiny", device=args.device, dtype=args.dtype)
+    settings = engine_settings(args)
     if args.lightning:
         lightning = random_lora_file(Path(tempfile.mkdtemp(prefix="lightning-")), 0, args)
         chosen = {"lightning_loras": f"qwen-image={lightning}", "lightning_steps": args.lightning_steps}
-        settings = Settings(checkpoint_qwen_image="tiny", device=args.device, dtype=args.dtype, **chosen)
+        settings = engine_settings(args, **chosen)
     levels = [Level(name, acceleration.PLANS[Acceleration(name)].first_block_cache_threshold) for name in LEVELS]
     if args.lightning:
         levels[-1] = Level("high", None, lightning_steps=args.lightning_steps)

@@ -6,17 +6,27 @@ Variants, the first three taking turns round by round (same process, same weight
   engine before it had a loop of its own (the baseline);
 - `two_pass`: the engine with `cfg_batching=false` (the images of a request still in one call);
 - `default`: the engine as it ships (CFG as one call of twice the batch);
-then cumulatively, each measured after the one before (they change the transformer for good):
-- `attention`: + the fastest attention backend installed (`attention_backend`);
+then cumulatively, each an engine of its own built from `Settings` (the engine's own start checks
+and `_activate`: FP8 before placing, then the attention backend, then compilation), the one before
+it freed first:
+- `attention`: + the first attention backend of `ATTENTION_BACKENDS` usable here (`attention_backend`);
 - `compile`: + `torch.compile` of the repeated blocks (`compile`);
 - `fp8`: + FP8 dynamic quantization (`quantization=fp8`; GPUs of compute capability 8.9+).
-An option that cannot run here is reported as skipped, one that fails as failed; the run goes on.
+An option that the engine refuses here is reported as skipped, one that fails as failed; the run goes on.
 
 Each variant makes, per round: `single` (one request, one image), `images` (one request of
 `--batch` images) and `requests` (`--batch` one-image requests in one `render_batch` call, as a
 worker with `max_batch_size` does). Reported: seconds per image, images per second, the median time
 of a denoising step, and on a GPU the peak memory. The last line is `engine_speedup=X`: the default
-configuration's seconds per image (single) over the best row's, same run.
+configuration's seconds per image (single) over the best row's, same run (rows at `--steps`).
+
+`--long-steps N` adds a row `single@N` to `default` and each cumulative variant: one image at N
+steps (the models' default is 50), measured once after the variant's rounds, so that seconds per
+image at 50 steps are measured, not carried over from ms/step.
+
+Each row is printed (`row ...`, flushed) as soon as its last round is done, and with `--json` the
+record so far is written after each row (`"partial": true`), so a run stopped by a time limit still
+leaves its figures; the full table, the record and the headline follow at the end.
 
     .venv/bin/python bench/engine_speed.py --tiny            # the tiny model on the CPU, ~2 min
     .venv/bin/python bench/engine_speed.py --json e.json     # full size, random weights, on a GPU
@@ -25,6 +35,8 @@ configuration's seconds per image (single) over the best row's, same run.
 from __future__ import annotations
 
 import argparse
+import gc
+import json
 import statistics
 import sys
 import time
@@ -37,7 +49,7 @@ if __package__ in (None, ""):  # run as `python bench/engine_speed.py`: make `be
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import emit, machine, note, quiet_libraries, table
-from bench.full_size import add_engine_options, settle_engine_options, use_full_size_components
+from bench.full_size import add_engine_options, engine_settings, settle_engine_options, use_full_size_components
 
 TURNS = ("stock", "two_pass", "default")
 CUMULATIVE = ("attention", "compile", "fp8")
@@ -59,6 +71,7 @@ class Sample:
 class Row:
     variant: str
     mode: str
+    steps: int
     samples: list[Sample] = field(default_factory=list)
     peak_gb: float | None = None
     note: str = ""
@@ -76,33 +89,47 @@ class Row:
 
 
 class Bench:
-    """One engine, its pipeline and the requests of each mode."""
+    """The engine being measured (one at a time), its pipeline and the requests of each mode."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         import torch
 
         from qwen_image_server.domain import GenerationRequest
-        from qwen_image_server.engine import Engine
-        from qwen_image_server.settings import Settings
 
         self.torch = torch
         self.args = args
         self.cuda = torch.device(args.device).type == "cuda"
-        settings = Settings(checkpoint_qwen_image="tiny", device=args.device, dtype=args.dtype)
         if not args.tiny:
             use_full_size_components(torch.device(args.device), getattr(torch, args.dtype), args.layers)
-        self.engine = Engine(settings)
-        self.default_settings = settings
-        self.pipeline = self.engine.pipeline(settings.models[0])
+        self.default_settings = engine_settings(args)
+        self.engine: Any = None
+        self.pipeline: Any = None
+        self.use(self.default_settings)
 
-        def request(prompt: str, seed: int, images: int = 1) -> GenerationRequest:
+        def request(prompt: str, seed: int, images: int = 1, steps: int = args.steps) -> GenerationRequest:
             return GenerationRequest.create(model="qwen-image", prompt=prompt, width=args.size, height=args.size,
-                                            num_inference_steps=args.steps, seed=seed, true_cfg_scale=4.0,
+                                            num_inference_steps=steps, seed=seed, true_cfg_scale=4.0,
                                             num_images_per_prompt=images)  # fmt: skip
 
         self.single = request(PROMPTS[0], 1)
         self.images = request(PROMPTS[0], 1, args.batch)
         self.requests = [request(PROMPTS[i % len(PROMPTS)], i + 1) for i in range(args.batch)]
+        self.long = request(PROMPTS[0], 1, steps=args.long_steps or args.steps)
+
+    def use(self, settings: Any) -> None:
+        """An engine built from `settings` (the previous one and its memory freed first), its
+        model loaded: the engine's start checks and `_activate` run as when serving. A setting the
+        engine refuses here raises `QwenImageError`."""
+        from qwen_image_server.engine import Engine
+
+        self.engine = self.pipeline = None
+        gc.collect()
+        if self.cuda:
+            self.torch._dynamo.reset()  # compiled code holds the old transformer
+            self.torch.cuda.empty_cache()
+        engine = Engine(settings)
+        self.pipeline = engine.pipeline(settings.models[0])
+        self.engine = engine
 
     # -- one measurement -------------------------------------------------------------------------
 
@@ -131,7 +158,8 @@ class Bench:
             for one in asked[mode]:
                 self._stock(one, on_step)
             return len(asked[mode])
-        self.engine.settings = self.default_settings.model_copy(update={"cfg_batching": variant != "two_pass"})
+        if variant in TURNS:  # the same engine, CFG batched or not
+            self.engine.settings = self.default_settings.model_copy(update={"cfg_batching": variant != "two_pass"})
         if mode == "requests":
             outcomes = self.engine.render_batch([BatchEntry(one, on_step=on_step if i == 0 else None)
                                                  for i, one in enumerate(self.requests)])  # fmt: skip
@@ -139,7 +167,7 @@ class Bench:
             if failed:
                 raise failed[0]
             return len(self.requests)
-        asked = self.single if mode == "single" else self.images
+        asked = {"single": self.single, "images": self.images, LONG: self.long}[mode]
         return len(self.engine.render(asked, on_step=on_step))
 
     def _stock(self, one: Any, on_step: Callable[..., None]) -> None:
@@ -174,113 +202,164 @@ class Bench:
         return self.torch.cuda.max_memory_allocated() / 2**30 if self.cuda else None
 
 
+LONG = "long"  # the mode of `--long-steps` (shown as single@N)
+
+
 class Unavailable(Exception):
     """An option that cannot run on this machine (reported as skipped)."""
 
 
-def enable(bench: Bench, variant: str) -> str:
-    """Turn on a cumulative option for the engine's transformer, through the engine's own code (the
-    checks that refuse it at start, then the same call); the detail for the table."""
-    from qwen_image_server.engine import attention, speedups
+def variant_settings(bench: Bench, variant: str) -> tuple[Any, str]:
+    """The settings of a cumulative variant (each adds its option to the one before) and the detail
+    for the table; `Unavailable` when the engine's own start checks refuse the option here."""
+    from qwen_image_server.engine import speedups
     from qwen_image_server.errors import QwenImageError
 
-    transformer = bench.pipeline.transformer
     device, dtype = bench.torch.device(bench.args.device), getattr(bench.torch, bench.args.dtype)
-    if variant == "attention":
-        for backend in ATTENTION_BACKENDS:
-            settings = bench.default_settings.model_copy(update={"attention_backend": backend})
-            try:
-                speedups.check_speedups(settings, device, dtype)
-            except QwenImageError:
-                continue
-            attention.set_backend(transformer, backend)
-            return f"attention backend {backend}"
+    backend = next((name for name in ATTENTION_BACKENDS if _usable(bench, name, device, dtype)), None)
+    if backend is None and variant == "attention":
         raise Unavailable("no attention backend beyond native SDPA is usable here")
-    update = {"compile": True} if variant == "compile" else {"quantization": "fp8"}
+    update: dict[str, Any] = {"attention_backend": backend} if backend else {}
+    detail = f"attention backend {backend or bench.default_settings.attention_backend}"
+    if CUMULATIVE.index(variant) >= CUMULATIVE.index("compile"):
+        update["compile"] = True
+        detail += ", compile_repeated_blocks"
     settings = bench.default_settings.model_copy(update=update)
+    if variant == "fp8":
+        settings = settings.model_copy(update={"quantization": "fp8"})
+        detail += f", fp8 (kept in bf16: {', '.join(settings.fp8_skip)})"
     try:
         speedups.check_speedups(settings, device, dtype)
     except QwenImageError as exc:
         raise Unavailable(exc.message) from None
-    if variant == "compile":
-        speedups.compile_blocks(transformer)
-        return "compile_repeated_blocks"
-    speedups.quantize_fp8(transformer, settings.fp8_skip, device)
-    return f"fp8 (kept in bf16: {', '.join(settings.fp8_skip)})"
+    return settings, detail
+
+
+def _usable(bench: Bench, backend: str, device: Any, dtype: Any) -> bool:
+    from qwen_image_server.engine import speedups
+    from qwen_image_server.errors import QwenImageError
+
+    try:
+        speedups.check_speedups(bench.default_settings.model_copy(update={"attention_backend": backend}), device, dtype)
+    except QwenImageError:
+        return False
+    return True
+
+
+class Progress:
+    """Prints each row as its last round finishes and writes the record so far (`--json`)."""
+
+    def __init__(self, args: argparse.Namespace, rows: dict[tuple[str, str], Row]) -> None:
+        self.args, self.rows = args, rows
+        print(_heading(args), flush=True)
+
+    def done(self, row: Row) -> None:
+        cells = _cells(row, None)
+        widths = [9, 11, 8, 8, 8, 0, 7]
+        line = [cells[0].ljust(9), *(cell.rjust(width) for cell, width in zip(cells[1:-1], widths[1:], strict=True))]
+        print("row " + "  ".join([*line, cells[-1]]), flush=True)
+        if self.args.json is not None:
+            finished = [row for row in self.rows.values() if row.samples or row.note]
+            record = {**_record(finished, self.args), "partial": True}
+            self.args.json.write_text(json.dumps(record, sort_keys=True, default=str) + "\n")
 
 
 def benchmark(args: argparse.Namespace) -> list[Row]:
     bench = Bench(args)
-    rows = {(variant, mode): Row(variant, mode) for variant in args.variants for mode in MODES}
+    modes = [*MODES, *([LONG] if args.long_steps else [])]
+    rows = {(variant, mode): Row(variant, mode, args.long_steps if mode == LONG else args.steps)
+            for variant in args.variants for mode in modes
+            if mode != LONG or variant not in ("stock", "two_pass")}  # fmt: skip
+    progress = Progress(args, rows)
     turns = [variant for variant in TURNS if variant in args.variants]
-    note(f"warming up {', '.join(turns)}")
-    for variant in turns:
-        for mode in MODES:
-            bench.measure(variant, mode)
+    # Warm-up: every shape the turns run (batches 1, 2 and 2x--batch; CFG in one call or two) once.
+    warm = [("default", mode) for mode in MODES] + [(variant, "single") for variant in turns if variant != "default"]
+    note(f"warming up: {', '.join(f'{variant} {mode}' for variant, mode in warm)}")
+    for variant, mode in warm:
+        bench.measure(variant, mode)
     for number in range(args.rounds):
         note(f"round {number + 1} of {args.rounds}")
         for variant in turns:
             for mode in MODES:
-                bench.reset_peak()
-                rows[(variant, mode)].samples.append(bench.measure(variant, mode))
-                rows[(variant, mode)].peak_gb = bench.peak_gb()
+                _sample(bench, rows[(variant, mode)], progress, last=number == args.rounds - 1)
+    if ("default", LONG) in rows:
+        _sample(bench, rows[("default", LONG)], progress, last=True)
     for variant in (v for v in CUMULATIVE if v in args.variants):
-        _cumulative(bench, variant, rows, args.rounds)
+        _cumulative(bench, variant, rows, args.rounds, progress)
     return list(rows.values())
 
 
-def _cumulative(bench: Bench, variant: str, rows: dict[tuple[str, str], Row], rounds: int) -> None:
-    note(f"{variant}")
+def _sample(bench: Bench, row: Row, progress: Progress, *, last: bool, variant: str | None = None) -> None:
+    bench.reset_peak()
+    row.samples.append(bench.measure(variant or row.variant, row.mode))
+    row.peak_gb = bench.peak_gb()
+    if last:
+        progress.done(row)
+
+
+def _cumulative(bench: Bench, variant: str, rows: dict[tuple[str, str], Row], rounds: int, progress: Progress) -> None:
+    from qwen_image_server.errors import QwenImageError
+
+    note(variant)
+    mine = [row for (name, _), row in rows.items() if name == variant]
     try:
-        detail = enable(bench, variant)
+        settings, detail = variant_settings(bench, variant)
         started = time.perf_counter()
+        bench.use(settings)
         for mode in MODES:  # warm-up: compilation and autotuning happen here
-            bench.measure("default", mode)
-        detail += f"; warm-up {time.perf_counter() - started:.0f} s"
-    except Unavailable as exc:
-        for mode in MODES:
-            rows[(variant, mode)].note = f"skipped: {exc}"
+            bench.measure(variant, mode)
+        detail += f"; load and warm-up {time.perf_counter() - started:.0f} s"
+    except (Unavailable, QwenImageError) as exc:
+        _all_noted(mine, f"skipped: {exc}", progress)
         return
     except Exception as exc:
-        for mode in MODES:
-            rows[(variant, mode)].note = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
+        _all_noted(mine, f"failed: {type(exc).__name__}: {str(exc)[:200]}", progress)
         return
-    for _ in range(rounds):
-        for mode in MODES:
-            bench.reset_peak()
-            rows[(variant, mode)].samples.append(bench.measure("default", mode))
-            rows[(variant, mode)].peak_gb = bench.peak_gb()
-            rows[(variant, mode)].note = detail
+    for row in mine:
+        row.note = detail
+    try:
+        for number in range(rounds):
+            for mode in MODES:
+                _sample(bench, rows[(variant, mode)], progress, last=number == rounds - 1)
+        if (variant, LONG) in rows:
+            _sample(bench, rows[(variant, LONG)], progress, last=True)
+    except Exception as exc:
+        _all_noted([row for row in mine if not row.samples], f"failed: {type(exc).__name__}: {str(exc)[:200]}",
+                   progress)  # fmt: skip
 
 
-def report(rows: list[Row], args: argparse.Namespace) -> float:
-    by = {(row.variant, row.mode): row for row in rows}
-    default = by[("default", "single")].seconds_per_image if ("default", "single") in by else None
-    measured = [row for row in rows if row.seconds_per_image is not None]
-    best = min(measured, key=lambda row: row.seconds_per_image or 0.0)
-    best_seconds = best.seconds_per_image or 0.0
-    speedup = round(default / best_seconds, 3) if default and best_seconds else 0.0
-    stock = by.get(("stock", "single"))
-    print(f"engine at {args.size}x{args.size}, {args.steps} steps, CFG 4.0, batch {args.batch}, {args.rounds} rounds, "
-          f"{args.device} {args.dtype}")  # fmt: skip
-    lines = []
+def _all_noted(rows: list[Row], why: str, progress: Progress) -> None:
     for row in rows:
-        per_image = row.seconds_per_image
-        versus = stock.seconds_per_image / per_image if stock and stock.seconds_per_image and per_image else None
-        lines.append([row.variant, row.mode, _fmt(per_image, "{:.3f}"), _fmt(1 / per_image if per_image else None,
-                      "{:.2f}"), _fmt(row.step_ms, "{:.1f}"), _fmt(versus, "{:.2f}"), _fmt(row.peak_gb, "{:.1f}"),
-                      row.note])  # fmt: skip
-    print(table(["variant", "mode", "s/image", "images/s", "ms/step", "x stock", "peak GB", "note"], lines))
-    print(f"best: {best.variant} {best.mode}, {best_seconds:.3f} s/image")
-    record = {
+        row.note = why
+        progress.done(row)
+
+
+HEADERS = ["variant", "mode", "s/image", "images/s", "ms/step", "x stock", "peak GB", "note"]
+
+
+def _heading(args: argparse.Namespace) -> str:
+    return (f"engine at {args.size}x{args.size}, {args.steps} steps, CFG 4.0, batch {args.batch}, "
+            f"{args.rounds} rounds, {args.device} {args.dtype}")  # fmt: skip
+
+
+def _cells(row: Row, stock: Row | None) -> list[str]:
+    per_image = row.seconds_per_image
+    versus = stock.seconds_per_image / per_image if stock and stock.seconds_per_image and per_image else None
+    mode = f"single@{row.steps}" if row.mode == LONG else row.mode
+    return [row.variant, mode, _fmt(per_image, "{:.3f}"), _fmt(1 / per_image if per_image else None, "{:.2f}"),
+            _fmt(row.step_ms, "{:.1f}"), _fmt(versus, "{:.2f}"), _fmt(row.peak_gb, "{:.1f}"), row.note]  # fmt: skip
+
+
+def _record(rows: list[Row], args: argparse.Namespace) -> dict[str, Any]:
+    keys = ("size", "steps", "long_steps", "batch", "rounds", "device", "dtype", "tiny")
+    return {
         "machine": machine(),
-        "settings": {
-            key: getattr(args, key) for key in ("size", "steps", "batch", "rounds", "device", "dtype", "tiny")
-        },
+        "settings": {key: getattr(args, key) for key in keys},
         "rows": [
             {
                 "variant": row.variant,
                 "mode": row.mode,
+                "steps": row.steps,
                 "seconds_per_image": row.seconds_per_image,
                 "step_ms": row.step_ms,
                 "peak_gb": row.peak_gb,
@@ -288,8 +367,21 @@ def report(rows: list[Row], args: argparse.Namespace) -> float:
             }
             for row in rows
         ],
-        "best": {"variant": best.variant, "mode": best.mode},
     }
+
+
+def report(rows: list[Row], args: argparse.Namespace) -> float:
+    by = {(row.variant, row.mode): row for row in rows}
+    default = by[("default", "single")].seconds_per_image if ("default", "single") in by else None
+    measured = [row for row in rows if row.seconds_per_image is not None and row.steps == args.steps]
+    best = min(measured, key=lambda row: row.seconds_per_image or 0.0)
+    best_seconds = best.seconds_per_image or 0.0
+    speedup = round(default / best_seconds, 3) if default and best_seconds else 0.0
+    stock = by.get(("stock", "single"))
+    print(_heading(args))
+    print(table(HEADERS, [_cells(row, stock) for row in rows]))
+    print(f"best: {best.variant} {best.mode}, {best_seconds:.3f} s/image")
+    record = {**_record(rows, args), "best": {"variant": best.variant, "mode": best.mode}}
     emit(record, ("engine_speedup", speedup), args.json)
     return speedup
 
@@ -301,6 +393,7 @@ def _fmt(value: float | None, form: str) -> str:
 def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--steps", type=int, help="denoising steps [20; --tiny 50, the models' default]")
+    parser.add_argument("--long-steps", type=int, default=0, help="also one image at this many steps [off]")
     parser.add_argument("--batch", type=int, default=4, help="images of the batch modes [4]")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per variant and mode [3]")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"a subset of {','.join(VARIANTS)}")
@@ -312,6 +405,8 @@ def main(argv: list[str] | None = None) -> float:
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown or "default" not in variants:
         parser.error(f"variants must include default and come from {', '.join(VARIANTS)}")
+    if args.long_steps and args.long_steps < 2:
+        parser.error("--long-steps must be at least 2")
     args.variants = sorted(variants, key=VARIANTS.index)
     quiet_libraries()
     return report(benchmark(args), args)

@@ -79,13 +79,39 @@ def _text_encoder(tokenizer: Any, layers: int | None) -> Any:
 
 
 def use_full_size_components(device: Any, dtype: Any, layers: int | None) -> None:
-    """Make the engine's `tiny` checkpoint this full-size random model, for a benchmark's engine."""
+    """Make the engine's `tiny` checkpoint this full-size random model, for a benchmark's engine. The
+    text encoder and VAE are made once and shared by every engine of the process (a benchmark that
+    builds one engine per configuration rebuilds only the transformer, which the options change)."""
+    import dataclasses
+
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
     from qwen_image_server.engine import loading
+    from qwen_image_server.engine.tiny import QWEN_IMAGE_SCHEDULER_CONFIG
+
+    shared: dict[str, Any] = {}
 
     def load(self: Any, model: Any, checkpoint: Any) -> dict[str, Any]:
-        return full_size_components(device, dtype, layers=layers)
+        if not shared:
+            components = full_size_components(device, dtype, layers=layers)
+            shared.update({name: part for name, part in components.items() if name != "transformer"})
+            return components
+        shape = FULL if layers is None else dataclasses.replace(FULL, num_layers=layers)
+        scheduler = FlowMatchEulerDiscreteScheduler(**QWEN_IMAGE_SCHEDULER_CONFIG)
+        return {**shared, "transformer": build_transformer(shape, device, dtype), "scheduler": scheduler}
 
     loading.ComponentPool._load = load  # type: ignore[method-assign]
+
+
+def engine_settings(args: argparse.Namespace, **extra: Any) -> Any:
+    """The `Settings` of a benchmark's engine: the `tiny` checkpoint (full size after
+    `use_full_size_components`) on `args`' device and dtype, `extra` on top. The provenance marks are
+    off: they are made after the engine (`RenderedPicture.encode`, which no engine benchmark times) and
+    need c2pa, cryptography and PyWavelets, which the GPU machine lacks."""
+    from qwen_image_server.settings import Settings
+
+    chosen: dict[str, Any] = {"checkpoint_qwen_image": "tiny", "device": args.device, "dtype": args.dtype}
+    return Settings(**{**chosen, "c2pa": False, "invisible_watermark": False, **extra})
 
 
 def add_engine_options(parser: argparse.ArgumentParser) -> None:

@@ -30,7 +30,13 @@ if __package__ in (None, ""):  # run as `python bench/lora_switching.py`: make `
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import emit, machine, note, quiet_libraries, table
-from bench.full_size import add_engine_options, random_lora_file, settle_engine_options, use_full_size_components
+from bench.full_size import (
+    add_engine_options,
+    engine_settings,
+    random_lora_file,
+    settle_engine_options,
+    use_full_size_components,
+)
 
 PROMPT = "a red fox in fresh snow, morning light"
 
@@ -38,14 +44,12 @@ PROMPT = "a red fox in fresh snow, morning light"
 def measure(args: argparse.Namespace, folder: Path) -> dict[str, float]:
     from qwen_image_server.domain import GenerationRequest
     from qwen_image_server.engine import Engine
-    from qwen_image_server.settings import Settings
 
     if not args.tiny:
         import torch
 
         use_full_size_components(torch.device(args.device), getattr(torch, args.dtype), args.layers)
     a, b = random_lora_file(folder, 1, args), random_lora_file(folder, 2, args)
-    base = {"checkpoint_qwen_image": "tiny", "device": args.device, "dtype": args.dtype}
 
     def request(*names: str) -> GenerationRequest:
         return GenerationRequest.create(model="qwen-image", prompt=PROMPT, width=args.size, height=args.size,
@@ -60,12 +64,12 @@ def measure(args: argparse.Namespace, folder: Path) -> dict[str, float]:
     seconds: dict[str, float] = {}
     for label, extra in (("plain", {}), ("fused", {"loras": f"a={a}"})):
         note(label)
-        engine = Engine(Settings(**base, **extra))
+        engine = Engine(engine_settings(args, **extra))
         timed(engine, request())  # load and warm up
         seconds[label] = statistics.median(timed(engine, request()) for _ in range(args.rounds))
         del engine
     note("request adapters")
-    engine = Engine(Settings(**base, request_loras=f"a={a},b={b}"))
+    engine = Engine(engine_settings(args, request_loras=f"a={a},b={b}"))
     timed(engine, request())  # load and warm up without adapters
     seconds["first use"] = timed(engine, request("a"))
     timed(engine, request("b"))  # b loaded too

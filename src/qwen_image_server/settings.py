@@ -30,6 +30,10 @@ from qwen_image_server.results.store import parse_results_url
 
 Offload = Literal["none", "model", "sequential", "group"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
+FLOAT16_REFUSED = (
+    "float16 is refused: Qwen-Image's activations overflow its range and the images come out black "
+    "(NaN); use bfloat16 (the default on a GPU) or float32"
+)
 EvictTo = Literal["host", "drop"]
 Quantization = Literal["none", "fp8"]
 NsfwAction = Literal["report", "blur", "withhold"]
@@ -451,10 +455,7 @@ class Settings(BaseSettings):
     @classmethod
     def _no_float16(cls, value: DType) -> DType:
         if value == "float16":
-            raise ValueError(
-                "float16 is refused: Qwen-Image's activations overflow its range and the images come out black "
-                "(NaN); use bfloat16 (the default on a GPU) or float32"
-            )
+            raise ValueError(FLOAT16_REFUSED)
         return value
 
     @field_validator("warmup_sizes")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from qwen_image_server.engine.devices import check_offload, choose_device, choose_dtype, place_pipeline
-from qwen_image_server.errors import CheckpointUnavailable
+from qwen_image_server.errors import CheckpointUnavailable, EngineSetupError
 
 
 class RecordingPipeline:
@@ -36,7 +36,8 @@ def test_auto_is_cpu_and_float32_on_this_machine() -> None:
 
 def test_gpus_default_to_bfloat16_and_explicit_choices_win() -> None:
     assert choose_dtype("auto", torch.device("cuda")) is torch.bfloat16
-    assert choose_dtype("float16", torch.device("cpu")) is torch.float16
+    with pytest.raises(EngineSetupError, match="float16 is refused"):
+        choose_dtype("float16", torch.device("cuda"))
     assert choose_device("cuda:1") == torch.device("cuda:1")
 
 

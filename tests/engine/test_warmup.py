@@ -33,6 +33,17 @@ def test_one_request_per_model_and_size_as_requests_default() -> None:
     assert grey.size == (1024, 768) and grey.convert("RGB").getextrema() == ((128, 128),) * 3
 
 
+def test_with_compile_every_batch_shape_is_warmed() -> None:
+    """Batch 1 and batch 2+ compile apart (a size-1 dimension is specialised): CFG on and off, one
+    image and two."""
+    settings = Settings(**TINY_EVERYWHERE, models=TWO_MODELS, warmup_sizes=("256x256",), compile=True)
+    requests = warmup_requests(settings)
+    assert [(r.model, r.uses_cfg, r.num_images_per_prompt) for r in requests] == [
+        (model, cfg, images) for model in TWO_MODELS for cfg, images in ((True, 1), (False, 1), (True, 2))
+    ]
+    assert [len(r.images) for r in requests] == [0, 0, 0, 1, 1, 1]
+
+
 def warm_up_recording_forwards(engine: Engine) -> Counter[tuple[int, int, int]]:
     """Warm `engine` up, counting the transformer's forwards by the output's latent grid (rows and
     columns of 2x2 patches) and how many pictures it sees (2 for an edit: the output and the input)."""

@@ -83,7 +83,7 @@ OutputOpt = Annotated[
     ),
 ]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
-DTypeOpt = Annotated[str | None, typer.Option("--dtype", help="auto, float32, bfloat16 or float16.")]
+DTypeOpt = Annotated[str | None, typer.Option("--dtype", help="auto, float32 or bfloat16 (float16 is refused).")]
 OffloadOpt = Annotated[str | None, typer.Option("--offload", help="none, model, sequential or group.")]
 
 

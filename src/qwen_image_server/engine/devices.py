@@ -6,10 +6,10 @@ from typing import Any
 
 import torch
 
-from qwen_image_server.errors import CheckpointUnavailable
-from qwen_image_server.settings import DType, Offload
+from qwen_image_server.errors import CheckpointUnavailable, EngineSetupError
+from qwen_image_server.settings import FLOAT16_REFUSED, DType, Offload
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # float16: refused (FLOAT16_REFUSED)
 
 
 def choose_device(requested: str) -> torch.device:
@@ -26,6 +26,8 @@ def choose_device(requested: str) -> torch.device:
 
 
 def choose_dtype(requested: DType, device: torch.device) -> torch.dtype:
+    if requested == "float16":  # Settings refuses it already; this guards direct callers
+        raise EngineSetupError(FLOAT16_REFUSED)
     if requested != "auto":
         return _DTYPES[requested]
     # bf16 halves memory and is what the weights ship in; CPUs run fp32 far faster than bf16.

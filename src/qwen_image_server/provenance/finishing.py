@@ -29,7 +29,6 @@ from PIL import Image, ImageFilter
 
 from qwen_image_server.domain import GenerationRequest, ImageResult
 from qwen_image_server.images import encode_image
-from qwen_image_server.provenance import invisible_mark
 from qwen_image_server.provenance.visible_mark import draw_mark
 from qwen_image_server.report import NO_NOTES, RequestNotes
 
@@ -97,6 +96,10 @@ class Finishing:
             picture, _ = draw_mark(picture, self.settings.watermark_text, self.settings.watermark_position)
             applied.append("watermark")
         if self.settings.invisible_watermark and partial_index is None:
+            # Imported only when a mark is made: PyWavelets, like c2pa, is not needed without (the GPU
+            # benchmarks' machine has neither).
+            from qwen_image_server.provenance import invisible_mark
+
             marked = invisible_mark.embed(picture, self.payload(request, seed))
             if marked is not None:  # None: too small to carry it (C2PA still marks it)
                 picture = marked
