@@ -4,6 +4,7 @@ LoRA standing in for the lightx2v adapter): its steps, no CFG, its scheduler, an
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from qwen_image_server.domain import GenerationRequest, ModelName, StepProgress
 from qwen_image_server.engine import Engine
 from qwen_image_server.engine.acceleration import LIGHTNING_SCHEDULER
 from qwen_image_server.engine.tiny_lora import save_tiny_lora
+from qwen_image_server.errors import EngineSetupError
 from qwen_image_server.settings import Settings
 from tests.conftest import UNMARKED, picture_bytes
 
@@ -95,3 +97,21 @@ def test_high_without_lightning_for_the_model_is_the_cache(engine: Engine) -> No
         request(model="qwen-image-edit-plus", images=(picture_bytes(),), acceleration="high"), engine.settings
     )
     assert plan.lightning is None and plan.first_block_cache_threshold is not None
+
+
+@pytest.mark.parametrize(
+    ("setting", "name", "says"),
+    [
+        ("lightning_loras", "gone.safetensors", "no file or folder"),
+        ("lightning_loras", "weights.bin", "not a .safetensors file (pickle files can run code"),
+        ("lightning_loras", "corrupt.safetensors", "not a readable safetensors file"),
+        ("request_loras", "gone.safetensors", "no file or folder"),
+    ],
+)
+def test_a_wrong_adapter_file_stops_the_start(tmp_path: Path, setting: str, name: str, says: str) -> None:
+    """Not every `high` (or request naming it) failing with 503 later: the engine does not set up."""
+    (tmp_path / "weights.bin").write_bytes(b"pickled")
+    (tmp_path / "corrupt.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
+    settings = Settings(**UNMARKED, **{setting: f"qwen-image={tmp_path / name}"})
+    with pytest.raises(EngineSetupError, match=rf"^{setting}: LoRA qwen-image.*{re.escape(says)}"):
+        Engine(settings).load(ModelName.QWEN_IMAGE)
