@@ -1,6 +1,7 @@
 """Wire shapes of fal's queue API for `fal-ai/qwen-image`, `fal-ai/qwen-image/image-to-image`,
 `fal-ai/qwen-image-edit` and `fal-ai/qwen-image-edit-plus`: the model inputs (field names, defaults
-and presets are fal's), the queue's answers (submit, status, cancel) and the model output, as `fal-client` parses them.
+and presets are fal's), the queue's answers (submit, status, cancel) and the model output, as
+`fal-client` parses them.
 
 Inputs refuse fields they do not know (422, FastAPI's `extra_forbidden`), so that an option of
 another fal model is never silently dropped; a JSON null means "the default".
