@@ -155,3 +155,26 @@ def _data_dir_outside_the_checkout(tmp_path_factory: pytest.TempPathFactory) -> 
         os.environ.pop("QWEN_IMAGE_DATA_DIR", None)
     else:
         os.environ["QWEN_IMAGE_DATA_DIR"] = previous
+
+
+@pytest.fixture(scope="module")
+def lora_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random LoRA for the tiny transformer (engine/tiny_lora.py)."""
+    from qwen_image_server.engine.tiny_lora import save_tiny_lora
+
+    return save_tiny_lora(tmp_path_factory.mktemp("api-loras") / "style.safetensors", seed=4)
+
+
+@pytest.fixture(scope="module")
+def files(lora_file: Path) -> Iterator[str]:
+    """Adapter URLs on loopback: `/style.safetensors` (`lora_file`) and `/style.bin` (a pickle)."""
+    import pickle
+
+    from tests.unit.local_http import send_body, serving
+
+    routes = {
+        "/style.safetensors": lambda handler: send_body(handler, lora_file.read_bytes()),
+        "/style.bin": lambda handler: send_body(handler, pickle.dumps({"not": "weights"})),
+    }
+    with serving(routes) as base:
+        yield base

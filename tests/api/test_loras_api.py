@@ -4,8 +4,7 @@ in each dialect's shape, and a URL adapter downloaded by the worker (real servic
 from __future__ import annotations
 
 import json
-import pickle
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -13,31 +12,14 @@ import httpx
 import pytest
 
 from qwen_image_server.engine import Engine
-from qwen_image_server.engine.tiny_lora import save_tiny_lora
 from qwen_image_server.service import Service
 from qwen_image_server.settings import Settings
 from tests.api.conftest import FAST_SERVICE, TINY_TASK, wait_until
 from tests.api.test_native_errors import assert_native_error
 from tests.conftest import TINY_EVERYWHERE, asgi_client
 from tests.dialects.test_kie import AUTH, CREATE, assert_envelope, poll_until_done, tiny_t2i
-from tests.unit.local_http import send_body, serving
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def lora_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_lora(tmp_path_factory.mktemp("api-loras") / "style.safetensors", seed=4)
-
-
-@pytest.fixture(scope="module")
-def files(lora_file: Path) -> Iterator[str]:
-    routes = {
-        "/style.safetensors": lambda handler: send_body(handler, lora_file.read_bytes()),
-        "/style.bin": lambda handler: send_body(handler, pickle.dumps({"not": "weights"})),
-    }
-    with serving(routes) as base:
-        yield base
 
 
 @pytest.fixture

@@ -74,6 +74,15 @@ async def test_create_returns_a_queued_task_that_get_returns_equal(store: SqlTas
     assert await store.get(new.id) == created
 
 
+async def test_a_queued_image_to_image_task_counts_the_steps_that_will_run(store: SqlTaskStore) -> None:
+    """strength 0.5 of 20 steps runs 10 per image: the queued task says 10 x 2, not 20 x 2 (it read
+    20 and then dropped to 10 when the worker started it)."""
+    request = make_request(images=(picture_bytes(),), strength=0.5, num_images_per_prompt=2)
+    request = request.model_copy(update={"num_inference_steps": 20})
+    created = await store.create(new_task(request=request))
+    assert created.progress == Progress(0, 10 * 2)
+
+
 async def test_request_with_input_image_bytes_round_trips(store: SqlTaskStore) -> None:
     pictures = (picture_bytes((300, 200)), picture_bytes((64, 64), fmt="JPEG"))
     request = make_request(ModelName.QWEN_IMAGE_EDIT_PLUS, prompt="put them together ✓", images=pictures)

@@ -291,3 +291,15 @@ def test_the_webhook_body_is_the_finished_prediction() -> None:
     assert body["status"] == "succeeded" and body["output"] == ["https://cdn/task_x/0.png"]
     assert body["metrics"] == {"predict_time": 7.5, "total_time": 9.5} and body["urls"] is None
     assert body["completed_at"] == "2026-01-02T03:04:14.500000Z"
+
+
+def test_image_to_image_with_a_strength(client: replicate.Client, keyed: tuple[LiveServer, str]) -> None:
+    image = "data:image/png;base64," + base64.b64encode(picture_bytes((128, 96))).decode()
+    inputs = {"prompt": "a fox", "image": image, "strength": 0.5, "num_inference_steps": 4, "go_fast": False}
+    prediction = client.models.predictions.create(model="qwen/qwen-image", input=inputs, wait=60)
+    prediction.wait()
+    assert prediction.status == "succeeded" and prediction.output, prediction.error
+    assert prediction.input is not None and prediction.input["strength"] == 0.5
+    server, key = keyed
+    native = httpx.get(f"{server.url}/v1/tasks/{prediction.id}", headers={"Authorization": f"Bearer {key}"}).json()
+    assert native["request"]["strength"] == 0.5 and native["progress"]["total"] == 2, "0.5 of 4 steps ran"

@@ -120,3 +120,11 @@ def test_cancel_stops_image_to_image_at_the_next_step(engine: Engine) -> None:
     with pytest.raises(GenerationCanceled):
         engine.generate(img2img(strength=0.75), on_step=on_step, cancel=cancel)
     assert steps == [1]
+
+
+@pytest.mark.parametrize("level", ["regular", "high"])
+def test_image_to_image_with_a_cache_level_runs_its_steps_and_leaves_no_hooks(engine: Engine, level: str) -> None:
+    seen: list[StepProgress] = []
+    engine.generate(img2img(num_inference_steps=8, strength=0.5, acceleration=level), on_step=seen.append)
+    assert [(p.step, p.total) for p in seen] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert not engine.pipeline(ModelName.QWEN_IMAGE).transformer.is_cache_enabled

@@ -4,6 +4,8 @@ LoRA standing in for the lightx2v adapter): its steps, no CFG, its scheduler, an
 from __future__ import annotations
 
 import io
+import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qwen_image_server.domain import GenerationRequest, ModelName, StepProgress
+from qwen_image_server.domain import BatchEntry, GenerationRequest, ModelName, StepProgress
 from qwen_image_server.engine import Engine
 from qwen_image_server.engine.acceleration import LIGHTNING_SCHEDULER
 from qwen_image_server.engine.tiny_lora import save_tiny_lora
+from qwen_image_server.errors import EngineSetupError, GenerationCanceled, QwenImageError
 from qwen_image_server.settings import Settings
 from tests.conftest import UNMARKED, picture_bytes
 
@@ -95,3 +98,74 @@ def test_high_without_lightning_for_the_model_is_the_cache(engine: Engine) -> No
         request(model="qwen-image-edit-plus", images=(picture_bytes(),), acceleration="high"), engine.settings
     )
     assert plan.lightning is None and plan.first_block_cache_threshold is not None
+
+
+# -- Lightning with cancel, previews, batching and image-to-image ------------------------------------
+
+
+def test_a_canceled_high_call_leaves_no_adapter_or_scheduler_behind(engine: Engine) -> None:
+    before = pixels(engine, request(num_inference_steps=4))
+    cancel = threading.Event()
+    steps: list[int] = []
+
+    def on_step(progress: StepProgress) -> None:
+        steps.append(progress.step)
+        if progress.step == 2:
+            cancel.set()
+
+    with pytest.raises(GenerationCanceled):
+        engine.generate(request(acceleration="high"), on_step=on_step, cancel=cancel)
+    assert steps == [1, 2]
+    pipeline = engine.pipeline(ModelName.QWEN_IMAGE)
+    assert pipeline.scheduler.config["max_shift"] != LIGHTNING_SCHEDULER["max_shift"], "its own scheduler again"
+    assert np.array_equal(pixels(engine, request(num_inference_steps=4)), before)
+
+
+def test_high_previews_spread_over_the_lightning_steps(engine: Engine) -> None:
+    seen: list[StepProgress] = []
+    previews: list[Any] = []
+    engine.generate(request(acceleration="high", partial_images=1), on_step=seen.append, on_partial=previews.append)
+    assert [p.total for p in seen] == [4] * 4
+    assert [p.partial_index for p in previews] == [0], "the preview of the 4 steps that ran, not of the 30 asked"
+
+
+def test_two_high_requests_share_one_call_and_each_is_its_image_alone(engine: Engine) -> None:
+    asks = [request(acceleration="high", seed=1), request(acceleration="high", seed=2, prompt="a city")]
+    assert asks[0].batch_key == asks[1].batch_key
+    alone = [pixels(engine, ask) for ask in asks]
+    calls = transformer_calls(engine)
+    outcomes = engine.render_batch([BatchEntry(ask) for ask in asks])
+    assert len(calls) == 4, "both requests in each of the 4 Lightning calls"
+    for outcome, expected in zip(outcomes, alone, strict=True):
+        assert not isinstance(outcome, QwenImageError)
+        got = np.asarray(Image.open(io.BytesIO(outcome[0].encode().data)).convert("RGB"), dtype=np.int16)
+        assert np.abs(got - expected).max() <= 1
+
+
+def test_image_to_image_with_high_runs_strength_of_the_lightning_steps(engine: Engine) -> None:
+    calls = transformer_calls(engine)
+    seen: list[StepProgress] = []
+    ask = request(acceleration="high", images=(picture_bytes((256, 256)),), strength=0.5)
+    plain = pixels(engine, request(images=(picture_bytes((256, 256)),), strength=0.5, num_inference_steps=4))
+    calls.clear()
+    lightning = pixels(engine, ask, on_step=seen.append)
+    assert len(calls) == 2 and [(p.step, p.total) for p in seen] == [(1, 2), (2, 2)], "0.5 of 4 steps, no CFG"
+    assert np.abs(lightning - plain).max() > 10, "the adapter changed the picture"
+
+
+@pytest.mark.parametrize(
+    ("setting", "name", "says"),
+    [
+        ("lightning_loras", "gone.safetensors", "no file or folder"),
+        ("lightning_loras", "weights.bin", "not a .safetensors file (pickle files can run code"),
+        ("lightning_loras", "corrupt.safetensors", "not a readable safetensors file"),
+        ("request_loras", "gone.safetensors", "no file or folder"),
+    ],
+)
+def test_a_wrong_adapter_file_stops_the_start(tmp_path: Path, setting: str, name: str, says: str) -> None:
+    """Not every `high` (or request naming it) failing with 503 later: the engine does not set up."""
+    (tmp_path / "weights.bin").write_bytes(b"pickled")
+    (tmp_path / "corrupt.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
+    settings = Settings(**UNMARKED, **{setting: f"qwen-image={tmp_path / name}"})
+    with pytest.raises(EngineSetupError, match=rf"^{setting}: LoRA qwen-image.*{re.escape(says)}"):
+        Engine(settings).load(ModelName.QWEN_IMAGE)

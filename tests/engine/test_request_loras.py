@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,13 +12,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qwen_image_server.domain import BatchEntry, GenerationRequest, ModelName
+from qwen_image_server.domain import BatchEntry, GenerationRequest, ModelName, StepProgress
 from qwen_image_server.engine import Engine
 from qwen_image_server.engine.adapters import MAX_LOADED_ADAPTERS
 from qwen_image_server.engine.tiny_lora import save_tiny_lora
-from qwen_image_server.errors import EngineSetupError, InvalidParameter, LoraUnavailable, QwenImageError
+from qwen_image_server.errors import (
+    EngineSetupError,
+    GenerationCanceled,
+    InvalidParameter,
+    LoraUnavailable,
+    QwenImageError,
+)
 from qwen_image_server.settings import Settings
-from tests.conftest import UNMARKED
+from tests.conftest import UNMARKED, picture_bytes
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +171,48 @@ def test_downloads_off_refuse_urls(lora_dir: Path) -> None:
     with pytest.raises(InvalidParameter, match="does not download adapters") as caught:
         offering(lora_dir, lora_downloads=False).validate(request({"path": "https://example.org/a.safetensors"}))
     assert caught.value.param == "loras.0.path"
+
+
+def test_two_requests_with_one_adapter_set_share_one_call(engine: Engine) -> None:
+    asks = [request({"name": "l1"}, seed=3), request({"name": "l1"}, seed=4, prompt="a city")]
+    assert asks[0].batch_key == asks[1].batch_key, "one adapter set: one batch"
+    alone = [pixels(engine.generate(ask)[0].data) for ask in asks]
+    calls: list[int] = []
+    hook = engine.pipeline(ModelName.QWEN_IMAGE).transformer.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        engine.generate(asks[0])
+        calls_alone = len(calls)
+        calls.clear()
+        outcomes = engine.render_batch([BatchEntry(ask) for ask in asks])
+    finally:
+        hook.remove()
+    assert len(calls) == calls_alone, "both requests ride the calls of one"
+    for outcome, expected in zip(outcomes, alone, strict=True):
+        assert not isinstance(outcome, QwenImageError)
+        assert np.abs(pixels(outcome[0].encode().data) - expected).max() <= 1
+
+
+def test_a_cancel_mid_call_with_adapters_leaves_the_next_call_clean(engine: Engine) -> None:
+    plain = image(engine)
+    cancel = threading.Event()
+    ask = request({"name": "l3"}).model_copy(update={"num_inference_steps": 4})
+    with pytest.raises(GenerationCanceled):
+        engine.generate(ask, on_step=lambda progress: cancel.set(), cancel=cancel)
+    assert np.array_equal(image(engine), plain), "the canceled call's adapter is off again"
+
+
+def image_to_image(*loras: dict[str, Any]) -> GenerationRequest:
+    return GenerationRequest.create(
+        model="qwen-image", prompt="a red fox", width=256, height=256, num_inference_steps=4, seed=7,
+        images=(picture_bytes((256, 256)),), strength=0.5, loras=loras,
+    )  # fmt: skip
+
+
+def test_image_to_image_with_an_adapter_is_the_fused_servers_image(engine: Engine, lora_dir: Path) -> None:
+    reference = Engine(Settings(**UNMARKED, loras=f"a={lora_dir / 'l1.safetensors'}"))
+    expected = pixels(reference.generate(image_to_image())[0].data)
+    seen: list[StepProgress] = []
+    got = pixels(engine.generate(image_to_image({"name": "l1"}), on_step=seen.append)[0].data)
+    assert [p.total for p in seen] == [2, 2], "image-to-image: 0.5 of 4 steps"
+    assert np.abs(got - expected).max() <= 1
+    assert not np.array_equal(got, pixels(engine.generate(image_to_image())[0].data)), "the adapter acted"

@@ -83,14 +83,48 @@ def parse_lora_specs(texts: tuple[str, ...]) -> tuple[LoraSpec, ...]:
 def check_loras(settings: Settings) -> None:
     """Refuse, at start, adapters this configuration cannot run: unfused adapters (several server
     adapters, offered ones, Lightning) under FP8 (the quantizer would convert their LoRA layers too;
-    one adapter is fused before quantizing), and adapters switched per call under `compile` (the
-    compiled blocks would be traced again at every switch)."""
+    one adapter is fused before quantizing), adapters switched per call under `compile` (the
+    compiled blocks would be traced again at every switch), and switched adapters (`request_loras`,
+    `lightning_loras`) whose local file is missing, not safetensors or unreadable."""
     switched = [name for name in ("request_loras", "lightning_loras") if getattr(settings, name)]
     unfused = ["loras"] * (len(settings.loras) > 1) + switched
     if settings.quantization != "none" and unfused:
         _refuse(unfused[0], f"quantization={settings.quantization}")
     if settings.compile and switched:
         _refuse(switched[0], "compile=true")
+    for setting in switched:
+        for spec in parse_lora_specs(getattr(settings, setting)):
+            _check_local_file(setting, spec)
+
+
+def _check_local_file(setting: str, spec: LoraSpec) -> None:
+    """A switched adapter's local file, found and its header read now: a wrong path would otherwise
+    fail every task that asks for it (503) instead of the start. A hub repo id is looked up on first
+    use (a download at start could be long, and the hub's cache may be filled later)."""
+    if not _is_local(spec.source):
+        return
+    try:
+        path = resolve_lora_file(spec)
+        _read_header(path, f"{spec.name}: {spec.source}")
+    except CheckpointUnavailable as exc:
+        raise EngineSetupError(f"{setting}: {exc.message}") from exc
+
+
+def _is_local(source: str) -> bool:
+    path = Path(source).expanduser()
+    named_file = path.suffix in (".safetensors", *PICKLE_SUFFIXES)
+    return path.exists() or named_file or source.startswith((".", "/", "~")) or not _REPO_ID.match(source)
+
+
+def _read_header(path: Path, label: str) -> None:
+    """The safetensors header of `path` (its tensor names), without reading the tensors."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            handle.keys()
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointUnavailable(f"LoRA {label}: {path} is not a readable safetensors file: {exc}") from exc
 
 
 def _refuse(setting: str, conflict: str) -> None:

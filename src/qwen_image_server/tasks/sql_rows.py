@@ -38,8 +38,11 @@ def new_task_row(new: NewTask, now: datetime) -> dict[str, Any]:
         "attempts": 0,
         "max_attempts": new.max_attempts,
         "progress_step": 0,
-        # Known from the request: the engine reports one step per denoising step of every image.
-        "progress_total": new.request.num_inference_steps * new.request.num_images_per_prompt,
+        # Known from the request: the engine reports one step per denoising step of every image, and
+        # image-to-image runs only its `strength` of the steps. A Lightning `high` runs the worker's
+        # `lightning_steps` instead, which the store cannot know (workers sharing one database may be
+        # set differently): the worker sets that total when it starts the task.
+        "progress_total": new.request.denoising_steps * new.request.num_images_per_prompt,
         "results_json": "[]",
         "previews_json": "[]",
         "error_code": None,

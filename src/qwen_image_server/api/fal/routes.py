@@ -25,6 +25,7 @@ from qwen_image_server.api.fal.schemas import (
     CommonInput,
     EditInput,
     EditPlusInput,
+    ImageToImageInput,
     OutputOut,
     QueuedOut,
     StatusOut,
@@ -43,6 +44,7 @@ from qwen_image_server.api.fal.translate import (
     input_image_refs,
     named_as_sent,
     output_of,
+    request_notes,
     status_out,
     to_generation_request,
 )
@@ -75,6 +77,7 @@ UNUSED_HEADERS = {
 }
 _BODIES: dict[str, type[CommonInput]] = {
     "qwen-image": TextToImageInput,
+    "qwen-image/image-to-image": ImageToImageInput,
     "qwen-image-edit": EditInput,
     "qwen-image-edit-plus": EditPlusInput,
 }
@@ -113,8 +116,9 @@ def fal_router(service: Service) -> APIRouter:
         if model not in service.settings.models:
             raise AppNotFound(f"{OWNER}/{APP_OF_MODEL[model]} is not served here")
         low = request.headers.get(PRIORITY_HEADER, "").strip().lower() == "low"
+        can_accelerate = not service.settings.compile
         order = Order(
-            partial(to_generation_request, model, body),
+            partial(to_generation_request, model, body, can_accelerate=can_accelerate),
             input_image_refs(body),
             callback_url=callback_url,
             priority=-1 if low else 0,
@@ -146,7 +150,7 @@ def fal_router(service: Service) -> APIRouter:
                 status_url=urls.status_url,
                 cancel_url=urls.cancel_url,
                 queue_position=position or 0,
-                not_applied=unused_headers(request),
+                not_applied=not_applied(model, body, request),
             )
 
         submit.__annotations__["body"] = body_type  # the class itself: FastAPI cannot resolve a closure's name
@@ -162,7 +166,7 @@ def fal_router(service: Service) -> APIRouter:
                 late = f"the output was not ready within {limit:g} seconds; the request was canceled"
                 raise RunTimedOut(late) from None
             out = await output(task, request)
-            if (unused := unused_headers(request)) is None:
+            if (unused := not_applied(model, body, request)) is None:
                 return out
             return out.model_copy(update={"not_applied": {**(out.not_applied or {}), **unused}})
 
@@ -178,7 +182,7 @@ def fal_router(service: Service) -> APIRouter:
             response_model=QueuedOut,
             response_model_exclude_none=True,
             summary=f"Queue a {OWNER}/{app} request",
-            operation_id=f"fal_submit_{app.replace('-', '_')}",
+            operation_id=f"fal_submit_{app.replace('-', '_').replace('/', '_')}",
         )
         router.add_api_route(
             f"{RUN_PREFIX}/{app}",
@@ -187,8 +191,16 @@ def fal_router(service: Service) -> APIRouter:
             response_model=OutputOut,
             response_model_exclude_none=True,
             summary=f"Run {OWNER}/{app} and wait for the output (fal-client's run host)",
-            operation_id=f"fal_run_{app.replace('-', '_')}",
+            operation_id=f"fal_run_{app.replace('-', '_').replace('/', '_')}",
         )
+
+    def not_applied(model: ModelName, body: CommonInput, request: Request) -> dict[str, str] | None:
+        """The request's headers and options this server does not use, with why (None: none)."""
+        notes = {
+            **(unused_headers(request) or {}),
+            **request_notes(model, body, can_accelerate=not service.settings.compile),
+        }
+        return notes or None
 
     async def visible(app: str, request_id: str, request: Request, scope: Scope) -> tuple[Task, int | None]:
         if app not in FAL_APPS:

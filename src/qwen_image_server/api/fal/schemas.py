@@ -1,6 +1,7 @@
-"""Wire shapes of fal's queue API for `fal-ai/qwen-image`, `fal-ai/qwen-image-edit` and
-`fal-ai/qwen-image-edit-plus`: the model inputs (field names, defaults and presets are fal's), the
-queue's answers (submit, status, cancel) and the model output, as `fal-client` parses them.
+"""Wire shapes of fal's queue API for `fal-ai/qwen-image`, `fal-ai/qwen-image/image-to-image`,
+`fal-ai/qwen-image-edit` and `fal-ai/qwen-image-edit-plus`: the model inputs (field names, defaults
+and presets are fal's), the queue's answers (submit, status, cancel) and the model output, as
+`fal-client` parses them.
 
 Inputs refuse fields they do not know (422, FastAPI's `extra_forbidden`), so that an option of
 another fal model is never silently dropped; a JSON null means "the default".
@@ -13,7 +14,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from qwen_image_server.api.wire import LenientRequest
-from qwen_image_server.domain import MAX_LORA_SCALE, MAX_REQUEST_LORAS, MAX_STEPS, MIN_STEPS, SEED_MAX
+from qwen_image_server.domain import (
+    DEFAULT_IMAGE_TO_IMAGE_STRENGTH,
+    MAX_LORA_SCALE,
+    MAX_REQUEST_LORAS,
+    MAX_STEPS,
+    MIN_STEPS,
+    SEED_MAX,
+)
 
 FalAcceleration = Literal["none", "regular", "high"]
 FalStatus = Literal["IN_QUEUE", "IN_PROGRESS", "COMPLETED"]
@@ -35,6 +43,11 @@ class ImageSize(StrictInput):
 class FalLora(StrictInput):
     path: str = Field(min_length=1, max_length=2048, description="A .safetensors URL, or an offered adapter's name.")
     scale: float = Field(default=1.0, ge=-MAX_LORA_SCALE, le=MAX_LORA_SCALE)
+    force: bool = Field(
+        default=False,
+        description="fal's flag; no effect here (every adapter sent is loaded and applied), so `true` is "
+        "reported in the answer's `not_applied`.",
+    )
 
 
 class CommonInput(StrictInput):
@@ -80,6 +93,19 @@ class TextToImageInput(CommonInput):
     use_turbo: bool = Field(default=False, description="The same as `acceleration: high`.")
 
 
+class ImageToImageInput(TextToImageInput):
+    """`POST /fal-ai/qwen-image/image-to-image`: the text-to-image fields and the image to start from."""
+
+    image_url: str = Field(description="The image to start from: an http(s) URL or a data URI.")
+    strength: float = Field(
+        default=DEFAULT_IMAGE_TO_IMAGE_STRENGTH,
+        gt=0,
+        le=1,
+        description="How far from the input image to go (1: a new picture); about strength x "
+        "num_inference_steps steps run.",
+    )
+
+
 class EditInput(CommonInput):
     """`POST /fal-ai/qwen-image-edit`."""
 
@@ -101,7 +127,8 @@ class QueuedOut(BaseModel):
     cancel_url: str
     queue_position: int = 0
     not_applied: dict[str, str] | None = Field(
-        default=None, description="Our addition: request headers sent and not used here, with the reason."
+        default=None,
+        description="Our addition: request headers and options sent or defaulted and not used here, with the reason.",
     )
 
 

@@ -16,6 +16,7 @@ from qwen_image_server.api.fal.schemas import (
     FalLora,
     ImageOut,
     ImageSize,
+    ImageToImageInput,
     LogLine,
     OutputOut,
     StatusOut,
@@ -46,10 +47,13 @@ OWNER = "fal-ai"
 
 FAL_APPS: dict[str, ModelName] = {
     "qwen-image": ModelName.QWEN_IMAGE,
+    "qwen-image/image-to-image": ModelName.QWEN_IMAGE,  # qwen-image starting from `image_url`
     "qwen-image-edit": ModelName.QWEN_IMAGE_EDIT,
     "qwen-image-edit-plus": ModelName.QWEN_IMAGE_EDIT_PLUS,
 }
-APP_OF_MODEL = {model: app for app, model in FAL_APPS.items()}
+# fal's request URLs name the app without its path (`fal-ai/qwen-image/requests/{id}` also for a
+# request submitted to `fal-ai/qwen-image/image-to-image`), as fal-client builds them from an app id.
+APP_OF_MODEL = {model: app for app, model in FAL_APPS.items() if "/" not in app}
 
 # fal's toolkit presets (not Qwen's native 1328-pixel sizes).
 IMAGE_SIZES: dict[str, Size] = {
@@ -81,7 +85,7 @@ MODEL_DEFAULTS: dict[ModelName, Defaults] = {
 
 def input_image_refs(body: CommonInput) -> list[str]:
     """The input images to fetch (URLs or data URIs), in order."""
-    if isinstance(body, EditInput):
+    if isinstance(body, EditInput | ImageToImageInput):
         return [body.image_url]
     if isinstance(body, EditPlusInput):
         return list(body.image_urls)
@@ -89,16 +93,50 @@ def input_image_refs(body: CommonInput) -> list[str]:
 
 
 def named_as_sent(exc: QwenImageError, body: CommonInput) -> None:
-    """Name an input image's field in `exc` as fal names it (the image reader says `images[i]`)."""
-    match = re.fullmatch(r"images\[(\d+)\]", exc.param or "")
-    if match is not None:
-        exc.param = "image_url" if isinstance(body, EditInput) else f"image_urls.{match.group(1)}"
+    """Name the field in `exc` as the caller sent it: an input image (the image reader says
+    `images[i]`) or an adapter (the domain says `loras.i.name` or `loras.i.path`; fal has `path`)."""
+    image = re.fullmatch(r"images\[(\d+)\]", exc.param or "")
+    if image is not None:
+        one = isinstance(body, EditInput | ImageToImageInput)
+        exc.param = "image_url" if one else f"image_urls.{image.group(1)}"
+    lora = re.fullmatch(r"loras\.(\d+)\.(name|path)", exc.param or "")
+    if lora is not None:
+        exc.param = f"loras.{lora.group(1)}.path"
 
 
-def to_generation_request(model: ModelName, body: CommonInput, images: tuple[bytes, ...]) -> GenerationRequest:
+def default_level(model: ModelName, *, can_accelerate: bool) -> str:
+    """The level a request that sends no `acceleration` gets: fal's default for the app, or `none` on a
+    server that cannot run the cache levels (compile=true), reported by `request_notes`."""
+    level = MODEL_DEFAULTS[model].acceleration
+    return level if can_accelerate else "none"
+
+
+def request_notes(model: ModelName, body: CommonInput, *, can_accelerate: bool) -> dict[str, str]:
+    """What the request sent or was given by default and this server does not do, with why: the
+    answers' `not_applied` (the stored request does not keep it, so the result does not repeat it)."""
+    notes: dict[str, str] = {}
+    default = MODEL_DEFAULTS[model].acceleration
+    if body.acceleration is None and default != default_level(model, can_accelerate=can_accelerate):
+        notes["acceleration"] = (
+            f"not applied: fal's default for this app is '{default}', which this server cannot run "
+            "(compile=true); the request runs with 'none'"
+        )
+    for index, lora in enumerate(getattr(body, "loras", None) or ()):
+        if lora.force:
+            notes[f"loras.{index}.force"] = "not applied: every adapter sent is loaded and applied here anyway"
+    return notes
+
+
+def to_generation_request(
+    model: ModelName, body: CommonInput, images: tuple[bytes, ...], *, can_accelerate: bool = True
+) -> GenerationRequest:
+    """`can_accelerate`: whether this server runs the cache levels (not with compile=true), which
+    decides what an unsent `acceleration` means (`default_level`)."""
     defaults = MODEL_DEFAULTS[model]
-    size = _size(body.image_size or defaults.image_size)
-    acceleration = body.acceleration or defaults.acceleration
+    # Image-to-image without a size keeps the input's aspect ratio at about 1 MP, as the edits do.
+    default_size = None if isinstance(body, ImageToImageInput) else defaults.image_size
+    size = _size(body.image_size or default_size)
+    acceleration = body.acceleration or default_level(model, can_accelerate=can_accelerate)
     loras: tuple[dict[str, Any], ...] = ()
     if isinstance(body, TextToImageInput):
         acceleration = _with_turbo(body, acceleration)
@@ -120,6 +158,7 @@ def to_generation_request(model: ModelName, body: CommonInput, images: tuple[byt
         loras=loras,
         safety_check=body.enable_safety_checker,
         images=images,
+        strength=body.strength if isinstance(body, ImageToImageInput) else None,
     )
 
 
@@ -326,7 +365,9 @@ def error_body(exc: QwenImageError) -> tuple[int, dict[str, Any]]:
     """(HTTP status, body) in fal's shape."""
     error_type = fal_error_type(exc)
     if is_model_error(exc):
-        location = ["body", *exc.param.split(".")] if exc.param else ["body"]
+        # List indexes are integers, as in FastAPI's own validation errors (`["body", "loras", 0, "path"]`).
+        parts = exc.param.split(".") if exc.param else []
+        location: list[str | int] = ["body", *(int(part) if part.isdigit() else part for part in parts)]
         return 422, {"detail": [{"loc": location, "msg": exc.message, "type": error_type}]}
     status = _REQUEST_ERROR_TYPES[exc.code][1] if exc.code in _REQUEST_ERROR_TYPES else exc.status
     body: dict[str, Any] = {"detail": exc.message}

@@ -29,6 +29,7 @@ from qwen_image_server.api.replicate.translate import (
     input_image_refs,
     model_of_ref,
     model_of_version,
+    named_as_sent,
     problem,
     to_generation_request,
     to_prediction,
@@ -71,7 +72,11 @@ def replicate_router(service: Service) -> APIRouter:
             raise InvalidParameter(message, param="input.go_fast")
         build = partial(to_generation_request, ref, fields, fast_by_default=not service.settings.compile)
         order = Order(build, input_image_refs(ref, fields), callback_url=callback)
-        task = await accept(service, request, caller, order, dialect=DIALECT_NAME)
+        try:
+            task = await accept(service, request, caller, order, dialect=DIALECT_NAME)
+        except QwenImageError as exc:
+            named_as_sent(exc)
+            raise
         if wait:
             task = await wait_for_end(service, task, wait)
         response.status_code = 201

@@ -166,6 +166,14 @@ def _loras(fields: PredictionInput) -> tuple[dict[str, Any], ...]:
     return ({source: fields.lora_weights, "scale": fields.lora_scale if fields.lora_scale is not None else 1.0},)
 
 
+def named_as_sent(exc: QwenImageError) -> None:
+    """Name an adapter's field in `exc` as Replicate's input names it: the domain's `loras`,
+    `loras.0.name` or `loras.0.path` is the one `lora_weights`."""
+    if exc.param is not None and re.fullmatch(r"loras(\.0(\.(name|path))?)?", exc.param):
+        exc.param = "input.lora_weights"
+        exc.message = f"input.lora_weights: {exc.message}"
+
+
 def _invalid(message: str, field: str) -> InvalidParameter:
     return InvalidParameter(f"input.{field}: {message}", param=f"input.{field}")
 
