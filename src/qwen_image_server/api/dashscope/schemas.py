@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from qwen_image_server.api.outcome import NotApplied, NsfwFlags, Withheld
+
 
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -98,6 +100,9 @@ class Choice(BaseModel):
 class MultimodalOutput(BaseModel):
     choices: list[Choice]
     task_metric: TaskMetrics
+    not_applied: NotApplied = None
+    withheld: Withheld = None
+    nsfw: NsfwFlags = None  # one per image of choices[0].message.content
 
 
 class MultimodalUsage(BaseModel):
@@ -130,6 +135,9 @@ class TaskOutput(BaseModel):
     task_metrics: TaskMetrics | None = None
     code: str | None = None
     message: str | None = None
+    not_applied: NotApplied = None
+    nsfw: NsfwFlags = None  # one per entry of `results` (a withheld image's result included); no `withheld`:
+    # a withheld image is a result with DataInspectionFailed, DashScope's own way
 
 
 class ImageCountUsage(BaseModel):

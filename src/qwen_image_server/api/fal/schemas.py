@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from qwen_image_server.api.outcome import NotApplied, Withheld
 from qwen_image_server.api.wire import LenientRequest
 from qwen_image_server.domain import MAX_LORA_SCALE, MAX_REQUEST_LORAS, MAX_STEPS, MIN_STEPS, SEED_MAX
 
@@ -146,9 +147,8 @@ class OutputOut(BaseModel):
     has_nsfw_concepts: list[bool]
     prompt: str
     timings: dict[str, float]
-    not_applied: dict[str, str] | None = Field(
-        default=None, description="Our addition: options asked for and not applied, with the reason."
-    )
+    not_applied: NotApplied = None
+    withheld: Withheld = None
 
 
 class CancelOut(BaseModel):

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from qwen_image_server.api.outcome import NotApplied, NsfwFlags, Withheld
+
 # Every quality the openai package sends (`standard` and `hd` are the retired DALL-E ones), and the
 # ones OpenAI answers with: what `auto`, `standard` and `hd` come to here (translate.QUALITY_STEPS).
 Quality = Literal["auto", "low", "medium", "high", "xhigh", "max", "standard", "hd"]
@@ -90,3 +92,6 @@ class ImagesResponse(BaseModel):
     quality: AnsweredQuality
     size: str
     usage: Usage
+    not_applied: NotApplied = None
+    withheld: Withheld = None
+    nsfw: NsfwFlags = None  # one per entry of `data`
