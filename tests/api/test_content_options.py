@@ -345,6 +345,16 @@ async def test_openai_reports_each_images_verdict(reporting_server: Any) -> None
     assert "not_applied" not in answer.json() and "withheld" not in answer.json()
 
 
+async def test_openai_streamed_images_carry_the_report(reporting_server: Any) -> None:
+    _, client = reporting_server
+    body = {"prompt": "a fox", "size": "256x256", "n": 2, "quality": "low", "stream": True}
+    answer = await client.post("/v1/images/generations", json=body)
+    events = [json.loads(line[5:]) for line in answer.text.splitlines() if line.startswith("data:")]
+    completed = [event for event in events if event["type"] == "image_generation.completed"]
+    assert [event["nsfw"] for event in completed] == [True, True]
+    assert all("withheld" not in event and "not_applied" not in event for event in completed)
+
+
 async def test_novita_verdicts_line_up_with_the_images_it_lists(reporting_server: Any) -> None:
     _, client = reporting_server
     done = await novita_checked_task(client)
