@@ -19,7 +19,7 @@ Each is left out (or null, in dialects that print nulls) when there is nothing t
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 
@@ -58,6 +58,17 @@ def withheld(task: Task) -> list[WithheldOut] | None:
     notes = _notes(task).values()
     kept_back = [WithheldOut(index=note.index, reason=note.withheld) for note in notes if note.withheld]
     return kept_back or None
+
+
+def extra_fields(task: Task) -> dict[str, Any]:
+    """`not_applied` and `withheld` as JSON, each only when there is something to say: for the
+    answers a dialect builds as plain dicts."""
+    fields: dict[str, Any] = {}
+    if (skipped := not_applied(task)) is not None:
+        fields["not_applied"] = skipped
+    if (kept_back := withheld(task)) is not None:
+        fields["withheld"] = [item.model_dump() for item in kept_back]
+    return fields
 
 
 def delivered_indices(task: Task) -> list[int]:

@@ -153,11 +153,7 @@ def result_json(task: Task, link: ResultLinker) -> str | None:
     flags = outcome.nsfw_flags(task)
     if flags is not None:  # fal's field, one per URL in `resultUrls`
         result["has_nsfw_concepts"] = flags
-    if (skipped := outcome.not_applied(task)) is not None:
-        result["not_applied"] = skipped
-    if (kept_back := outcome.withheld(task)) is not None:
-        result["withheld"] = [item.model_dump() for item in kept_back]
-    return _compact(result)
+    return _compact({**result, **outcome.extra_fields(task)})
 
 
 def record_data(task: Task, link: ResultLinker) -> RecordData:

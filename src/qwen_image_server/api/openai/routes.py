@@ -207,9 +207,7 @@ async def _stream(
         yield {"event": "error", "data": json.dumps(body)}
         return
     # Each `completed` event carries the task's additions; its own verdict is `nsfw` (a bool).
-    added = {key: value for key, value in outcome_fields(task).items() if value is not None}
-    flags = added.pop("nsfw", None)
-    added = {key: [item.model_dump() for item in value] if key == "withheld" else value for key, value in added.items()}
+    added, flags = outcome.extra_fields(task), outcome.nsfw_flags(task)
     for position, image in enumerate(task.results):
         data = translate.b64(await service.results.read(image.key))
         usage = translate.usage(task).model_dump()
