@@ -105,6 +105,7 @@ def dashscope_router(service: Service) -> APIRouter:
             generate,
             methods=["POST"],
             response_model=MultimodalResponse,
+            response_model_exclude_none=True,  # our additions only when there is something to say
             dependencies=[Depends(_sync_only)],
             tags=[tag],
             summary="Generate or edit images and wait for them",

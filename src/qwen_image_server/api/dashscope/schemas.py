@@ -29,6 +29,8 @@ MODEL_NAME_PATTERN = rf"^(?:{'|'.join(MODEL_NAMES)})(?:-[1-9][0-9]{{3}}-{_MONTH_
 _REQUIRED_IN_SPEC = ConfigDict(extra="ignore", json_schema_extra=spec_requires("model", "input"))
 _MODEL_FIELD_SPEC: JsonDict = {"pattern": MODEL_NAME_PATTERN}
 
+from qwen_image_server.api.outcome import NotApplied, NsfwFlags, Withheld
+
 
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -125,6 +127,9 @@ class Choice(BaseModel):
 class MultimodalOutput(BaseModel):
     choices: list[Choice]
     task_metric: TaskMetrics
+    not_applied: NotApplied = None
+    withheld: Withheld = None
+    nsfw: NsfwFlags = None  # one per image of choices[0].message.content
 
 
 class MultimodalUsage(BaseModel):
@@ -157,6 +162,9 @@ class TaskOutput(BaseModel):
     task_metrics: TaskMetrics | None = None
     code: str | None = None
     message: str | None = None
+    not_applied: NotApplied = None
+    nsfw: NsfwFlags = None  # one per entry of `results` (a withheld image's result included); no `withheld`:
+    # a withheld image is a result with DataInspectionFailed, DashScope's own way
 
 
 class ImageCountUsage(BaseModel):

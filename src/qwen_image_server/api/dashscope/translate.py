@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
+from qwen_image_server.api import outcome
 from qwen_image_server.api.dashscope.errors import (
     DATA_INSPECTION_FAILED,
     EMPTY_INPUT,
@@ -242,16 +243,22 @@ def _metrics(task: Task) -> TaskMetrics:
     return TaskMetrics(TOTAL=total, SUCCEEDED=0, FAILED=0)
 
 
+def _result_indices(task: Task) -> list[int]:
+    """The images `results` lists, in order: the delivered ones and the withheld ones."""
+    withheld = [item.index for item in outcome.withheld(task) or []]
+    return sorted({*(image.index for image in task.results), *withheld})
+
+
 def _task_results(task: Task, link: ResultLinker) -> list[TaskResult]:
     prompt = task.request.prompt
     actual = task.report.actual_prompt if task.report and task.report.actual_prompt else prompt
     urls = {image.index: link(image, task)[0] for image in task.results}
-    withheld = {note.index: note.withheld for note in task.report.images if note.withheld} if task.report else {}
+    withheld = {item.index: item.reason for item in outcome.withheld(task) or []}
     return [
         TaskResult(orig_prompt=prompt, actual_prompt=actual, url=urls[index])
         if index in urls
         else TaskResult(orig_prompt=prompt, actual_prompt=actual, code=DATA_INSPECTION_FAILED, message=withheld[index])
-        for index in sorted({*urls, *withheld})
+        for index in _result_indices(task)
     ]
 
 
@@ -262,10 +269,11 @@ def _urls(task: Task, link: ResultLinker) -> list[str]:
 def to_task_response(task: Task, link: ResultLinker, request_id: str) -> TaskResponse:
     """GET /api/v1/tasks/{task_id}. `actual_prompt` is the prompt the model saw (extended, or as given);
     an image the safety checker kept back is a result with DashScope's DataInspectionFailed."""
-    results = usage = code = message = None
+    results = usage = code = message = nsfw = None
     if task.status is TaskStatus.SUCCEEDED:
         results = _task_results(task, link)
         usage = ImageCountUsage(image_count=len(task.results))
+        nsfw = outcome.nsfw_flags(task, _result_indices(task))
     elif task.status is TaskStatus.FAILED:
         code = task_error_code(task.error.code) if task.error else INTERNAL_ERROR
         message = task.error.message if task.error else "the task failed"
@@ -279,6 +287,8 @@ def to_task_response(task: Task, link: ResultLinker, request_id: str) -> TaskRes
         task_metrics=_metrics(task),
         code=code,
         message=message,
+        not_applied=outcome.not_applied(task),
+        nsfw=nsfw,
     )
     return TaskResponse(request_id=request_id, output=output, usage=usage)
 
@@ -294,11 +304,20 @@ def created_task_response(task: Task, request_id: str) -> TaskResponse:
 
 
 def to_multimodal_response(task: Task, link: ResultLinker, request_id: str) -> MultimodalResponse:
-    """The synchronous endpoint's answer for a succeeded task: every image in one choice."""
+    """The synchronous endpoint's answer for a succeeded task: every delivered image in one choice;
+    the images kept back in `withheld`, the verdicts in `nsfw`, the options not applied in `not_applied`."""
     urls: Sequence[str] = _urls(task, link)
     message = AssistantMessage(content=[ImageContent(image=url) for url in urls])
+    delivered = sorted(image.index for image in task.results)
+    output = MultimodalOutput(
+        choices=[Choice(message=message)],
+        task_metric=_metrics(task),
+        not_applied=outcome.not_applied(task),
+        withheld=outcome.withheld(task),
+        nsfw=outcome.nsfw_flags(task, delivered),
+    )
     return MultimodalResponse(
-        output=MultimodalOutput(choices=[Choice(message=message)], task_metric=_metrics(task)),
+        output=output,
         usage=MultimodalUsage(width=task.request.width, height=task.request.height, image_count=len(urls)),
         request_id=request_id,
     )

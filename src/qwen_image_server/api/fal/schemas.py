@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from qwen_image_server.api.outcome import NotApplied, Withheld
 from qwen_image_server.api.wire import LenientRequest
 from qwen_image_server.domain import (
     DEFAULT_IMAGE_TO_IMAGE_STRENGTH,
@@ -173,9 +174,8 @@ class OutputOut(BaseModel):
     has_nsfw_concepts: list[bool]
     prompt: str
     timings: dict[str, float]
-    not_applied: dict[str, str] | None = Field(
-        default=None, description="Our addition: options asked for and not applied, with the reason."
-    )
+    not_applied: NotApplied = None
+    withheld: Withheld = None
 
 
 class CancelOut(BaseModel):

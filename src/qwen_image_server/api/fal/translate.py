@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from qwen_image_server.api import outcome
 from qwen_image_server.api.fal.schemas import (
     CommonInput,
     EditInput,
@@ -260,8 +261,6 @@ def log_lines(task: Task) -> list[LogLine]:
 
 def output_of(task: Task, url_of: Callable[[StoredImage], str]) -> OutputOut:
     """The model output of a succeeded task; `url_of` gives each image's URL (or data URI)."""
-    report = task.report
-    verdicts = {note.index: bool(note.nsfw) for note in report.images} if report else {}
     return OutputOut(
         images=[
             ImageOut(
@@ -275,11 +274,13 @@ def output_of(task: Task, url_of: Callable[[StoredImage], str]) -> OutputOut:
             for image in task.results
         ],
         seed=task.request.seed,
-        # Per delivered image (fal's lists line up); images the checker withheld are not in `images`.
-        has_nsfw_concepts=[verdicts.get(image.index, False) for image in task.results],
+        # Per delivered image (fal's lists line up; all false when no check ran); images kept back
+        # are in `withheld`, not in `images`.
+        has_nsfw_concepts=outcome.nsfw_flags(task) or [False] * len(task.results),
         prompt=task.request.prompt,
         timings={"inference": inference_seconds(task)},
-        not_applied=report.not_applied if report and report.not_applied else None,
+        not_applied=outcome.not_applied(task),
+        withheld=outcome.withheld(task),
     )
 
 

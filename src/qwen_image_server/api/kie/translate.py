@@ -14,6 +14,7 @@ import re
 from datetime import datetime
 from typing import Any
 
+from qwen_image_server.api import outcome
 from qwen_image_server.api.kie.schemas import MAX_EDIT_PROMPT_CHARS, CreateTaskBody, KieLora, KieState, RecordData
 from qwen_image_server.domain import MAX_SEQUENCE_LENGTH_CAP, GenerationRequest, ModelName, PipelineMode, Size
 from qwen_image_server.errors import InvalidParameter, QwenImageError, caller_fault_of
@@ -149,12 +150,10 @@ def result_json(task: Task, link: ResultLinker) -> str | None:
     if task.status is not TaskStatus.SUCCEEDED:
         return None
     result: dict[str, Any] = {"resultUrls": [link(image, task)[0] for image in task.results]}
-    report = task.report
-    if report is not None and report.checked:  # fal's field; per image made, withheld ones included
-        result["has_nsfw_concepts"] = report.nsfw_flags()
-    if report is not None and report.not_applied:
-        result["not_applied"] = report.not_applied
-    return _compact(result)
+    flags = outcome.nsfw_flags(task)
+    if flags is not None:  # fal's field, one per URL in `resultUrls`
+        result["has_nsfw_concepts"] = flags
+    return _compact({**result, **outcome.extra_fields(task)})
 
 
 def record_data(task: Task, link: ResultLinker) -> RecordData:

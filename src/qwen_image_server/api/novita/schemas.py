@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, field_validator
 
+from qwen_image_server.api.outcome import NotApplied, Withheld
 from qwen_image_server.api.wire import HTTP_URL_SPEC_PATTERN, PROMPT_SPEC_PATTERN, LenientRequest, size_text_pattern
 from qwen_image_server.domain import SEED_MAX
 
@@ -92,8 +93,11 @@ class ExtraOut(BaseModel):
     seed: str
     enable_nsfw_detection: bool = False
     has_nsfw_contents: list[bool] = Field(
-        default_factory=list, description="Per image, whether the checker flagged it; empty when no check ran."
+        default_factory=list,
+        description="Per image of `images`, in its order, whether the checker flagged it; empty when no check ran.",
     )
+    not_applied: NotApplied = None
+    withheld: Withheld = None
     debug_info: DebugInfoOut
 
 

@@ -6,6 +6,7 @@ import math
 from datetime import datetime
 from typing import Any
 
+from qwen_image_server.api import outcome
 from qwen_image_server.api.novita.schemas import (
     NOVITA_MAX_SIDE,
     NOVITA_MIN_SIDE,
@@ -116,12 +117,14 @@ def task_result(task: Task, link: ResultLinker, *, now: datetime | None = None) 
             verdict = _nsfw_result(note) if note is not None else None
             found.append(ImageOut(image_url=url, image_url_ttl=str(ttl), image_type=image.output_format.value,
                                   nsfw_detection_result=verdict))  # fmt: skip
-    checked = bool(task.report and task.report.checked)
     return TaskResultOut(
         extra=ExtraOut(
             seed=str(task.request.seed),
             enable_nsfw_detection=task.request.safety_check,
-            has_nsfw_contents=task.report.nsfw_flags() if task.report and checked else [],
+            # One per entry of `images` (only delivered images are listed); the rest in `withheld`.
+            has_nsfw_contents=(outcome.nsfw_flags(task) or []) if task.status is TaskStatus.SUCCEEDED else [],
+            not_applied=outcome.not_applied(task),
+            withheld=outcome.withheld(task),
             debug_info=DebugInfoOut(
                 submit_time_ms=_millis(task.created_at),
                 execute_time_ms=_millis(task.started_at),

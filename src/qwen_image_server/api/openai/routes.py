@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from sse_starlette.sse import EventSourceResponse
 from starlette.datastructures import UploadFile
 
+from qwen_image_server.api import outcome
 from qwen_image_server.api.accept import Order, accept
 from qwen_image_server.api.dialect import authenticate
 from qwen_image_server.api.errors import invalid_request_from
@@ -160,8 +161,18 @@ async def _answer(service: Service, request: Request, options: ImageOptions, tas
         quality=translate.quality_of(options),
         size=translate.size_of(task),
         usage=translate.usage(task),
+        **outcome_fields(task),
     )
     return JSONResponse(body.model_dump(exclude_none=True))
+
+
+def outcome_fields(task: Task) -> dict[str, Any]:
+    """Our additions to an answer (docs/provenance.md): options not applied, images kept back, verdicts."""
+    return {
+        "not_applied": outcome.not_applied(task),
+        "withheld": outcome.withheld(task),
+        "nsfw": outcome.nsfw_flags(task),
+    }
 
 
 async def _until_done(service: Service, request: Request, task: Task) -> Task:
@@ -202,10 +213,14 @@ async def _stream(
         body = {"type": "error", "error": {"message": error.message, "type": "server_error", "code": error.code}}
         yield {"event": "error", "data": json.dumps(body)}
         return
-    for image in task.results:
+    # Each `completed` event carries the task's additions; its own verdict is `nsfw` (a bool).
+    added, flags = outcome.extra_fields(task), outcome.nsfw_flags(task)
+    for position, image in enumerate(task.results):
         data = translate.b64(await service.results.read(image.key))
         usage = translate.usage(task).model_dump()
-        yield _event(f"{kind}.completed", task, options, {"b64_json": data, "usage": usage})
+        verdict = {} if flags is None else {"nsfw": flags[position]}
+        fields = {"b64_json": data, "usage": usage, **added, **verdict}
+        yield _event(f"{kind}.completed", task, options, fields)
 
 
 def _event(kind: str, task: Task, options: ImageOptions, fields: dict[str, Any]) -> dict[str, str]:

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from qwen_image_server.api.outcome import NotApplied, NsfwFlags, Withheld
 from qwen_image_server.api.wire import PROMPT_SPEC_PATTERN, size_text_pattern
 from qwen_image_server.domain import MAX_SIDE, MIN_SIDE, SIZE_PRESETS, ModelName
 
@@ -112,3 +113,6 @@ class ImagesResponse(BaseModel):
     quality: AnsweredQuality
     size: str
     usage: Usage
+    not_applied: NotApplied = None
+    withheld: Withheld = None
+    nsfw: NsfwFlags = None  # one per entry of `data`

@@ -11,6 +11,7 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from qwen_image_server.api.outcome import NotApplied, NsfwFlags, Withheld
 from qwen_image_server.api.wire import PROMPT_SPEC_PATTERN, LenientRequest
 
 AspectRatio = Literal["3:4", "9:16", "4:3", "16:9"]
@@ -82,6 +83,9 @@ class TaskData(BaseModel):
     error_message: str | None = Field(
         default=None, description="Our addition: why the task failed (status 3 only; absent otherwise)."
     )
+    not_applied: NotApplied = None
+    withheld: Withheld = None
+    nsfw: NsfwFlags = None  # one per URL of `result_urls`
 
 
 class GetOut(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from qwen_image_server.api import outcome
 from qwen_image_server.api.pixwith.schemas import CreateBody, ErrorOut, PixwithStatus, TaskData
 from qwen_image_server.domain import (
     GenerationRequest,
@@ -59,9 +60,17 @@ def estimated_time(request: GenerationRequest) -> int:
 
 def task_data(task: Task, link: ResultLinker) -> TaskData:
     """The `data` of `POST /api/task/get` for `task`."""
-    urls = [link(image, task)[0] for image in task.results] if task.status is TaskStatus.SUCCEEDED else []
-    status = STATUSES[task.status]
-    return TaskData(task_id=task.id, status=status, result_urls=urls, error_message=_failure(task))
+    ok = task.status is TaskStatus.SUCCEEDED
+    urls = [link(image, task)[0] for image in task.results] if ok else []
+    return TaskData(
+        task_id=task.id,
+        status=STATUSES[task.status],
+        result_urls=urls,
+        error_message=_failure(task),
+        not_applied=outcome.not_applied(task),
+        withheld=outcome.withheld(task),
+        nsfw=outcome.nsfw_flags(task) if ok else None,
+    )
 
 
 def _failure(task: Task) -> str | None:

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from qwen_image_server.api.outcome import NotApplied, NsfwFlags, Withheld
 from qwen_image_server.api.wire import HTTP_URL_SPEC_PATTERN, PROMPT_SPEC_PATTERN
 from qwen_image_server.domain import MAX_LORA_SCALE, MAX_SIDE, MAX_STEPS, MIN_SIDE, MIN_STEPS, SEED_MAX
 
@@ -139,9 +140,9 @@ class PredictionOut(BaseModel):
     source: Literal["api"] = "api"
     webhook: str | None = None
     webhook_events_filter: list[WebhookEvent] | None = None
-    not_applied: dict[str, str] | None = Field(
-        default=None, description="An extension: options asked for and not applied, with the reason."
-    )
+    not_applied: NotApplied = None
+    withheld: Withheld = None
+    nsfw: NsfwFlags = None
 
 
 class PredictionPage(BaseModel):

@@ -9,6 +9,7 @@ import re
 from datetime import datetime
 from typing import Any
 
+from qwen_image_server.api import outcome
 from qwen_image_server.api.replicate.schemas import (
     ErrorOut,
     InvalidField,
@@ -197,7 +198,6 @@ def to_prediction(task: Task, link: ResultLinker, base: str | None, *, just_crea
         status = "starting"
     ref = MODEL_REFS.get(task.model, task.model.value)
     ok = task.status is TaskStatus.SUCCEEDED
-    report = task.report
     urls = None
     if base is not None:
         get = f"{base.rstrip('/')}/v1/predictions/{task.id}"
@@ -218,7 +218,9 @@ def to_prediction(task: Task, link: ResultLinker, base: str | None, *, just_crea
         urls=urls,
         webhook=task.callback_url,
         webhook_events_filter=COMPLETED_ONLY if task.callback_url else None,
-        not_applied=report.not_applied if report is not None and report.not_applied else None,
+        not_applied=outcome.not_applied(task),
+        withheld=outcome.withheld(task),
+        nsfw=outcome.nsfw_flags(task) if ok else None,  # one per URL of `output`
     )
 
 
@@ -250,14 +252,14 @@ def echoed_input(task: Task) -> dict[str, Any]:
 
 
 def logs(task: Task) -> str:
-    """What Replicate's models print: the seed, what the run did, and a tqdm-style progress line
+    """What Replicate's models print: the seed, what the run did (the prompt used, each image
+    flagged or withheld, each option not applied), and a tqdm-style progress line
     (replicate-python's `Prediction.progress` parses the last one)."""
     lines = [f"Using seed: {task.request.seed}"]
     report = task.report
     if report is not None and report.actual_prompt:
         lines.append(f"Enhanced prompt: {report.actual_prompt}")
-    for option, why in (report.not_applied if report is not None else {}).items():
-        lines.append(f"Not applied: {option}: {why}")
+    lines += outcome.report_lines(task)
     step, total = task.progress.step, task.progress.total
     if total:
         filled = round(10 * step / total)
