@@ -11,6 +11,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
 
+from qwen_image_server.api.outcome import NotApplied, NsfwFlags, Withheld
 from qwen_image_server.api.wire import spec_requires
 
 # DashScope's model names -> ours (translate.resolve_model). qwen-image-edit with 2-3 images runs as
@@ -28,8 +29,6 @@ MODEL_NAME_PATTERN = rf"^(?:{'|'.join(MODEL_NAMES)})(?:-[1-9][0-9]{{3}}-{_MONTH_
 # required in the spec: a request without them is refused.
 _REQUIRED_IN_SPEC = ConfigDict(extra="ignore", json_schema_extra=spec_requires("model", "input"))
 _MODEL_FIELD_SPEC: JsonDict = {"pattern": MODEL_NAME_PATTERN}
-
-from qwen_image_server.api.outcome import NotApplied, NsfwFlags, Withheld
 
 
 class _Lenient(BaseModel):
