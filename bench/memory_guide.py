@@ -166,7 +166,9 @@ def main(argv: list[str] | None = None) -> float:
     print(f"inputs: {SIZE}x{SIZE}, {STEPS} steps, CFG on; PCIe {PCIE_GB_S} GB/s pinned, pageable x{PAGEABLE_SHARE}; "
           f"disk {DISK_GB_S} GB/s; +{OVERHEAD_S} s per image; achieved TFLOP/s {ACHIEVED_TFLOPS}")  # fmt: skip
     print(f"\none CFG step: {tflop:.1f} TFLOP; H100/H200 {tflop / ACHIEVED_TFLOPS['H100/H200']:.3f} s per step\n")
-    size_rows = [[name, f"{value / GB:.2f}", f"{value / GIB:.2f}"] for name, value in b.items()]
+    one_model = b["transformer"] + b["text_encoder"] + b["vae"]
+    named = [*b.items(), ("one model", one_model)]
+    size_rows = [[name, f"{value / GB:.2f}", f"{value / GIB:.2f}"] for name, value in named]
     print(markdown(["what", "GB", "GiB"], size_rows))
     print("\nWhat crosses PCIe, seconds, Gen4 / Gen5:\n")
     print(markdown(["`offload`", "per step, CFG two passes", "per step, CFG batched", "per image, two passes",
