@@ -166,11 +166,19 @@ def main(argv: list[str] | None = None) -> float:
     print(f"inputs: {SIZE}x{SIZE}, {STEPS} steps, CFG on; PCIe {PCIE_GB_S} GB/s pinned, pageable x{PAGEABLE_SHARE}; "
           f"disk {DISK_GB_S} GB/s; +{OVERHEAD_S} s per image; achieved TFLOP/s {ACHIEVED_TFLOPS}")  # fmt: skip
     print(f"\none CFG step: {tflop:.1f} TFLOP; H100/H200 {tflop / ACHIEVED_TFLOPS['H100/H200']:.3f} s per step\n")
-    size_rows = [[name, f"{value / GB:.2f}", f"{value / GIB:.2f}"] for name, value in b.items()]
+    one_model = b["transformer"] + b["text_encoder"] + b["vae"]
+    named = [*b.items(), ("one model", one_model)]
+    size_rows = [[name, f"{value / GB:.2f}", f"{value / GIB:.2f}"] for name, value in named]
     print(markdown(["what", "GB", "GiB"], size_rows))
     print("\nWhat crosses PCIe, seconds, Gen4 / Gen5:\n")
     print(markdown(["`offload`", "per step, CFG two passes", "per step, CFG batched", "per image, two passes",
                     "per image, batched"], offload_table(b, tflop)))  # fmt: skip
+    for gpu in ("H100/H200", "RTX 4090"):  # group offload overlaps its copies: a step takes the longer
+        step = tflop / ACHIEVED_TFLOPS[gpu]
+        ratios = [f"{gen} {'two passes' if two else 'batched'} "
+                  f"x{max(step, (2 if two else 1) * b['transformer'] / (PCIE_GB_S[gen] * GB)) / step:.2f}"
+                  for gen in PCIE_GB_S for two in (False, True)]  # fmt: skip
+        print(f"{gpu}: {step:.3f} s per CFG step; a step with offload=group over offload=none: {', '.join(ratios)}")
     swaps = {gen: 2 * b["transformer"] / (PCIE_GB_S[gen] * GB) for gen in PCIE_GB_S}
     print(f"\nswap, evict_to=host (out and back, pinned): Gen4 {swaps['Gen4']:.2f} s, Gen5 {swaps['Gen5']:.2f} s; "
           f"evict_to=drop (read again at {DISK_GB_S} GB/s): {b['transformer'] / (DISK_GB_S * GB):.1f} s\n")  # fmt: skip
