@@ -14,7 +14,7 @@ import math
 import re
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol, Self
@@ -291,6 +291,12 @@ class GenerationRequest(BaseModel):
     # (`without_inputs`), so a request read back for a poll or a list carries only these counts.
     input_image_count: int = Field(default=0, ge=0)
     has_mask: bool = False
+    # What the dialect accepted and will not apply, known when it translated the request (a header
+    # that means nothing here, fal's `loras[].force`...): (option, why). Stored with the task so that
+    # the result, every poll and the webhook say it as the create answer did (docs/provenance.md); the
+    # engine starts the task's report from it. Not a picture's recipe: no part of `batch_key`, nor of
+    # the invisible mark's recipe (provenance/finishing.py). A request stored before it loads with ().
+    not_applied: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def create(cls, **fields: Any) -> Self:
@@ -309,6 +315,12 @@ class GenerationRequest(BaseModel):
     def to_stored_json(self) -> str:
         """The request without its input images (the task store keeps them apart)."""
         return self.model_dump_json(exclude={"images", "mask"})
+
+    def with_not_applied(self, notes: Mapping[str, str] | None) -> Self:
+        """This request with the dialect's notes of acceptance added (option -> why)."""
+        known = dict(self.not_applied)
+        fresh = tuple((option, why) for option, why in (notes or {}).items() if option not in known)
+        return self.model_copy(update={"not_applied": self.not_applied + fresh}) if fresh else self
 
     def without_inputs(self) -> Self:
         """This request without the bytes of its input images and mask (their counts stay)."""

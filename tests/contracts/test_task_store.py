@@ -99,6 +99,18 @@ async def test_request_with_input_image_bytes_round_trips(store: SqlTaskStore) -
     assert (await store.with_inputs(claimed)).request == request, "the worker gets them back"
 
 
+async def test_the_notes_of_acceptance_round_trip_with_the_request(store: SqlTaskStore) -> None:
+    """What a dialect noted as not applied when it accepted the request is stored with it, so the
+    result and the polls can say it too (api/outcome.py)."""
+    notes = {"X-Fal-Runner-Hint": "no runners here", "loras.0.force": "applied anyway"}
+    new = new_task(request=make_request().with_not_applied(notes))
+    await store.create(new)
+    loaded = await store.get(new.id)
+    assert dict(loaded.request.not_applied) == notes
+    claimed = await claim_one(store)
+    assert dict(claimed.request.not_applied) == notes
+
+
 async def test_input_images_stay_out_of_the_task_row_and_go_with_its_end(store: SqlTaskStore) -> None:
     from sqlalchemy import func, select
 

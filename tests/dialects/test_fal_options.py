@@ -103,6 +103,21 @@ def test_force_is_accepted_and_reported_not_applied(fal: Any, server: LiveServer
     assert "loras.0.force" in ran["not_applied"] and ran["images"]
 
 
+def test_a_subscriber_gets_what_was_not_applied_in_the_result(fal: Any, server: LiveServer) -> None:
+    """`fal_client.subscribe` shows only the result: the notes of acceptance (a header that means
+    nothing here, `loras[].force`) must reach it, the status and the native report, not only the
+    submit answer."""
+    body = {"prompt": "a fox", "loras": [{"path": "style", "force": True}], **FAST}
+    queued: list[str] = []
+    out = fal.subscribe("fal-ai/qwen-image", body, hint="runner-a", on_enqueue=queued.append)
+    assert out["images"] and {"X-Fal-Runner-Hint", "loras.0.force"} <= set(out["not_applied"])  # with the run's
+    status = httpx.get(
+        f"{server.url}/fal-ai/qwen-image/requests/{queued[0]}/status", headers={"Authorization": f"Key {KEY}"}
+    ).json()
+    assert status["status"] == "COMPLETED" and status["not_applied"] == out["not_applied"]
+    assert native(server, queued[0])["report"]["not_applied"] == out["not_applied"]
+
+
 @pytest.mark.parametrize(
     ("arguments", "level", "steps_run"),
     [
@@ -191,3 +206,18 @@ async def test_an_edit_without_acceleration_runs_none_and_says_so_on_a_compiled_
         assert (await service.store.get(queued.json()["request_id"])).request.acceleration is Acceleration.NONE
     sent = await http.post("/fal-ai/qwen-image-edit", json={"prompt": "x", "image_url": start, "acceleration": "none"})
     assert sent.status_code == 200 and "not_applied" not in sent.json(), "a level sent is no default"
+
+
+async def test_a_request_canceled_before_it_ran_still_says_what_was_not_applied(compiled: Any) -> None:
+    """No run, no report: the status, the native task and the webhook body still carry the notes of
+    acceptance (api/outcome.py `report_of`)."""
+    _, http = compiled
+    image = {"image_url": data_uri(picture_bytes((64, 64)))}
+    queued = (await http.post("/fal-ai/qwen-image-edit", json={"prompt": "make it blue", **image})).json()
+    status = (await http.get(queued["status_url"])).json()
+    assert status["status"] == "IN_QUEUE" and status["not_applied"] == queued["not_applied"]
+    assert (await http.put(queued["cancel_url"])).status_code == 202
+    status = (await http.get(queued["status_url"])).json()
+    assert status["status"] == "COMPLETED" and status["error_type"] and status["not_applied"] == queued["not_applied"]
+    task = (await http.get(f"/v1/tasks/{queued['request_id']}", headers={"Authorization": f"Bearer {KEY}"})).json()
+    assert task["status"] == "canceled" and task["report"]["not_applied"] == queued["not_applied"]

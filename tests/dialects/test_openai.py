@@ -203,6 +203,13 @@ def test_quality_chooses_the_steps(quality: str, steps: int, answered: str) -> N
     assert translate.quality_of(options) == answered
 
 
+def test_style_is_accepted_and_reported_not_applied(client: openai.OpenAI) -> None:
+    """It used to be dropped without a word; `user` names the caller and is no option to apply."""
+    response = client.images.generate(prompt="a fox", size="256x256", quality="low", style="vivid", user="me")
+    noted = set((response.model_extra or {})["not_applied"])
+    assert response.data and "style" in noted and "user" not in noted
+
+
 def literal_values(annotation: Any) -> set[str]:
     """The strings of an `Optional[Literal[...]]`, as the SDK's types declare them."""
     return {value for part in typing.get_args(annotation) for value in typing.get_args(part)}

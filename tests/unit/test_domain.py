@@ -17,6 +17,8 @@ from qwen_image_server.domain import (
     size_for_aspect,
 )
 from qwen_image_server.errors import InvalidImage, InvalidParameter
+from qwen_image_server.provenance.finishing import Finishing
+from qwen_image_server.settings import Settings
 from tests.conftest import picture_bytes
 
 
@@ -182,6 +184,27 @@ def test_requests_round_trip_through_json_with_their_schema_version() -> None:
     again = GenerationRequest.model_validate_json(text)
     assert again == request
     assert again.output_format is OutputFormat.WEBP
+
+
+def test_a_request_stored_before_the_notes_of_acceptance_loads_without_them() -> None:
+    stored = make(seed=5).to_stored_json().replace(',"not_applied":[]', "")
+    assert "not_applied" not in stored
+    assert GenerationRequest.from_stored_json(stored).not_applied == ()
+
+
+def test_the_notes_of_acceptance_round_trip_and_change_no_picture() -> None:
+    """A dialect's notes (a header not applied...) are no part of what is made: the batch key and the
+    invisible mark's recipe stay those of the same request without them; the schema version stays 1."""
+    request = make(seed=5)
+    noted = request.with_not_applied({"X-Fal-Runner-Hint": "no runners here", "loras.0.force": "applied anyway"})
+    assert noted.not_applied == (("X-Fal-Runner-Hint", "no runners here"), ("loras.0.force", "applied anyway"))
+    assert noted.batch_key == request.batch_key is not None
+    finisher = Finishing(Settings(c2pa=False), str)
+    assert finisher.payload(noted, 5) == finisher.payload(request, 5)
+    again = GenerationRequest.from_stored_json(noted.to_stored_json())
+    assert again == noted and again.schema_version == 1
+    assert noted.with_not_applied({"loras.0.force": "other"}) == noted, "an option is noted once"
+    assert request.with_not_applied({}) is request
 
 
 def test_requests_are_immutable() -> None:

@@ -5,7 +5,10 @@ options asked for and not applied, the images made and kept back, and the safety
 on each. So that none of it is dropped silently, every dialect's answer carries, next to its list of
 images (docs/provenance.md, "What each dialect reports"):
 
-- `not_applied`: option -> why, the report's own (the server's option names, as the native report);
+- `not_applied`: option -> why, the report's own (the server's option names, as the native report),
+  which starts from what the dialect noted when it accepted the request (`GenerationRequest.not_applied`):
+  so a poll, the result and the webhook say what the create answer said, and a task that has no report
+  (queued, running, or failed or canceled before a run ended) still says that much (`report_of`);
 - `withheld`: `[{index, reason}]`, each image made and not delivered (its index among the images made,
   0-based, as the native `report.images[].index`);
 - the verdicts, one per entry of the dialect's image list and in its order: in the provider's own
@@ -23,7 +26,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 
-from qwen_image_server.report import ImageNote
+from qwen_image_server.report import ImageNote, TaskReport
 from qwen_image_server.tasks.model import Task
 
 
@@ -49,8 +52,17 @@ NsfwFlags = Annotated[
 ]
 
 
+def report_of(task: Task) -> TaskReport | None:
+    """The task's report; for a task without one (not ended, or ended without a run's report: failed
+    or canceled), a report of only the options its dialect noted as not applied at acceptance, if any."""
+    if task.report is not None:
+        return task.report
+    accepted = dict(task.request.not_applied)
+    return TaskReport(not_applied=accepted) if accepted else None
+
+
 def not_applied(task: Task) -> dict[str, str] | None:
-    report = task.report
+    report = report_of(task)
     return dict(report.not_applied) if report is not None and report.not_applied else None
 
 
@@ -90,7 +102,7 @@ def nsfw_flags(task: Task, indices: Iterable[int] | None = None) -> list[bool] |
 def report_lines(task: Task) -> list[str]:
     """The report in words, for a dialect whose answer has a log: each flagged image and what it
     got, each withheld one, each option not applied."""
-    report = task.report
+    report = report_of(task)
     if report is None:
         return []
     blurred = "safety_blur" in report.applied

@@ -28,7 +28,7 @@ from qwen_image_server.domain import BatchEntry, GenerationRequest
 from qwen_image_server.engine.prompt_extension import TRANSLATE_INSTRUCTION
 from qwen_image_server.errors import QwenImageError
 from qwen_image_server.provenance.finishing import NOT_CHECKED, SafetyVerdict
-from qwen_image_server.report import NO_NOTES, RequestNotes
+from qwen_image_server.report import RequestNotes
 from qwen_image_server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,8 +48,9 @@ class ModelOptions:
         self._classifier: Any = None
 
     def notes_before(self, request: GenerationRequest) -> RequestNotes:
-        """The request's options this server will not apply, known before anything runs."""
-        notes = NO_NOTES
+        """The request's options this server will not apply, known before anything runs: those its
+        dialect noted when it accepted the request first."""
+        notes = RequestNotes(not_applied=request.not_applied)
         for option in ("prompt_translate", "prompt_extend"):
             if getattr(request, option) and not self.settings.prompt_extension:
                 notes = notes.with_not_applied(option, EXTENSION_OFF)

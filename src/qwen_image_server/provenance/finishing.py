@@ -42,7 +42,10 @@ log = logging.getLogger(__name__)
 
 WITHHELD_FLAGGED = "flagged by the safety checker"
 # Fields of a request that do not change an image's pixels, or are the image's own seed instead.
-_NOT_RECIPE = {"images", "mask", "seed", "num_images_per_prompt", "partial_images", "output_format", "output_quality"}
+_NOT_RECIPE = {
+    *("images", "mask", "seed", "num_images_per_prompt", "partial_images", "output_format", "output_quality"),
+    "not_applied",  # what acceptance noted; also keeps the recipe of every request as it was before the field
+}
 BLUR_SHARE = 0.04  # the blur radius as a share of the long side: nothing recognisable is left
 
 

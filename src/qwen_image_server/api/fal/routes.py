@@ -11,13 +11,13 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import AsyncIterator, Callable
-from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from sse_starlette.sse import EventSourceResponse
 
+from qwen_image_server.api import outcome
 from qwen_image_server.api.accept import Order, accept
 from qwen_image_server.api.dialect import Caller, authenticate
 from qwen_image_server.api.fal.schemas import (
@@ -58,7 +58,7 @@ from qwen_image_server.api.tasks import (
     wait_attended,
 )
 from qwen_image_server.api.wire import HTTP_URL_SPEC_PATTERN
-from qwen_image_server.domain import ModelName
+from qwen_image_server.domain import GenerationRequest, ModelName
 from qwen_image_server.errors import CallerError, QwenImageError
 from qwen_image_server.service import Service
 from qwen_image_server.tasks.keys import Scope
@@ -117,8 +117,16 @@ def fal_router(service: Service) -> APIRouter:
             raise AppNotFound(f"{OWNER}/{APP_OF_MODEL[model]} is not served here")
         low = request.headers.get(PRIORITY_HEADER, "").strip().lower() == "low"
         can_accelerate = not service.settings.compile
+        # What is not applied goes with the stored request: the submit answer, the status, the result
+        # and the webhook all read it from the task (outcome.not_applied).
+        notes = {**unused_headers(request), **request_notes(model, body, can_accelerate=can_accelerate)}
+
+        def build(images: tuple[bytes, ...]) -> GenerationRequest:
+            translated = to_generation_request(model, body, images, can_accelerate=can_accelerate)
+            return translated.with_not_applied(notes)
+
         order = Order(
-            partial(to_generation_request, model, body, can_accelerate=can_accelerate),
+            build,
             input_image_refs(body),
             callback_url=callback_url,
             priority=-1 if low else 0,
@@ -150,7 +158,7 @@ def fal_router(service: Service) -> APIRouter:
                 status_url=urls.status_url,
                 cancel_url=urls.cancel_url,
                 queue_position=position or 0,
-                not_applied=not_applied(model, body, request),
+                not_applied=outcome.not_applied(task),
             )
 
         submit.__annotations__["body"] = body_type  # the class itself: FastAPI cannot resolve a closure's name
@@ -165,10 +173,7 @@ def fal_router(service: Service) -> APIRouter:
             except WaitTimedOut:
                 late = f"the output was not ready within {limit:g} seconds; the request was canceled"
                 raise RunTimedOut(late) from None
-            out = await output(task, request)
-            if (unused := not_applied(model, body, request)) is None:
-                return out
-            return out.model_copy(update={"not_applied": {**(out.not_applied or {}), **unused}})
+            return await output(task, request)
 
         run.__annotations__["body"] = body_type
         return run
@@ -193,14 +198,6 @@ def fal_router(service: Service) -> APIRouter:
             summary=f"Run {OWNER}/{app} and wait for the output (fal-client's run host)",
             operation_id=f"fal_run_{app.replace('-', '_').replace('/', '_')}",
         )
-
-    def not_applied(model: ModelName, body: CommonInput, request: Request) -> dict[str, str] | None:
-        """The request's headers and options this server does not use, with why (None: none)."""
-        notes = {
-            **(unused_headers(request) or {}),
-            **request_notes(model, body, can_accelerate=not service.settings.compile),
-        }
-        return notes or None
 
     async def visible(app: str, request_id: str, request: Request, scope: Scope) -> tuple[Task, int | None]:
         if app not in FAL_APPS:
@@ -297,7 +294,6 @@ def render_error(exc: QwenImageError) -> Response:
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def unused_headers(request: Request) -> dict[str, str] | None:
-    """fal's headers that the request sent and this server does not use, with why (None: none)."""
-    sent = {name: why for name, why in UNUSED_HEADERS.items() if name in request.headers}
-    return sent or None
+def unused_headers(request: Request) -> dict[str, str]:
+    """fal's headers that the request sent and this server does not use, with why."""
+    return {name: why for name, why in UNUSED_HEADERS.items() if name in request.headers}

@@ -127,10 +127,7 @@ class QueuedOut(BaseModel):
     status_url: str
     cancel_url: str
     queue_position: int = 0
-    not_applied: dict[str, str] | None = Field(
-        default=None,
-        description="Our addition: request headers and options sent or defaulted and not used here, with the reason.",
-    )
+    not_applied: NotApplied = None
 
 
 class LogLine(BaseModel):
@@ -155,6 +152,7 @@ class StatusOut(BaseModel):
     metrics: dict[str, float] | None = None
     error: str | None = None
     error_type: str | None = None
+    not_applied: NotApplied = None
 
 
 class ImageOut(BaseModel):

@@ -113,8 +113,9 @@ def default_level(model: ModelName, *, can_accelerate: bool) -> str:
 
 
 def request_notes(model: ModelName, body: CommonInput, *, can_accelerate: bool) -> dict[str, str]:
-    """What the request sent or was given by default and this server does not do, with why: the
-    answers' `not_applied` (the stored request does not keep it, so the result does not repeat it)."""
+    """What the request sent or was given by default and this server does not do, with why. The
+    route adds them to the request (`GenerationRequest.not_applied`), which the task stores: the
+    submit answer, the status, the result and the webhook all show them in `not_applied`."""
     notes: dict[str, str] = {}
     default = MODEL_DEFAULTS[model].acceleration
     if body.acceleration is None and default != default_level(model, can_accelerate=can_accelerate):
@@ -224,6 +225,7 @@ def status_out(task: Task, position: int | None, urls: RequestUrls, *, with_logs
         "response_url": urls.response_url,
         "status_url": urls.status_url,
         "cancel_url": urls.cancel_url,
+        "not_applied": outcome.not_applied(task),  # in every state: also a request that failed or was canceled
     }
     if task.status is TaskStatus.QUEUED:
         return StatusOut(status="IN_QUEUE", queue_position=position or 0, **common)

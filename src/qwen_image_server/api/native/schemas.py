@@ -200,7 +200,11 @@ class TaskOut(BaseModel):
     results: list[ResultOut]
     previews: list[ResultOut]
     error: ErrorOut | None
-    report: ReportOut | None = Field(default=None, description="Set when the task has succeeded.")
+    report: ReportOut | None = Field(
+        default=None,
+        description="Set when the task has succeeded; before that, or for a task that failed or was canceled, "
+        "only when options were noted as not applied when the request was accepted (then `not_applied` alone).",
+    )
 
 
 class TaskListOut(BaseModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from qwen_image_server.api import outcome
 from qwen_image_server.api.native.schemas import (
     CallbackAttemptOut,
     CallbackOut,
@@ -105,7 +106,7 @@ def to_task_out(task: Task, link: ResultLinker, queue_position: int | None = Non
         results=[_result_out(image, task, link) for image in task.results],
         previews=[_result_out(image, task, link) for image in task.previews],
         error=ErrorOut(code=task.error.code, message=task.error.message) if task.error else None,
-        report=_report_out(task.report),
+        report=_report_out(outcome.report_of(task)),
     )
 
 

@@ -65,7 +65,8 @@ class ImageOptions(BaseModel):
     stream: bool = False
     partial_images: int = Field(default=0, ge=0, le=3)
     user: str | None = None
-    # Accepted and ignored: style (dall-e-3), input_fidelity, safety_identifier.
+    # Accepted: style (dall-e-3) and input_fidelity reported in `not_applied` (translate.UNUSED_OPTIONS);
+    # safety_identifier, like user, only names the caller.
     style: str | None = None
     # OpenAI moderates every image; here each is checked by the server's safety checker (when one is
     # configured), `low` as strictly as `auto` (the checker has one threshold).

@@ -91,7 +91,20 @@ def to_generation_request(
         images=images,
         mask=mask,
         safety_check=True,  # OpenAI moderates every image, whatever `moderation` says
-    )
+    ).with_not_applied(request_notes(options))
+
+
+# Options OpenAI's models act on and Qwen-Image has nothing for: accepted (the SDK sends them) and
+# reported in the answer's `not_applied`. `user` and `safety_identifier` only name the caller.
+UNUSED_OPTIONS = {
+    "style": "not applied: DALL-E 3's style has no counterpart in Qwen-Image; describe the look in the prompt",
+    "input_fidelity": "not applied: Qwen-Image has no input fidelity setting; edits keep what the prompt leaves",
+}
+
+
+def request_notes(options: ImageOptions) -> dict[str, str]:
+    """The options sent that this server does not apply, with why."""
+    return {option: why for option, why in UNUSED_OPTIONS.items() if getattr(options, option) is not None}
 
 
 def inpainting_mask(data: bytes) -> bytes:
