@@ -399,7 +399,7 @@ def test_fal_kie_and_novita_report_a_withheld_image_and_verdicts_per_image_liste
 
 
 def test_replicate_pixwith_and_openai_report_a_withheld_image() -> None:
-    from qwen_image_server.api.openai.routes import outcome_fields
+    from qwen_image_server.api.outcome import additions
     from qwen_image_server.api.pixwith.translate import task_data
     from qwen_image_server.api.replicate.translate import to_prediction
     from tests.dialects.test_novita import link
@@ -414,7 +414,7 @@ def test_replicate_pixwith_and_openai_report_a_withheld_image() -> None:
     pixwith = task_data(task, link).model_dump()
     assert len(pixwith["result_urls"]) == 1 and pixwith["nsfw"] == [False]
     assert pixwith["withheld"] == WITHHELD and pixwith["not_applied"] == NOT_APPLIED
-    openai = outcome_fields(task)
+    openai = additions(task)  # the OpenAI answer's additions
     assert openai["nsfw"] == [False] and [item.model_dump() for item in openai["withheld"]] == WITHHELD
 
 

@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
+from pydantic_core import to_jsonable_python
 
 from qwen_image_server.report import ImageNote, TaskReport
 from qwen_image_server.tasks.model import Task
@@ -72,15 +73,21 @@ def withheld(task: Task) -> list[WithheldOut] | None:
     return kept_back or None
 
 
+def additions(task: Task, *, verdicts: bool = True) -> dict[str, Any]:
+    """`not_applied`, `withheld` and `nsfw` (the verdicts, only when `verdicts`), as keyword arguments
+    of an answer model: for the dialects whose provider has no field of its own for any of them."""
+    return {
+        "not_applied": not_applied(task),
+        "withheld": withheld(task),
+        "nsfw": nsfw_flags(task) if verdicts else None,
+    }
+
+
 def extra_fields(task: Task) -> dict[str, Any]:
     """`not_applied` and `withheld` as JSON, each only when there is something to say: for the
     answers a dialect builds as plain dicts."""
-    fields: dict[str, Any] = {}
-    if (skipped := not_applied(task)) is not None:
-        fields["not_applied"] = skipped
-    if (kept_back := withheld(task)) is not None:
-        fields["withheld"] = [item.model_dump() for item in kept_back]
-    return fields
+    fields = additions(task, verdicts=False)
+    return {name: to_jsonable_python(value) for name, value in fields.items() if value is not None}
 
 
 def delivered_indices(task: Task) -> list[int]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from diffusers import (
 )
 
 from qwen_image_server.domain import ModelName, PipelineMode
+from qwen_image_server.engine.hub import names_a_repo
 from qwen_image_server.engine.loras import ServerLoras
 from qwen_image_server.engine.processor import load_processor
 from qwen_image_server.engine.tiny import TINY_CHECKPOINT, build_tiny_components, build_tiny_transformer
@@ -52,7 +52,6 @@ MODE_PIPELINE_CLASSES: dict[tuple[ModelName, PipelineMode], type[DiffusionPipeli
     (ModelName.QWEN_IMAGE, PipelineMode.INPAINT): QwenImageInpaintPipeline,
 }
 SHARED_COMPONENTS = ("text_encoder", "vae")
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass(frozen=True)
@@ -81,7 +80,7 @@ def resolve_checkpoint(ref: str) -> Checkpoint:
         if not (path / "model_index.json").is_file():
             raise CheckpointUnavailable(f"{path} is not a diffusers checkpoint folder (no model_index.json)")
         return Checkpoint(ref, path.resolve())
-    if ref.startswith((".", "/", "~")) or not _REPO_ID.match(ref):
+    if not names_a_repo(ref):
         raise CheckpointUnavailable(f"no checkpoint folder at {path}; pass an existing folder, a repo id or `tiny`")
     return Checkpoint(ref, _hub_snapshot(ref))
 

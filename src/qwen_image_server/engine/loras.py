@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qwen_image_server.domain import LORA_NAME_PATTERN, GenerationRequest
+from qwen_image_server.engine.hub import names_a_repo
 from qwen_image_server.errors import CheckpointUnavailable, EngineSetupError, InvalidParameter, QwenImageError
 
 if TYPE_CHECKING:
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
     from qwen_image_server.settings import Settings
 
 _NAME = re.compile(LORA_NAME_PATTERN)
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 PREFERRED_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' trainers save under
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -113,7 +113,7 @@ def _check_local_file(setting: str, spec: LoraSpec) -> None:
 def _is_local(source: str) -> bool:
     path = Path(source).expanduser()
     named_file = path.suffix in (".safetensors", *PICKLE_SUFFIXES)
-    return path.exists() or named_file or source.startswith((".", "/", "~")) or not _REPO_ID.match(source)
+    return path.exists() or named_file or not names_a_repo(source)
 
 
 def _read_header(path: Path, label: str) -> None:
@@ -231,7 +231,7 @@ def resolve_lora_file(spec: LoraSpec) -> Path:
         return _checked_suffix(path, spec)
     if path.is_dir():
         return _file_in_folder(path, spec)
-    if spec.source.startswith((".", "/", "~")) or not _REPO_ID.match(spec.source):
+    if not names_a_repo(spec.source):
         raise CheckpointUnavailable(f"LoRA {spec.name}: no file or folder at {path}, and it is not a repo id")
     return _file_in_folder(_hub_snapshot(spec), spec)
 

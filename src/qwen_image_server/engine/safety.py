@@ -27,7 +27,6 @@ on a GPU (ViT-base; Qwen2.5-VL-7B) come from the same script without `--tiny`; n
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
+from qwen_image_server.engine.hub import names_a_repo
 from qwen_image_server.errors import CheckpointUnavailable, SafetyCheckFailed
 
 SUGGESTED_CLASSIFIER = "Falconsai/nsfw_image_detection"
@@ -47,7 +47,6 @@ VL_MAX_PIXELS = 448 * 448
 YES_SPELLINGS = ("Yes", "yes", " Yes", " yes")
 NO_SPELLINGS = ("No", "no", " No", " no")
 _LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, ImportError)
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class SafetyChecker(Protocol):
@@ -137,7 +136,7 @@ def resolve_classifier_folder(source: str) -> Path:
         if not (path / "config.json").is_file():
             raise CheckpointUnavailable(f"{path} is not a transformers model folder (no config.json)")
         return path
-    if source.startswith((".", "/", "~")) or not _REPO_ID.match(source):
+    if not names_a_repo(source):
         raise CheckpointUnavailable(f"no safety classifier folder at {path}, and it is not a repo id")
     from huggingface_hub import snapshot_download
 

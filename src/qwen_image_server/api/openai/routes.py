@@ -161,18 +161,9 @@ async def _answer(service: Service, request: Request, options: ImageOptions, tas
         quality=translate.quality_of(options),
         size=translate.size_of(task),
         usage=translate.usage(task),
-        **outcome_fields(task),
+        **outcome.additions(task),
     )
     return JSONResponse(body.model_dump(exclude_none=True))
-
-
-def outcome_fields(task: Task) -> dict[str, Any]:
-    """Our additions to an answer (docs/provenance.md): options not applied, images kept back, verdicts."""
-    return {
-        "not_applied": outcome.not_applied(task),
-        "withheld": outcome.withheld(task),
-        "nsfw": outcome.nsfw_flags(task),
-    }
 
 
 async def _until_done(service: Service, request: Request, task: Task) -> Task:

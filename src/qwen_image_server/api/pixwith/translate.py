@@ -67,9 +67,7 @@ def task_data(task: Task, link: ResultLinker) -> TaskData:
         status=STATUSES[task.status],
         result_urls=urls,
         error_message=_failure(task),
-        not_applied=outcome.not_applied(task),
-        withheld=outcome.withheld(task),
-        nsfw=outcome.nsfw_flags(task) if ok else None,
+        **outcome.additions(task, verdicts=ok),  # `nsfw`: one per URL listed
     )
 
 

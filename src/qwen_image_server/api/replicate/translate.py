@@ -218,9 +218,7 @@ def to_prediction(task: Task, link: ResultLinker, base: str | None, *, just_crea
         urls=urls,
         webhook=task.callback_url,
         webhook_events_filter=COMPLETED_ONLY if task.callback_url else None,
-        not_applied=outcome.not_applied(task),
-        withheld=outcome.withheld(task),
-        nsfw=outcome.nsfw_flags(task) if ok else None,  # one per URL of `output`
+        **outcome.additions(task, verdicts=ok),  # `nsfw`: one per URL listed
     )
 
 
