@@ -289,9 +289,9 @@ def benchmark(args: argparse.Namespace) -> list[Row]:
     return list(rows.values())
 
 
-def _sample(bench: Bench, row: Row, progress: Progress, *, last: bool, variant: str | None = None) -> None:
+def _sample(bench: Bench, row: Row, progress: Progress, *, last: bool) -> None:
     bench.reset_peak()
-    row.samples.append(bench.measure(variant or row.variant, row.mode))
+    row.samples.append(bench.measure(row.variant, row.mode))
     row.peak_gb = bench.peak_gb()
     if last:
         progress.done(row)

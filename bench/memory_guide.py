@@ -40,19 +40,16 @@ def sizes() -> dict[str, Any]:
     import torch
 
     from bench.full_size import full_size_components
-    from qwen_image_server.engine.residency import PinnedArena
+    from qwen_image_server.engine.residency import PinnedArena, module_bytes
     from qwen_image_server.engine.speedups import fp8_layer_filter
 
     parts = full_size_components("meta", torch.bfloat16)
     transformer, encoder = parts["transformer"], parts["text_encoder"]
 
-    def nbytes(module: Any) -> int:
-        return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
-
     def fp8_bytes(skip: tuple[str, ...]) -> int:
         chosen = fp8_layer_filter(skip)
         saved = sum(m.weight.numel() * 1 - 4 * m.out_features for n, m in transformer.named_modules() if chosen(m, n))
-        return nbytes(transformer) - saved
+        return module_bytes(transformer) - saved
 
     def pinned_pow2(module: Any) -> int:
         return sum(1 << max(0, (p.numel() * p.element_size() - 1).bit_length()) for p in module.parameters())
@@ -70,13 +67,13 @@ def sizes() -> dict[str, Any]:
             used = offset + size
         return chunks * PinnedArena.CHUNK_BYTES + alone
 
-    block = nbytes(transformer.transformer_blocks[0])
+    block = module_bytes(transformer.transformer_blocks[0])
     return {
-        "transformer": nbytes(transformer),
+        "transformer": module_bytes(transformer),
         "transformer_fp8_all": fp8_bytes(()),
         "transformer_fp8_default": fp8_bytes(("img_mlp",)),
-        "text_encoder": nbytes(encoder),
-        "vae": nbytes(parts["vae"]),
+        "text_encoder": module_bytes(encoder),
+        "vae": module_bytes(parts["vae"]),
         "block": block,
         "pinned_group_transformer": pinned_pow2(transformer),
         "pinned_group_text_encoder": pinned_pow2(encoder),
@@ -90,7 +87,7 @@ def step_tflop() -> float:
     return step_flops(FULL, SIZE, SIZE) / 1e12
 
 
-def offload_table(b: dict[str, Any], step_s: float) -> list[list[str]]:
+def offload_table(b: dict[str, Any]) -> list[list[str]]:
     """Per mode: what crosses PCIe per step (CFG as two passes / batched) and per image, Gen4 / Gen5."""
     model_bytes = b["transformer"] + b["text_encoder"] + b["vae"]
     rows = []
@@ -167,12 +164,13 @@ def main(argv: list[str] | None = None) -> float:
           f"disk {DISK_GB_S} GB/s; +{OVERHEAD_S} s per image; achieved TFLOP/s {ACHIEVED_TFLOPS}")  # fmt: skip
     print(f"\none CFG step: {tflop:.1f} TFLOP; H100/H200 {tflop / ACHIEVED_TFLOPS['H100/H200']:.3f} s per step\n")
     one_model = b["transformer"] + b["text_encoder"] + b["vae"]
-    named = [*b.items(), ("one model", one_model)]
+    pinned_group = b["pinned_group_transformer"] + b["pinned_group_text_encoder"]
+    named = [*b.items(), ("one model", one_model), ("pinned_group one model", pinned_group)]
     size_rows = [[name, f"{value / GB:.2f}", f"{value / GIB:.2f}"] for name, value in named]
     print(markdown(["what", "GB", "GiB"], size_rows))
     print("\nWhat crosses PCIe, seconds, Gen4 / Gen5:\n")
     print(markdown(["`offload`", "per step, CFG two passes", "per step, CFG batched", "per image, two passes",
-                    "per image, batched"], offload_table(b, tflop)))  # fmt: skip
+                    "per image, batched"], offload_table(b)))  # fmt: skip
     for gpu in ("H100/H200", "RTX 4090"):  # group offload overlaps its copies: a step takes the longer
         step = tflop / ACHIEVED_TFLOPS[gpu]
         ratios = [f"{gen} {'two passes' if two else 'batched'} "
