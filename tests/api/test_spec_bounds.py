@@ -151,7 +151,7 @@ def check_callback(url: str) -> None:
     check_url(url)
     parts = urlsplit(url)  # what the Novita, kie and Replicate validators check
     assert parts.scheme.lower() in ("http", "https") and parts.netloc
-    assert parts.port is None or parts.port >= 0
+    _ = parts.port  # raises ValueError on a port urlsplit cannot read, as in the validators
 
 
 def url_fields(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:

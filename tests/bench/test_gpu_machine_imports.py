@@ -58,8 +58,8 @@ def run_without_absent_packages(script: str, *arguments: str) -> subprocess.Comp
     ("script", "arguments", "headline"),
     [
         ("bench/engine_speed.py", "--steps 2 --batch 2 --rounds 1 --variants default", "engine_speedup="),
-        ("bench/acceleration.py", "--steps 8 --rounds 1 --lightning --lightning-steps 4", ""),
-        ("bench/lora_switching.py", "--steps 2 --rounds 1", ""),
+        ("bench/acceleration.py", "--steps 8 --rounds 1 --lightning --lightning-steps 4", "acceleration_speedup="),
+        ("bench/lora_switching.py", "--steps 2 --rounds 1", "lora_switch_ms="),
     ],
 )
 def test_the_gpu_benches_run_without_the_packages_the_gpu_machine_lacks(

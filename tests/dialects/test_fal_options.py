@@ -153,9 +153,14 @@ def test_image_to_image_starts_from_the_image_with_its_strength(fal: Any, server
 def test_image_to_image_with_acceleration_and_loras(fal: Any, server: LiveServer) -> None:
     start = data_uri(picture_bytes((96, 96)))
     common = {"prompt": "a fox", "image_url": start, **FAST, "num_inference_steps": 4}
-    lightning = fal.subscribe("fal-ai/qwen-image/image-to-image", {**common, "acceleration": "high"})
-    styled = fal.subscribe("fal-ai/qwen-image/image-to-image", {**common, "loras": [{"path": "style"}]})
-    assert lightning["images"] and styled["images"]
+    lightning = fal.submit("fal-ai/qwen-image/image-to-image", {**common, "acceleration": "high"})
+    styled = fal.submit("fal-ai/qwen-image/image-to-image", {**common, "loras": [{"path": "style"}]})
+    assert lightning.get()["images"] and styled.get()["images"]
+    # Each option reached the request the engine ran, on top of image-to-image's strength.
+    ran_lightning, ran_styled = native(server, lightning.request_id), native(server, styled.request_id)
+    assert ran_lightning["request"]["acceleration"] == "high" and ran_lightning["request"]["strength"] == 0.6
+    assert [lora["name"] for lora in ran_styled["request"]["loras"]] == ["style"]
+    assert ran_styled["request"]["strength"] == 0.6
 
 
 @pytest.mark.parametrize(
